@@ -1,0 +1,248 @@
+"""Hugging Face BERT checkpoints <-> lmjax parameters.
+
+`load_hf_bert` reads a Hugging Face BERT directory (config.json plus
+model.safetensors, a sharded safetensors index, or pytorch_model.bin read with
+`weights_only`) into a BertConfig and BertForPreTraining parameters;
+`save_hf_bert` writes one that `transformers.BertForPreTraining.from_pretrained`
+loads. Torch Linear weights are [out, in]; lmjax kernels are [in, out], with the
+attention heads as their own axis.
+"""
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import flax.linen as nn
+
+from lmjax.errors import CheckpointError, ConfigError
+from lmjax.interop import tensor_files
+from lmjax.model.config import BertConfig
+from lmjax.model.encoder import stack_layers, unstack_layers
+
+# Hugging Face `hidden_act` names -> lmjax activations.
+_HF_ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_tanh",
+                   "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+                   "relu": "relu", "silu": "silu", "swish": "silu"}
+# config.json key -> BertConfig field.
+_HF_FIELDS = {"vocab_size": "vocab_size", "hidden_size": "hidden_size",
+              "num_hidden_layers": "num_layers",
+              "num_attention_heads": "num_heads",
+              "intermediate_size": "intermediate_size",
+              "max_position_embeddings": "max_position",
+              "type_vocab_size": "type_vocab_size",
+              "hidden_dropout_prob": "dropout_rate",
+              "attention_probs_dropout_prob": "attention_dropout_rate",
+              "layer_norm_eps": "layer_norm_eps",
+              "initializer_range": "initializer_range"}
+# Tensors a checkpoint may hold that lmjax has no use for.
+_IGNORED_SUFFIXES = ("position_ids",)
+_IGNORED_PREFIXES = ("classifier.", "cls.predictions.decoder.")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tensor:
+  """One Hugging Face tensor and where it lives in lmjax's parameters."""
+  hf_name: str
+  path: tuple[str, ...]
+  hf_shape: tuple[int, ...]
+  shape: tuple[int, ...]
+  transpose: bool  # a torch Linear weight: [out, in] in HF
+
+  def from_hf(self, array: np.ndarray) -> np.ndarray:
+    return (array.T if self.transpose else array).reshape(self.shape)
+
+  def to_hf(self, array: np.ndarray) -> np.ndarray:
+    if self.transpose:
+      return array.reshape(self.hf_shape[::-1]).T
+    return array.reshape(self.hf_shape)
+
+
+def _tensor_map(cfg: BertConfig, heads: bool) -> list[_Tensor]:
+  """Every tensor of a (loop-layout) BertForPreTraining, HF name first."""
+  d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+  n, h = cfg.num_heads, cfg.head_dim
+  out: list[_Tensor] = []
+
+  def linear(hf, path, d_in, d_out, kernel_shape=None, bias_shape=None):
+    out.append(_Tensor(f"{hf}.weight", (*path, "kernel"), (d_out, d_in),
+                       kernel_shape or (d_in, d_out), True))
+    out.append(_Tensor(f"{hf}.bias", (*path, "bias"), (d_out,),
+                       bias_shape or (d_out,), False))
+
+  def norm(hf, path):
+    out.append(_Tensor(f"{hf}.weight", (*path, "scale"), (d,), (d,), False))
+    out.append(_Tensor(f"{hf}.bias", (*path, "bias"), (d,), (d,), False))
+
+  emb = ("bert", "embeddings")
+  for hf, name, rows in (("word_embeddings", "word_embeddings", v),
+                         ("position_embeddings", "position_embeddings",
+                          cfg.max_position),
+                         ("token_type_embeddings", "token_type_embeddings",
+                          cfg.type_vocab_size)):
+    out.append(_Tensor(f"bert.embeddings.{hf}.weight", (*emb, name, "embedding"),
+                       (rows, d), (rows, d), False))
+  norm("bert.embeddings.LayerNorm", (*emb, "layer_norm"))
+  for i in range(cfg.num_layers):
+    hf, path = f"bert.encoder.layer.{i}", ("bert", "encoder", f"layers_{i}")
+    for proj in ("query", "key", "value"):
+      linear(f"{hf}.attention.self.{proj}", (*path, "attention", proj), d, d,
+             (d, n, h), (n, h))
+    linear(f"{hf}.attention.output.dense", (*path, "attention", "out"), d, d,
+           (n, h, d))
+    norm(f"{hf}.attention.output.LayerNorm", (*path, "attention_norm"))
+    linear(f"{hf}.intermediate.dense", (*path, "mlp", "wi"), d, f)
+    linear(f"{hf}.output.dense", (*path, "mlp", "wo"), f, d)
+    norm(f"{hf}.output.LayerNorm", (*path, "mlp_norm"))
+  linear("bert.pooler.dense", ("bert", "pooler"), d, d)
+  if heads:
+    linear("cls.predictions.transform.dense", ("mlm", "transform"), d, d)
+    norm("cls.predictions.transform.LayerNorm", ("mlm", "transform_norm"))
+    out.append(_Tensor("cls.predictions.bias", ("mlm", "output_bias"), (v,), (v,),
+                       False))
+    linear("cls.seq_relationship", ("nsp",), d, 2)
+  return out
+
+
+def config_from_hf(hf: dict[str, Any], **overrides: Any) -> BertConfig:
+  """Returns the BertConfig of a Hugging Face BERT config.json dict."""
+  if hf.get("model_type", "bert") != "bert":
+    raise ConfigError(f"model_type is {hf['model_type']!r}, not 'bert'")
+  if hf.get("position_embedding_type", "absolute") != "absolute":
+    raise ConfigError(f"position_embedding_type {hf['position_embedding_type']!r}"
+                      " is not supported (only 'absolute')")
+  if hf.get("is_decoder") or hf.get("add_cross_attention"):
+    raise ConfigError("decoder BERT (is_decoder / add_cross_attention) is not "
+                      "supported")
+  act = hf.get("hidden_act", "gelu")
+  if act not in _HF_ACTIVATIONS:
+    raise ConfigError(f"hidden_act {act!r} is not supported (one of "
+                      f"{', '.join(_HF_ACTIVATIONS)})")
+  fields = {ours: hf[theirs] for theirs, ours in _HF_FIELDS.items() if theirs in hf}
+  return BertConfig(**{**fields, "hidden_act": _HF_ACTIVATIONS[act], **overrides})
+
+
+def config_to_hf(cfg: BertConfig, heads: bool = True) -> dict[str, Any]:
+  """Returns the Hugging Face config.json dict of a BertConfig."""
+  hf = {theirs: getattr(cfg, ours) for theirs, ours in _HF_FIELDS.items()}
+  act = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu",
+         "silu": "silu"}[cfg.hidden_act]
+  return {"architectures": ["BertForPreTraining" if heads else "BertModel"],
+          "model_type": "bert", **hf, "hidden_act": act,
+          "position_embedding_type": "absolute", "pad_token_id": 0,
+          "tie_word_embeddings": True, "dtype": "float32"}
+
+
+def _read_checkpoint(path: Path) -> dict[str, np.ndarray]:
+  if (path / "model.safetensors").is_file():
+    return tensor_files.read_safetensors(path / "model.safetensors")
+  index = path / "model.safetensors.index.json"
+  if index.is_file():
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    tensors = {}
+    for shard in shards:
+      if not (path / shard).is_file():
+        raise CheckpointError(f"{path / shard}: shard named in {index.name} is missing")
+      tensors.update(tensor_files.read_safetensors(path / shard))
+    return tensors
+  if (path / "pytorch_model.bin").is_file():
+    return tensor_files.read_torch_bin(path / "pytorch_model.bin")
+  raise CheckpointError(f"{path}: no model.safetensors, model.safetensors."
+                        "index.json or pytorch_model.bin")
+
+
+def _canonical_name(name: str) -> str:
+  """HF tensor name with the 'bert.' prefix and LayerNorm.weight/bias, as
+  written by BertForPreTraining; older checkpoints say gamma/beta, and
+  BertModel's have no prefix."""
+  if name.endswith("LayerNorm.gamma"):
+    name = name[:-len("gamma")] + "weight"
+  elif name.endswith("LayerNorm.beta"):
+    name = name[:-len("beta")] + "bias"
+  if name.startswith(("embeddings.", "encoder.", "pooler.")):
+    name = "bert." + name
+  return name
+
+
+def load_hf_bert(path: str | os.PathLike, heads: bool = True,
+                 **overrides: Any) -> tuple[BertConfig, dict]:
+  """Reads a Hugging Face BERT directory.
+
+  Returns (config, params): BertForPreTraining parameters {'bert', 'mlm',
+  'nsp'}, or only {'bert'} with `heads=False` (any BERT checkpoint, e.g. a
+  BertModel or a classifier). `overrides` set BertConfig fields the
+  checkpoint does not fix (scan_layers, dtype, remat_policy, ...).
+  Raises CheckpointError naming the first missing or mismatched tensor.
+  """
+  path = Path(path)
+  config_file = path / "config.json"
+  if not config_file.is_file():
+    raise CheckpointError(f"{path}: no config.json (not a Hugging Face model directory)")
+  try:
+    hf_config = json.loads(config_file.read_text())
+    config = config_from_hf(hf_config, **overrides)
+  except (ValueError, TypeError) as e:
+    raise CheckpointError(f"{config_file}: {e}") from None
+  tensors = {_canonical_name(k): v for k, v in _read_checkpoint(path).items()}
+
+  decoder = tensors.get("cls.predictions.decoder.weight")
+  word = tensors.get("bert.embeddings.word_embeddings.weight")
+  if heads and decoder is not None and word is not None and not np.array_equal(
+      decoder, word):
+    raise CheckpointError(f"{path}: cls.predictions.decoder.weight differs from "
+                          "the word embeddings; lmjax ties them (load with heads=False)")
+
+  params: dict = {}
+  expected = _tensor_map(config, heads)
+  for t in expected:
+    if t.hf_name not in tensors:
+      raise CheckpointError(f"{path}: tensor {t.hf_name} is missing")
+    array = tensors[t.hf_name]
+    if tuple(array.shape) != t.hf_shape:
+      raise CheckpointError(f"{path}: tensor {t.hf_name} has shape "
+                            f"{tuple(array.shape)}, config.json implies {t.hf_shape}")
+    node = params
+    for key in t.path[:-1]:
+      node = node.setdefault(key, {})
+    node[t.path[-1]] = t.from_hf(np.asarray(array, np.float32)).astype(
+        config.param_dtype)
+
+  known = {t.hf_name for t in expected}
+  for name in tensors:
+    ignorable = (name.endswith(_IGNORED_SUFFIXES) or name.startswith(_IGNORED_PREFIXES)
+                 or (not heads and name.startswith("cls.")))
+    if name not in known and not ignorable:
+      raise CheckpointError(f"{path}: unexpected tensor {name} (not a BERT "
+                            "layout lmjax knows)")
+  if config.scan_layers:
+    params["bert"]["encoder"] = stack_layers(params["bert"]["encoder"])
+  return config, params
+
+
+def save_hf_bert(config: BertConfig, params: dict, path: str | os.PathLike) -> None:
+  """Writes config.json and model.safetensors (float32) for Hugging Face.
+
+  `params` are BertForPreTraining's ({'bert', 'mlm', 'nsp'}) or a bare
+  encoder's ({'bert'}), in either layer layout. Files are replaced
+  atomically, so an existing directory is never left half-written.
+  """
+  params = nn.unbox(params)
+  heads = "mlm" in params
+  encoder = params["bert"]["encoder"]
+  if "layers" in encoder:
+    params = {**params, "bert": {**params["bert"], "encoder": unstack_layers(encoder)}}
+  tensors = {}
+  for t in _tensor_map(config, heads):
+    node = params
+    for key in t.path:
+      node = node[key]
+    tensors[t.hf_name] = np.asarray(t.to_hf(np.asarray(node, np.float32)))
+  path = Path(path)
+  path.mkdir(parents=True, exist_ok=True)
+  tensor_files.write_safetensors(path / "model.safetensors", tensors,
+                                 metadata={"format": "pt"})
+  tmp = path / "config.json.tmp"
+  tmp.write_text(json.dumps(config_to_hf(config, heads), indent=2) + "\n")
+  os.replace(tmp, path / "config.json")

@@ -1,0 +1,9 @@
+"""Flax linen BERT: config, layers, encoder and heads. Pure: no I/O."""
+
+from lmjax.model.config import BertConfig, SIZES
+from lmjax.model.costs import flops_per_token, param_count
+from lmjax.model.encoder import BertModel, Encoder
+from lmjax.model.heads import (BertForPreTraining, BertForSequenceClassification,
+                               MaskedLMHead)
+from lmjax.model.layers import (Embeddings, EncoderLayer, FeedForward,
+                                MultiHeadAttention)

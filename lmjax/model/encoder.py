@@ -1,0 +1,89 @@
+"""The encoder stack and BertModel: embeddings -> layers -> [CLS] pooler."""
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from lmjax.model.config import BertConfig
+from lmjax.model.layers import Embeddings, EncoderLayer, dense
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _layer_step(layer, x_BxLxD, mask_BxL, deterministic):
+  """Scan body: one layer, carrying the hidden states."""
+  return layer(x_BxLxD, mask_BxL, deterministic), None
+
+
+class Encoder(nn.Module):
+  """`num_layers` encoder layers, as a Python loop or one `nn.scan`.
+
+  Loop parameters live under `layers_0 .. layers_{n-1}`; scanned ones under
+  `layers`, stacked on a leading axis named 'layers'. Both compute the same
+  function; `lmjax.interop.hf` converts between the layouts.
+  """
+
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, mask_BxL, deterministic: bool):
+    cfg = self.config
+    layer_cls = EncoderLayer
+    if cfg.remat_policy != "none":
+      # Argument 3 (counting self) is `deterministic`, a Python bool.
+      layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[cfg.remat_policy],
+                           prevent_cse=not cfg.scan_layers, static_argnums=(3,))
+    if not cfg.scan_layers:
+      for i in range(cfg.num_layers):
+        x_BxLxD = layer_cls(cfg, name=f"layers_{i}")(x_BxLxD, mask_BxL,
+                                                      deterministic)
+      return x_BxLxD
+    scan = nn.scan(
+        _layer_step, variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"})
+    x_BxLxD, _ = scan(layer_cls(cfg, name="layers"), x_BxLxD, mask_BxL,
+                      deterministic)
+    return x_BxLxD
+
+
+class BertModel(nn.Module):
+  """BERT's encoder: returns (sequence output [B, L, D], pooled output [B, D])."""
+
+  config: BertConfig
+
+  def setup(self):
+    self.embeddings = Embeddings(self.config)
+    self.encoder = Encoder(self.config)
+    self.pooler = dense(self.config, self.config.hidden_size, ("embed", "mlp"),
+                        "pooler")
+
+  def __call__(self, input_ids_BxL, segment_ids_BxL, input_mask_BxL,
+               deterministic: bool = True):
+    x_BxLxD = self.embeddings(input_ids_BxL, segment_ids_BxL, deterministic)
+    x_BxLxD = self.encoder(x_BxLxD, input_mask_BxL, deterministic)
+    pooled_BxD = jnp.tanh(self.pooler(x_BxLxD[:, 0]))
+    return x_BxLxD, pooled_BxD
+
+  def word_embedding_table(self) -> jax.Array:
+    return self.embeddings.word_embedding_table()
+
+
+def stack_layers(encoder_params: dict) -> dict:
+  """Loop layout (`layers_0 .. layers_{n-1}`) -> scan layout (`layers`)."""
+  count = sum(1 for k in encoder_params if k.startswith("layers_"))
+  layers = [encoder_params[f"layers_{i}"] for i in range(count)]
+  return {"layers": jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)}
+
+
+def unstack_layers(encoder_params: dict) -> dict:
+  """Scan layout (`layers`) -> loop layout (`layers_0 .. layers_{n-1}`)."""
+  stacked = encoder_params["layers"]
+  count = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+  return {f"layers_{i}": jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
+          for i in range(count)}

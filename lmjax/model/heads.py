@@ -1,0 +1,87 @@
+"""Task heads on BertModel: pretraining (MLM + NSP) and sequence classification."""
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from lmjax.model.config import BertConfig
+from lmjax.model.encoder import BertModel
+from lmjax.model.layers import ACTIVATIONS, dense, layer_norm, zeros_init
+
+
+class MaskedLMHead(nn.Module):
+  """Dense + activation + LayerNorm, then the decoder tied to the embeddings."""
+
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x_BxPxD, embedding_VxD):
+    """Returns float32 logits [B, P, V] over the vocabulary."""
+    cfg = self.config
+    h_BxPxD = dense(cfg, cfg.hidden_size, ("embed", "mlp"), "transform")(x_BxPxD)
+    h_BxPxD = layer_norm(cfg, "transform_norm")(ACTIVATIONS[cfg.hidden_act](h_BxPxD))
+    bias_V = self.param("output_bias", zeros_init(("vocab",)), (cfg.vocab_size,),
+                        cfg.param_dtype)
+    logits_BxPxV = jnp.einsum("bpd,vd->bpv", h_BxPxD,
+                              embedding_VxD.astype(h_BxPxD.dtype),
+                              preferred_element_type=jnp.float32)
+    logits_BxPxV = logits_BxPxV + bias_V.astype(jnp.float32)
+    return nn.with_logical_constraint(logits_BxPxV, ("batch", "length", "vocab"))
+
+
+def gather_positions(x_BxLxD, positions_BxP):
+  """Returns x at the given positions of each sequence, [B, P, D]."""
+  return jnp.take_along_axis(x_BxLxD, positions_BxP[..., None], axis=1)
+
+
+class BertForPreTraining(nn.Module):
+  """BERT with its pretraining heads.
+
+  The MLM head runs only at `masked_positions` [B, P], never over all L
+  positions, so its cost scales with P (BERT's max_predictions_per_seq).
+  """
+
+  config: BertConfig
+
+  def setup(self):
+    self.bert = BertModel(self.config)
+    self.mlm = MaskedLMHead(self.config)
+    self.nsp = dense(self.config, 2, ("embed", None), "nsp")
+
+  def __call__(self, input_ids, segment_ids, input_mask, masked_positions,
+               deterministic: bool = True) -> dict[str, jax.Array]:
+    """Returns sequence_output [B,L,D], pooled_output [B,D], mlm_logits [B,P,V]
+    and nsp_logits [B,2]; logits are float32."""
+    seq_BxLxD, pooled_BxD = self.bert(input_ids, segment_ids, input_mask,
+                                      deterministic)
+    mlm_logits_BxPxV = self.mlm(gather_positions(seq_BxLxD, masked_positions),
+                                self.bert.word_embedding_table())
+    nsp_logits_Bx2 = self.nsp(pooled_BxD).astype(jnp.float32)
+    return dict(sequence_output=seq_BxLxD, pooled_output=pooled_BxD,
+                mlm_logits=mlm_logits_BxPxV, nsp_logits=nsp_logits_Bx2)
+
+
+class BertForSequenceClassification(nn.Module):
+  """BERT with dropout + a linear layer on the pooled output.
+
+  `num_labels` classes give classification logits; `num_labels=1` is a
+  regressor whose single output is the predicted score.
+  """
+
+  config: BertConfig
+  num_labels: int
+
+  def setup(self):
+    if self.num_labels < 1:
+      raise ValueError(f"num_labels must be positive, got {self.num_labels}")
+    self.bert = BertModel(self.config)
+    self.dropout = nn.Dropout(self.config.dropout_rate)
+    self.classifier = dense(self.config, self.num_labels, ("embed", None),
+                            "classifier")
+
+  def __call__(self, input_ids, segment_ids, input_mask,
+               deterministic: bool = True) -> jax.Array:
+    """Returns float32 logits [B, num_labels]."""
+    _, pooled_BxD = self.bert(input_ids, segment_ids, input_mask, deterministic)
+    pooled_BxD = self.dropout(pooled_BxD, deterministic=deterministic)
+    return self.classifier(pooled_BxD).astype(jnp.float32)

@@ -1,0 +1,203 @@
+"""The pieces of a BERT encoder layer: embeddings, attention, feed-forward.
+
+Every parameter carries logical axis names (`lmjax.parallel` maps them to mesh
+axes) and so do the main activations, through `nn.with_logical_constraint`.
+Shapes in names: B batch, L length, D hidden, N heads, H head width, F
+feed-forward width, V vocabulary.
+"""
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from lmjax.model.config import BertConfig
+
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+
+
+def kernel_init(config: BertConfig, axes: tuple) -> nn.initializers.Initializer:
+  """BERT's truncated-normal initializer, annotated with logical axes."""
+  init = nn.initializers.truncated_normal(config.initializer_range)
+  return nn.with_logical_partitioning(init, axes)
+
+
+def zeros_init(axes: tuple) -> nn.initializers.Initializer:
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def dense(config: BertConfig, features: int, axes: tuple, name: str) -> nn.Dense:
+  """A Dense layer with BERT's initializer; `axes` names (in, out)."""
+  return nn.Dense(
+      features, dtype=config.dtype, param_dtype=config.param_dtype,
+      kernel_init=kernel_init(config, axes), bias_init=zeros_init(axes[1:]),
+      name=name)
+
+
+def layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
+  # Two-pass variance (use_fast_variance=False) matches torch's LayerNorm.
+  return nn.LayerNorm(
+      epsilon=config.layer_norm_eps, use_fast_variance=False,
+      dtype=config.dtype, param_dtype=config.param_dtype,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+      bias_init=zeros_init(("embed",)), name=name)
+
+
+class Embeddings(nn.Module):
+  """Word + position + segment embeddings, then LayerNorm and dropout."""
+
+  config: BertConfig
+
+  def setup(self):
+    cfg = self.config
+
+    def embed(num, axes):
+      return nn.Embed(num, cfg.hidden_size, dtype=cfg.dtype,
+                      param_dtype=cfg.param_dtype,
+                      embedding_init=kernel_init(cfg, axes))
+
+    self.word_embeddings = embed(cfg.vocab_size, ("vocab", "embed"))
+    self.position_embeddings = embed(cfg.max_position, (None, "embed"))
+    self.token_type_embeddings = embed(cfg.type_vocab_size, (None, "embed"))
+    self.layer_norm = layer_norm(cfg, "layer_norm")
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+
+  def __call__(self, input_ids_BxL, segment_ids_BxL, deterministic: bool):
+    """Returns the embedded sequence [B, L, D]."""
+    length = input_ids_BxL.shape[1]
+    if length > self.config.max_position:
+      raise ValueError(f"sequence length {length} exceeds max_position "
+                       f"{self.config.max_position}")
+    x_BxLxD = (_lookup(self.word_embeddings, input_ids_BxL)
+               + _lookup(self.token_type_embeddings, segment_ids_BxL))
+    positions_LxD = self.position_embeddings.embedding[:length]
+    x_BxLxD = x_BxLxD + positions_LxD.astype(self.config.dtype)[None]
+    x_BxLxD = self.dropout(self.layer_norm(x_BxLxD), deterministic=deterministic)
+    return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
+
+  def word_embedding_table(self) -> jax.Array:
+    """The [V, D] word-embedding table, which the MLM decoder shares."""
+    return self.word_embeddings.embedding
+
+
+class HeadProjection(nn.Module):
+  """An affine map whose kernel keeps the heads as their own axis.
+
+  The kernel is `kernel_shape`, of which the first `contract` axes meet the
+  last axes of the input; the bias has the remaining axes. ('embed', 'heads',
+  'kv') projects [B, L, D] to [B, L, N, H]; ('heads', 'kv', 'embed') back.
+  """
+
+  config: BertConfig
+  kernel_shape: tuple[int, ...]
+  kernel_axes: tuple[str, ...]
+  contract: int
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    kernel = self.param("kernel", kernel_init(cfg, self.kernel_axes),
+                        self.kernel_shape, cfg.param_dtype)
+    bias = self.param("bias", zeros_init(self.kernel_axes[self.contract:]),
+                      self.kernel_shape[self.contract:], cfg.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=cfg.dtype)
+    contract_x = tuple(range(x.ndim - self.contract, x.ndim))
+    y = jax.lax.dot_general(
+        x, kernel, ((contract_x, tuple(range(self.contract))), ((), ())))
+    return y + bias
+
+
+def _lookup(embed: nn.Embed, ids_BxL):
+  """Rows of an embedding table, gathered from a table whose `embed` axis is
+  first made whole (as FSDP does for every weight before use), so that the
+  result can be split by batch without an all-to-all."""
+  table_VxD = nn.with_logical_constraint(embed.embedding, ("vocab", None))
+  x_BxLxD = jnp.take(table_VxD, ids_BxL, axis=0).astype(embed.dtype)
+  return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
+
+
+class MultiHeadAttention(nn.Module):
+  """Bidirectional self-attention over the unpadded positions."""
+
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, mask_BxL, deterministic: bool):
+    """Returns the attention output [B, L, D]; `mask_BxL` is 1 on real tokens."""
+    cfg = self.config
+
+    def project(name):
+      return HeadProjection(cfg, (cfg.hidden_size, cfg.num_heads, cfg.head_dim),
+                            ("embed", "heads", "kv"), contract=1, name=name)
+
+    axes = ("batch", "length", "heads", "kv")
+    q_BxLxNxH = nn.with_logical_constraint(project("query")(x_BxLxD), axes)
+    k_BxLxNxH = nn.with_logical_constraint(project("key")(x_BxLxD), axes)
+    v_BxLxNxH = nn.with_logical_constraint(project("value")(x_BxLxD), axes)
+    mask_Bx1x1xL = mask_BxL[:, None, None, :].astype(bool)
+
+    if deterministic or cfg.attention_dropout_rate == 0.0:
+      out_BxLxNxH = jax.nn.dot_product_attention(
+          q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask_Bx1x1xL,
+          implementation=cfg.attention_impl)
+    else:
+      probs_BxNxLxL = attention_probs(q_BxLxNxH, k_BxLxNxH, mask_Bx1x1xL)
+      probs_BxNxLxL = nn.Dropout(cfg.attention_dropout_rate)(
+          probs_BxNxLxL, deterministic=False)
+      out_BxLxNxH = jnp.einsum("bnqk,bknh->bqnh", probs_BxNxLxL, v_BxLxNxH)
+    out_BxLxNxH = nn.with_logical_constraint(out_BxLxNxH, axes)
+
+    return HeadProjection(cfg, (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
+                          ("heads", "kv", "embed"), contract=2,
+                          name="out")(out_BxLxNxH)
+
+
+def attention_probs(q_BxLxNxH, k_BxLxNxH, mask_Bx1x1xL):
+  """Softmax attention weights [B, N, L, L], computed in float32.
+
+  Used where dropout applies to the probabilities, which the fused
+  `jax.nn.dot_product_attention` cannot do.
+  """
+  scale = q_BxLxNxH.shape[-1] ** -0.5
+  logits_BxNxLxL = jnp.einsum("bqnh,bknh->bnqk", q_BxLxNxH, k_BxLxNxH)
+  logits_BxNxLxL = logits_BxNxLxL.astype(jnp.float32) * scale
+  logits_BxNxLxL = jnp.where(mask_Bx1x1xL, logits_BxNxLxL,
+                             jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits_BxNxLxL, axis=-1).astype(q_BxLxNxH.dtype)
+
+
+class FeedForward(nn.Module):
+  """Position-wise two-layer MLP with BERT's activation."""
+
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    cfg = self.config
+    h_BxLxF = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "wi")(x_BxLxD)
+    h_BxLxF = ACTIVATIONS[cfg.hidden_act](h_BxLxF)
+    h_BxLxF = nn.with_logical_constraint(h_BxLxF, ("batch", "length", "mlp"))
+    return dense(cfg, cfg.hidden_size, ("mlp", "embed"), "wo")(h_BxLxF)
+
+
+class EncoderLayer(nn.Module):
+  """One post-LayerNorm transformer layer, as in BERT."""
+
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, mask_BxL, deterministic: bool):
+    cfg = self.config
+    dropout = nn.Dropout(cfg.dropout_rate)
+    y_BxLxD = MultiHeadAttention(cfg, name="attention")(x_BxLxD, mask_BxL,
+                                                        deterministic)
+    y_BxLxD = dropout(y_BxLxD, deterministic=deterministic)
+    x_BxLxD = layer_norm(cfg, "attention_norm")(x_BxLxD + y_BxLxD)
+    y_BxLxD = FeedForward(cfg, name="mlp")(x_BxLxD)
+    y_BxLxD = dropout(y_BxLxD, deterministic=deterministic)
+    x_BxLxD = layer_norm(cfg, "mlp_norm")(x_BxLxD + y_BxLxD)
+    return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))

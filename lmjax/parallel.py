@@ -1,0 +1,112 @@
+"""Device meshes and the one table that maps logical axes to mesh axes.
+
+Model code names the axes of every parameter and main activation (`batch`,
+`length`, `embed`, `heads`, `kv`, `mlp`, `vocab`, `layers`); `RULES` says how
+each is laid over the mesh axes `data`, `fsdp` and `tensor`. A new
+parallelism strategy is a new rules table, not new model code.
+
+Rules are tried in order and a mesh axis is used once per array: in an
+activation [batch, length, embed], `batch` takes ('data', 'fsdp') first, so
+`embed` stays whole; in a parameter [vocab, embed], `embed` is split over
+`fsdp` (ZeRO-3 style) and `vocab` over `tensor`.
+"""
+
+import contextlib
+import math
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import flax.linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from lmjax.errors import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+Rules = Sequence[tuple[str, Any]]
+
+RULES: Rules = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("embed", "fsdp"),
+    ("length", None),
+    ("kv", None),
+    ("layers", None),
+)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Returns a (data, fsdp, tensor) mesh with Auto axes over `devices`.
+
+  One size may be -1, meaning all the devices the others leave.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = [data, fsdp, tensor]
+  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise ConfigError(f"mesh sizes must be positive with at most one -1, got "
+                      f"data={data}, fsdp={fsdp}, tensor={tensor}")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ConfigError(f"{len(devices)} devices cannot be split into a mesh "
+                        f"with fixed axes of product {known}")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) != len(devices):
+    raise ConfigError(f"mesh data={sizes[0]} x fsdp={sizes[1]} x "
+                      f"tensor={sizes[2]} needs {math.prod(sizes)} devices, "
+                      f"have {len(devices)}")
+  return jax.make_mesh(tuple(sizes), MESH_AXES,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(sizes),
+                       devices=devices)
+
+
+@contextlib.contextmanager
+def sharding_context(mesh: Mesh, rules: Rules = RULES):
+  """Within it, the model's logical constraints apply on `mesh` by `rules`."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
+def logical_shardings(abstract_tree: Any, mesh: Mesh,
+                      rules: Rules = RULES) -> Any:
+  """Maps a tree of logically-annotated (boxed) values to NamedShardings."""
+  return nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_tree),
+                                     mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, rules: Rules = RULES) -> NamedSharding:
+  """Sharding of a batch array: its leading axis over the batch mesh axes."""
+  return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch",), rules))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, *args: Any,
+                 rules: Rules = RULES) -> tuple[Any, Any]:
+  """Runs `init_fn(*args)` so each parameter is created in its own sharding.
+
+  `init_fn` returns logically-annotated variables (a linen `init`). Returns
+  (variables as plain arrays, their shardings). Nothing is gathered on one
+  device first: the jitted init writes every shard where it lives.
+  """
+  with sharding_context(mesh, rules):
+    abstract = jax.eval_shape(init_fn, *args)
+    shardings = logical_shardings(abstract, mesh, rules)
+    variables = jax.jit(lambda *a: nn.unbox(init_fn(*a)),
+                        out_shardings=shardings)(*args)
+  return variables, shardings
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh,
+                rules: Rules = RULES) -> dict[str, jax.Array]:
+  """Assembles global arrays from this process's share of the batch."""
+  sharding = batch_sharding(mesh, rules)
+  return {k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in batch.items()}
