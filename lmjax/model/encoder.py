@@ -68,6 +68,7 @@ class BertModel(nn.Module):
     x_BxLxD = self.embeddings(input_ids_BxL, segment_ids_BxL, deterministic)
     x_BxLxD = self.encoder(x_BxLxD, input_mask_BxL, deterministic)
     pooled_BxD = jnp.tanh(self.pooler(x_BxLxD[:, 0]))
+    pooled_BxD = nn.with_logical_constraint(pooled_BxD, ("batch", "embed"))
     return x_BxLxD, pooled_BxD
 
   def word_embedding_table(self) -> jax.Array:

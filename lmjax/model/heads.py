@@ -20,6 +20,9 @@ class MaskedLMHead(nn.Module):
     cfg = self.config
     h_BxPxD = dense(cfg, cfg.hidden_size, ("embed", "mlp"), "transform")(x_BxPxD)
     h_BxPxD = layer_norm(cfg, "transform_norm")(ACTIVATIONS[cfg.hidden_act](h_BxPxD))
+    # Pinning h to the batch layout matters: left to sharding propagation on a
+    # (data, fsdp, tensor) mesh, XLA computed wrong gradients here (jax 0.10.2).
+    h_BxPxD = nn.with_logical_constraint(h_BxPxD, ("batch", "length", "embed"))
     bias_V = self.param("output_bias", zeros_init(("vocab",)), (cfg.vocab_size,),
                         cfg.param_dtype)
     logits_BxPxV = jnp.einsum("bpd,vd->bpv", h_BxPxD,

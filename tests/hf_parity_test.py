@@ -1,0 +1,243 @@
+"""lmjax BERT against the reference: transformers' BertForPreTraining (torch, fp32)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import flax.linen as nn
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from lmjax.errors import CheckpointError  # pylint: disable=wrong-import-position
+from lmjax.interop import tensor_files  # pylint: disable=wrong-import-position
+from lmjax.interop.hf import load_hf_bert, save_hf_bert  # pylint: disable=wrong-import-position
+from lmjax.model import BertForPreTraining, param_count  # pylint: disable=wrong-import-position
+
+TOL = 1e-5
+
+CONFIGS = {
+    "small": dict(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, intermediate_size=37,
+                  max_position_embeddings=64),
+    "odd": dict(vocab_size=131, hidden_size=48, num_hidden_layers=3,
+                num_attention_heads=3, intermediate_size=100,
+                max_position_embeddings=40, type_vocab_size=3,
+                layer_norm_eps=1e-7),
+    "tanh_gelu_one_segment": dict(vocab_size=64, hidden_size=40, num_hidden_layers=1,
+                                  num_attention_heads=5, intermediate_size=64,
+                                  max_position_embeddings=24, type_vocab_size=1,
+                                  hidden_act="gelu_new"),
+}
+
+
+def _reference(name, seed=0):
+  """A transformers BertForPreTraining with random weights, LayerNorms and biases."""
+  torch.manual_seed(seed)
+  model = transformers.BertForPreTraining(transformers.BertConfig(**CONFIGS[name]))
+  with torch.no_grad():
+    for param in model.parameters():
+      param.add_(0.05 * torch.randn_like(param))
+  return model.eval()
+
+
+def _inputs(hf_config, batch=4, length=19, preds=6, seed=0):
+  rng = np.random.default_rng(seed)
+  lengths = np.array([length, 1, length // 2, 3])[:batch]
+  mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int64)
+  return dict(
+      input_ids=rng.integers(0, hf_config.vocab_size, (batch, length)),
+      segment_ids=rng.integers(0, hf_config.type_vocab_size, (batch, length)) * mask,
+      input_mask=mask,
+      masked_positions=rng.integers(0, length, (batch, preds)))
+
+
+def _reference_outputs(model, x):
+  kwargs = dict(input_ids=torch.tensor(x["input_ids"]),
+                token_type_ids=torch.tensor(x["segment_ids"]),
+                attention_mask=torch.tensor(x["input_mask"]))
+  with torch.no_grad():
+    out = model(**kwargs)
+    encoded = model.bert(**kwargs)
+  return dict(
+      sequence_output=encoded.last_hidden_state.numpy(),
+      pooled_output=encoded.pooler_output.numpy(),
+      mlm_logits=np.take_along_axis(out.prediction_logits.numpy(),
+                                    x["masked_positions"][..., None], axis=1),
+      nsp_logits=out.seq_relationship_logits.numpy())
+
+
+def _lmjax_outputs(config, params, x):
+  x = {k: jnp.asarray(v, jnp.int32) for k, v in x.items()}
+  out = BertForPreTraining(config).apply({"params": params}, **x)
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _assert_close(ours, reference):
+  for key, want in reference.items():
+    err = np.abs(ours[key] - want).max()
+    assert err <= TOL, f"{key}: max abs difference {err:.2e}"
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("scan", [False, True])
+def test_hf_checkpoint_loads_and_matches_reference(name, scan, tmp_path):
+  model = _reference(name)
+  model.save_pretrained(tmp_path)
+  config, params = load_hf_bert(tmp_path, scan_layers=scan)
+  assert config.scan_layers == scan
+  x = _inputs(model.config)
+  _assert_close(_lmjax_outputs(config, params, x), _reference_outputs(model, x))
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_parameter_counts_equal_transformers(name):
+  model = _reference(name)
+  config, params = _load_via_disk(model)
+  ours = sum(x.size for x in jax.tree_util.tree_leaves(params))
+  assert ours == param_count(config) == model.num_parameters()
+  assert param_count(config, "encoder") == model.bert.num_parameters()
+
+
+def _load_via_disk(model, **overrides):
+  import tempfile  # pylint: disable=import-outside-toplevel
+  with tempfile.TemporaryDirectory() as tmp:
+    model.save_pretrained(tmp)
+    return load_hf_bert(tmp, **overrides)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_lmjax_weights_load_into_transformers(scan, tmp_path):
+  model = _reference("odd")
+  config, _ = _load_via_disk(model, scan_layers=scan)
+  x = _inputs(model.config)
+  variables = BertForPreTraining(config).init(
+      jax.random.key(3), **{k: jnp.asarray(v) for k, v in x.items()})
+  params = jax.tree_util.tree_map(  # perturb zeros and ones too
+      lambda p: p + 0.05 * jax.random.normal(jax.random.key(4), p.shape),
+      nn.unbox(variables)["params"])
+  save_hf_bert(config, params, tmp_path)
+  loaded = transformers.BertForPreTraining.from_pretrained(tmp_path).eval()
+  _assert_close(_lmjax_outputs(config, params, x), _reference_outputs(loaded, x))
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_round_trip_through_hf_is_bit_identical(scan, tmp_path):
+  config, params = _load_via_disk(_reference("small"), scan_layers=scan)
+  save_hf_bert(config, params, tmp_path)
+  config2, params2 = load_hf_bert(tmp_path, scan_layers=scan)
+  assert config2 == config
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params2, params)
+  assert (jax.tree_util.tree_structure(params2) ==
+          jax.tree_util.tree_structure(params))
+
+
+def test_encoder_only_checkpoints(tmp_path):
+  reference = _reference("small")
+  reference.bert.save_pretrained(tmp_path)  # a BertModel: no 'bert.' prefix
+  with pytest.raises(CheckpointError, match="cls.predictions"):
+    load_hf_bert(tmp_path)
+  config, params = load_hf_bert(tmp_path, heads=False)
+  assert set(params) == {"bert"}
+  _, full = _load_via_disk(reference)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params["bert"], full["bert"])
+
+
+def test_old_names_bf16_and_torch_bin(tmp_path):
+  reference = _reference("small")
+  _, want = _load_via_disk(reference)
+  state = {k.replace("LayerNorm.weight", "LayerNorm.gamma")
+            .replace("LayerNorm.bias", "LayerNorm.beta"): v
+           for k, v in reference.state_dict().items()}
+  reference.config.save_pretrained(tmp_path)
+  torch.save(state, tmp_path / "pytorch_model.bin")
+  _, params = load_hf_bert(tmp_path)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, want)
+
+  (tmp_path / "pytorch_model.bin").unlink()
+  bf16 = {k: v.to(torch.bfloat16).contiguous() for k, v in reference.state_dict().items()
+          if "decoder" not in k}
+  import safetensors.torch  # pylint: disable=import-outside-toplevel
+  safetensors.torch.save_file(bf16, tmp_path / "model.safetensors",
+                              metadata={"format": "pt"})
+  _, params = load_hf_bert(tmp_path)
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_array_equal(
+          a, np.asarray(b).astype(jnp.bfloat16).astype(np.float32)), params, want)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_pickled_code_in_torch_bin_is_refused(tmp_path, capfd):
+  import pickle  # pylint: disable=import-outside-toplevel
+
+  class Payload:
+    def __reduce__(self):
+      return (print, ("pwned",))
+
+  _reference("small").config.save_pretrained(tmp_path)
+  with open(tmp_path / "pytorch_model.bin", "wb") as f:
+    pickle.dump({"x": Payload()}, f)
+  with pytest.raises(CheckpointError, match="cannot be read safely"):
+    load_hf_bert(tmp_path)
+  assert "pwned" not in capfd.readouterr().out
+
+
+def _corrupt(tmp_path, edit):
+  _reference("small").save_pretrained(tmp_path)
+  tensors = dict(tensor_files.read_safetensors(tmp_path / "model.safetensors"))
+  edit(tensors)
+  tensor_files.write_safetensors(tmp_path / "model.safetensors", tensors)
+
+
+def test_missing_tensor_is_named(tmp_path):
+  _corrupt(tmp_path, lambda t: t.pop("bert.encoder.layer.1.output.dense.bias"))
+  with pytest.raises(CheckpointError,
+                     match=r"tensor bert\.encoder\.layer\.1\.output\.dense\.bias is missing"):
+    load_hf_bert(tmp_path)
+
+
+def test_mismatched_tensor_is_named(tmp_path):
+  def edit(t):
+    t["bert.encoder.layer.0.intermediate.dense.weight"] = np.zeros((36, 32), np.float32)
+  _corrupt(tmp_path, edit)
+  with pytest.raises(CheckpointError, match=r"intermediate\.dense\.weight has shape"):
+    load_hf_bert(tmp_path)
+
+
+def test_unexpected_tensor_and_untied_decoder_are_errors(tmp_path):
+  _corrupt(tmp_path, lambda t: t.update(
+      {"bert.embeddings.distance_embedding.weight": np.zeros((3, 32), np.float32)}))
+  with pytest.raises(CheckpointError, match="unexpected tensor"):
+    load_hf_bert(tmp_path)
+  _corrupt(tmp_path, lambda t: t.update(
+      {"cls.predictions.decoder.weight": np.ones((99, 32), np.float32)}))
+  with pytest.raises(CheckpointError, match="decoder.weight differs"):
+    load_hf_bert(tmp_path)
+
+
+def test_bad_directories_and_configs(tmp_path):
+  with pytest.raises(CheckpointError, match="no config.json"):
+    load_hf_bert(tmp_path / "nowhere")
+  (tmp_path / "config.json").write_text(json.dumps(CONFIGS["small"]))
+  with pytest.raises(CheckpointError, match="no model.safetensors"):
+    load_hf_bert(tmp_path)
+  (tmp_path / "config.json").write_text(json.dumps(
+      {**CONFIGS["small"], "position_embedding_type": "relative_key"}))
+  with pytest.raises(CheckpointError, match="position_embedding_type"):
+    load_hf_bert(tmp_path)
+  (tmp_path / "config.json").write_text(json.dumps(
+      {**CONFIGS["small"], "num_attention_heads": 5}))
+  with pytest.raises(CheckpointError, match="num_heads"):
+    load_hf_bert(tmp_path)
+  (tmp_path / "config.json").write_text("{not json")
+  with pytest.raises(CheckpointError, match="config.json"):
+    load_hf_bert(tmp_path)
+
+
+def test_save_leaves_no_partial_files(tmp_path):
+  config, params = _load_via_disk(_reference("small"))
+  save_hf_bert(config, params, tmp_path)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json",
+                                                         "model.safetensors"]
