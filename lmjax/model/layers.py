@@ -140,10 +140,17 @@ class MultiHeadAttention(nn.Module):
     v_BxLxNxH = nn.with_logical_constraint(project("value")(x_BxLxD), axes)
     mask_Bx1x1xL = mask_BxL[:, None, None, :].astype(bool)
 
-    if deterministic or cfg.attention_dropout_rate == 0.0:
+    if cfg.attention_impl == "cudnn":
+      # cuDNN's fused kernel takes padding as key lengths (real tokens first,
+      # as in every lmjax batch), not as a broadcast mask.
+      out_BxLxNxH = jax.nn.dot_product_attention(
+          q_BxLxNxH, k_BxLxNxH, v_BxLxNxH,
+          key_value_seq_lengths=mask_BxL.sum(-1).astype(jnp.int32),
+          implementation="cudnn")
+    elif deterministic or cfg.attention_dropout_rate == 0.0:
       out_BxLxNxH = jax.nn.dot_product_attention(
           q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask_Bx1x1xL,
-          implementation=cfg.attention_impl)
+          implementation="xla")
     else:
       probs_BxNxLxL = attention_probs(q_BxLxNxH, k_BxLxNxH, mask_Bx1x1xL)
       probs_BxNxLxL = nn.Dropout(cfg.attention_dropout_rate)(
