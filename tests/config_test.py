@@ -54,9 +54,11 @@ def test_cudnn_attention_refuses_attention_dropout():
   assert BertConfig(attention_impl="cudnn", attention_dropout_rate=0.0)
 
 
-def test_unknown_size_is_an_error():
+def test_unknown_size_or_field_is_an_error():
   with pytest.raises(ConfigError, match="size"):
     BertConfig.named("huge")
+  with pytest.raises(ConfigError, match="no field 'hidden'"):
+    BertConfig.named("tiny", hidden=3)
 
 
 def _leaf_count(variables):

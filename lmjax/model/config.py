@@ -46,7 +46,9 @@ class BertConfig:
   param_dtype: str = "float32"  # storage dtype of parameters
   scan_layers: bool = False  # nn.scan over layers (params stacked on axis 0)
   remat_policy: str = "none"  # one of REMAT_POLICIES
-  attention_impl: str = "xla"  # 'xla' anywhere, 'cudnn' for fused GPU attention
+  # 'xla' anywhere; 'cudnn' for fused GPU attention, which reads padding as
+  # key lengths (real tokens first, as in every lmjax batch).
+  attention_impl: str = "xla"
 
   def __post_init__(self):
     positive = ("vocab_size", "hidden_size", "num_layers", "num_heads",
@@ -93,10 +95,13 @@ class BertConfig:
     layers, hidden = SIZES[size]
     sized = dict(num_layers=layers, hidden_size=hidden, num_heads=hidden // 64,
                  intermediate_size=4 * hidden)
-    return cls(**{**sized, **overrides})
+    return cls().replace(**{**sized, **overrides})
 
   def replace(self, **changes: Any) -> "BertConfig":
     """Returns a copy with `changes` applied (and validated)."""
+    unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+    if unknown:
+      raise ConfigError(f"BertConfig has no field {sorted(unknown)[0]!r}")
     return dataclasses.replace(self, **changes)
 
 
