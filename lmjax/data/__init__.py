@@ -1,0 +1,1 @@
+"""Host-side input: numpy in, numpy out. Nothing here imports jax."""

@@ -1,0 +1,81 @@
+"""The pretraining input pipeline, on grain: deterministic, sharded, resumable.
+
+Element i of the global stream is pair `perm_e[i mod N]` of epoch e = i // N,
+masked with a generator seeded from (seed, i): a pure function of the seed,
+the epoch and the example. Global batch b is elements [b*G, (b+1)*G); process
+p of P takes the p-th of its P equal slices. The loader's state is only the
+number of batches it has handed out, so a restored loader continues exactly.
+"""
+
+import dataclasses
+from collections.abc import Iterator
+
+import grain
+import numpy as np
+
+from lmjax.data.pretraining import Masking, Pairs, mask_pair
+from lmjax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class _MaskFn:
+  """Picklable so grain may run it in worker processes."""
+  masking: Masking
+  word_start_V: np.ndarray
+
+  def __call__(self, pair, rng):
+    return mask_pair(pair, self.masking, self.word_start_V, rng)
+
+
+def _stack(examples):
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def pretraining_dataset(pairs: Pairs, masking: Masking, word_start_V: np.ndarray,
+                        global_batch: int, seed: int, process_index: int = 0,
+                        process_count: int = 1) -> grain.MapDataset:
+  """Returns this process's batches as a random-access grain dataset:
+  `ds[k]` is its share of global batch k, over endless epochs."""
+  if global_batch % process_count:
+    raise UserError(f"global batch {global_batch} does not split evenly over "
+                    f"{process_count} processes")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+  local = global_batch // process_count
+  return (grain.MapDataset.source(pairs)
+          .shuffle(seed=seed)
+          .repeat(None)
+          .random_map(_MaskFn(masking, word_start_V), seed=seed + 1)
+          .batch(local, drop_remainder=True, batch_fn=_stack)
+          .slice(slice(process_index, None, process_count)))
+
+
+class Loader:
+  """Iterates a batch dataset from batch `state` on; prefetches with threads."""
+
+  def __init__(self, dataset: grain.MapDataset, start: int = 0,
+               num_threads: int = 2, prefetch: int = 8):
+    self._dataset = dataset
+    self._options = grain.ReadOptions(num_threads=num_threads,
+                                      prefetch_buffer_size=prefetch)
+    self._start(start)
+
+  def _start(self, step: int):
+    self.step = step
+    self._it = iter(self._dataset.slice(slice(step, None))
+                    .to_iter_dataset(self._options))
+
+  def __iter__(self) -> Iterator[dict]:
+    return self
+
+  def __next__(self) -> dict:
+    batch = next(self._it)
+    self.step += 1
+    return batch
+
+  def state(self) -> dict:
+    """The loader's whole state: the number of batches handed out."""
+    return {"step": self.step}
+
+  def restore(self, state: dict) -> None:
+    self._start(int(state["step"]))

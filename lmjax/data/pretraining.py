@@ -1,0 +1,263 @@
+"""BERT pretraining instances, with the semantics of google-research/bert's
+create_pretraining_data.py: document-aware sentence pairs for next-sentence
+prediction, and 80/10/10 masking (optionally of whole words) for MLM.
+
+Two stages. `create_pairs` builds [CLS] A [SEP] B [SEP] token sequences once
+per seed. `mask_pair` masks one of them with a generator the loader derives
+from (seed, epoch, example), so masks are new every epoch yet reproducible.
+"""
+
+import dataclasses
+import hashlib
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lmjax.data.sources import Corpus
+from lmjax.data.tokenizer import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID, Tokenizer
+from lmjax.errors import UserError
+
+_CACHE_VERSION = "1"
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizedCorpus:
+  """Documents of sentences of token ids, as flat arrays.
+
+  Sentence s is tokens[sentence_offsets[s]:sentence_offsets[s+1]]; document d
+  is sentences doc_offsets[d]:doc_offsets[d+1].
+  """
+  tokens: np.ndarray  # int32 [total tokens]
+  sentence_offsets: np.ndarray  # int64 [sentences + 1]
+  doc_offsets: np.ndarray  # int64 [documents + 1]
+
+  @property
+  def num_documents(self) -> int:
+    return len(self.doc_offsets) - 1
+
+  def document(self, d: int) -> list[np.ndarray]:
+    s0, s1 = self.doc_offsets[d], self.doc_offsets[d + 1]
+    offsets = self.sentence_offsets
+    return [self.tokens[offsets[s]:offsets[s + 1]] for s in range(s0, s1)]
+
+
+def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer) -> TokenizedCorpus:
+  """Encodes every sentence; sentences that encode to nothing are dropped."""
+  sentences = [s for d in corpus.documents for s in d]
+  encoded = tokenizer.encode(sentences)
+  lengths = np.array([len(e) for e in encoded], np.int64)
+  per_doc = np.add.reduceat((lengths > 0).astype(np.int64),
+                            np.cumsum([0] + [len(d) for d in corpus.documents[:-1]]))
+  kept = [e for e in encoded if len(e)]
+  tokens = np.concatenate(kept).astype(np.int32) if kept else np.zeros(0, np.int32)
+  sentence_offsets = np.concatenate([[0], np.cumsum([len(e) for e in kept])])
+  doc_offsets = np.concatenate([[0], np.cumsum(per_doc[per_doc > 0])])
+  return TokenizedCorpus(tokens, sentence_offsets.astype(np.int64),
+                         doc_offsets.astype(np.int64))
+
+
+def cached_tokenized_corpus(corpus_key: str, load, tokenizer: Tokenizer,
+                            cache_dir: str | os.PathLike) -> tuple[TokenizedCorpus, dict]:
+  """Returns the tokenized corpus, from `cache_dir` when it was made before.
+
+  `corpus_key` names the corpus and its version (paths with sizes and
+  mtimes, say); `load()` returns its Corpus when the cache misses. Returns
+  (corpus, info) where info says whether the cache hit and what was skipped.
+  """
+  key = hashlib.sha256(f"{_CACHE_VERSION}|{corpus_key}|{tokenizer.fingerprint}"
+                       .encode()).hexdigest()[:20]
+  path = Path(cache_dir) / f"tokens-{key}.npz"
+  if path.is_file():
+    with np.load(path) as f:
+      info = {"cache": "hit", "undecodable_lines": int(f["undecodable_lines"])}
+      return TokenizedCorpus(f["tokens"], f["sentence_offsets"], f["doc_offsets"]), info
+  start = time.perf_counter()
+  corpus = load()
+  tokenized = tokenize_corpus(corpus, tokenizer)
+  if tokenized.num_documents == 0:
+    raise UserError(f"{corpus.name}: no sentence has any token")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp.npz")
+  np.savez(tmp, tokens=tokenized.tokens, sentence_offsets=tokenized.sentence_offsets,
+           doc_offsets=tokenized.doc_offsets,
+           undecodable_lines=np.int64(corpus.undecodable_lines))
+  os.replace(tmp, path)
+  return tokenized, {"cache": "miss", "undecodable_lines": corpus.undecodable_lines,
+                     "tokenize_s": round(time.perf_counter() - start, 2)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairs:
+  """Sentence-pair sequences [CLS] A [SEP] B [SEP], flat.
+
+  Pair i is tokens[offsets[i]:offsets[i+1]]; its segment B starts at
+  b_starts[i]; is_random_next[i] says B came from another document.
+  """
+  tokens: np.ndarray  # int32
+  offsets: np.ndarray  # int64 [pairs + 1]
+  b_starts: np.ndarray  # int32 [pairs]
+  is_random_next: np.ndarray  # int32 [pairs]
+
+  def __len__(self) -> int:
+    return len(self.b_starts)
+
+  def __getitem__(self, i: int) -> dict:
+    return dict(tokens=self.tokens[self.offsets[i]:self.offsets[i + 1]],
+                b_start=int(self.b_starts[i]), is_random_next=int(self.is_random_next[i]))
+
+
+def create_pairs(corpus: TokenizedCorpus, max_seq_length: int,
+                 short_seq_prob: float, seed: int) -> Pairs:
+  """Builds NSP sentence pairs from every document, as BERT's tool does.
+
+  Chunks of consecutive sentences fill a target length (shorter with
+  probability `short_seq_prob`); A is a random prefix of the chunk; B is the
+  rest (label 0) or, half the time, a span of a random other document
+  (label 1), and then the chunk's unused sentences are put back. Unlike
+  BERT's tool, a one-sentence chunk takes the next sentence as B when the
+  coin says "actual next", so the labels stay balanced.
+  """
+  if max_seq_length < 5:
+    raise UserError(f"max_seq_length must be at least 5, got {max_seq_length}")
+  rng = random.Random(seed)
+  documents = [corpus.document(d) for d in range(corpus.num_documents)]
+  out_tokens, b_starts, labels = [], [], []
+  for d in range(len(documents)):
+    for tokens, b_start, label in _document_pairs(documents, d, max_seq_length,
+                                                  short_seq_prob, rng):
+      out_tokens.append(tokens)
+      b_starts.append(b_start)
+      labels.append(label)
+  if not out_tokens:
+    raise UserError("the corpus yields no sentence pairs")
+  offsets = np.concatenate([[0], np.cumsum([len(t) for t in out_tokens])])
+  return Pairs(np.concatenate(out_tokens).astype(np.int32), offsets.astype(np.int64),
+               np.array(b_starts, np.int32), np.array(labels, np.int32))
+
+
+def _document_pairs(documents, d, max_seq_length, short_seq_prob, rng):
+  """Yields (tokens, b_start, is_random_next) for document `d`."""
+  document = documents[d]
+  max_tokens = max_seq_length - 3  # [CLS], [SEP], [SEP]
+  target = max_tokens
+  if rng.random() < short_seq_prob:
+    target = rng.randint(2, max_tokens)
+  chunk, length, i = [], 0, 0
+  while i < len(document):
+    chunk.append(document[i])
+    length += len(document[i])
+    if i == len(document) - 1 or length >= target:
+      is_random_next = int(rng.random() < 0.5)
+      if not is_random_next and len(chunk) == 1:
+        # BERT's tool forces a random B here, which skews the labels towards
+        # "random" (55% on austen); lmjax takes the next sentence as B instead.
+        if i + 1 < len(document):
+          i += 1
+          chunk.append(document[i])
+        else:
+          is_random_next = 1
+      a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
+      a = np.concatenate(chunk[:a_end])
+      if is_random_next:
+        other = d
+        for _ in range(10):
+          other = rng.randint(0, len(documents) - 1)
+          if other != d:
+            break
+        random_document = documents[other]
+        b_parts, b_len = [], 0
+        for sentence in random_document[rng.randint(0, len(random_document) - 1):]:
+          b_parts.append(sentence)
+          b_len += len(sentence)
+          if b_len >= target - len(a):
+            break
+        b = np.concatenate(b_parts)
+        i -= len(chunk) - a_end  # put the unused sentences back
+      else:
+        b = np.concatenate(chunk[a_end:])
+      a, b = _truncate_pair(a, b, max_tokens, rng)
+      tokens = np.concatenate([[CLS_ID], a, [SEP_ID], b, [SEP_ID]])
+      yield tokens, len(a) + 2, is_random_next
+      chunk, length = [], 0
+    i += 1
+
+
+def _truncate_pair(a, b, max_tokens, rng):
+  """Trims the longer segment, at its front or back at random, until the
+  pair fits."""
+  a_lo, a_hi, b_lo, b_hi = 0, len(a), 0, len(b)
+  while (a_hi - a_lo) + (b_hi - b_lo) > max_tokens:
+    if a_hi - a_lo > b_hi - b_lo:
+      if rng.random() < 0.5:
+        a_lo += 1
+      else:
+        a_hi -= 1
+    elif rng.random() < 0.5:
+      b_lo += 1
+    else:
+      b_hi -= 1
+  return a[a_lo:a_hi], b[b_lo:b_hi]
+
+
+@dataclasses.dataclass(frozen=True)
+class Masking:
+  """How one pair becomes a fixed-size MLM + NSP example."""
+  max_seq_length: int = 128
+  max_predictions: int = 20  # P: BERT's max_predictions_per_seq
+  masked_lm_prob: float = 0.15
+  whole_word_masking: bool = False
+  vocab_size: int = 8000
+
+
+def mask_pair(pair: dict, masking: Masking, word_start_V: np.ndarray,
+              rng: np.random.Generator) -> dict:
+  """Masks one pair; returns the example as fixed-size numpy arrays.
+
+  Picks round(15%) of the non-special tokens (at least one, at most P), as
+  whole words when asked; of those 80% become [MASK], 10% a random
+  non-special token, 10% stay. `masked_weights` is 1 on real predictions,
+  0 on padding.
+  """
+  tokens = pair["tokens"]
+  n, big_l, big_p = len(tokens), masking.max_seq_length, masking.max_predictions
+  eligible = np.flatnonzero(tokens >= NUM_SPECIAL)
+  num_to_predict = min(big_p, max(1, int(round(len(eligible) * masking.masked_lm_prob))))
+  if masking.whole_word_masking:
+    starts = word_start_V[tokens[eligible]] | (np.diff(eligible, prepend=-2) != 1)
+    groups = np.split(eligible, np.flatnonzero(starts)[1:])
+    chosen = []
+    for g in rng.permutation(len(groups)):
+      if len(chosen) >= num_to_predict:
+        break
+      if len(chosen) + len(groups[g]) <= num_to_predict:
+        chosen.extend(groups[g])
+    positions = np.sort(np.asarray(chosen, np.int64))
+  else:
+    positions = np.sort(rng.permutation(eligible)[:num_to_predict])
+
+  k = len(positions)
+  draw = rng.random(k)
+  replacement = np.where(draw < 0.8, MASK_ID,
+                         np.where(draw < 0.9, tokens[positions],
+                                  rng.integers(NUM_SPECIAL, masking.vocab_size, k)))
+  input_ids = np.zeros(big_l, np.int32)
+  input_ids[:n] = tokens
+  input_ids[positions] = replacement
+  segment_ids = np.zeros(big_l, np.int32)
+  segment_ids[pair["b_start"]:n] = 1
+  input_mask = np.zeros(big_l, np.int32)
+  input_mask[:n] = 1
+
+  def pad(values, dtype):
+    out = np.zeros(big_p, dtype)
+    out[:k] = values
+    return out
+
+  return dict(input_ids=input_ids, segment_ids=segment_ids, input_mask=input_mask,
+              masked_positions=pad(positions, np.int32),
+              masked_ids=pad(tokens[positions], np.int32),
+              masked_weights=pad(np.ones(k), np.float32),
+              nsp_labels=np.int32(pair["is_random_next"]))

@@ -1,0 +1,143 @@
+"""Where text comes from: the built-in corpora, named tfds datasets, local files.
+
+A pretraining source is a string:
+  austen                 a built-in corpus (prepared offline through tfds)
+  tfds:NAME[/CONFIG]     any tensorflow-datasets dataset with a text field
+  text:PATH_OR_GLOB      BERT's format: a sentence a line, blank lines between documents
+Every source yields documents as lists of sentences. Local files have no
+splits, so 'validation' is the documents whose text hashes into 5 of 100 buckets.
+"""
+
+import dataclasses
+import glob
+import os
+import re
+from pathlib import Path
+
+from lmjax.data import builtin
+from lmjax.errors import UserError
+
+# A sentence ends at . ! or ? (perhaps closed by a quote or bracket) before
+# whitespace and a capital or digit, unless the word is a title like "Mr.".
+_SENTENCE_END = re.compile(
+    r"(?<!\bMr\.)(?<!\bMrs\.)(?<!\bMs\.)(?<!\bDr\.)(?<!\bSt\.)(?<!\bJr\.)"
+    r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+@dataclasses.dataclass
+class Corpus:
+  """Documents of one split, and what reading them had to skip."""
+  name: str
+  documents: list[list[str]]
+  undecodable_lines: int = 0
+
+
+def split_sentences(text: str) -> list[str]:
+  """Lines, each split further at sentence ends (knowing Mr./Mrs./Dr./St.)."""
+  out = []
+  for line in text.splitlines():
+    out.extend(s.strip() for s in _SENTENCE_END.split(line) if s.strip())
+  return out
+
+
+def data_dir_or_default(data_dir: str | None) -> str:
+  return data_dir or os.environ.get("TFDS_DATA_DIR") or str(
+      Path.home() / "tensorflow_datasets")
+
+
+def load_corpus(source: str, split: str, data_dir: str | None = None,
+                text_field: str = "text") -> Corpus:
+  """Returns the documents of `split` ('train' or 'validation') of `source`."""
+  if source.startswith("text:"):
+    return _read_text_files(source[len("text:"):], split)
+  name = source[len("tfds:"):] if source.startswith("tfds:") else source
+  return _read_tfds(name, split, data_dir_or_default(data_dir), text_field)
+
+
+def _read_text_files(pattern: str, split: str) -> Corpus:
+  paths = sorted(glob.glob(os.path.expanduser(pattern))) if any(
+      c in pattern for c in "*?[") else [os.path.expanduser(pattern)]
+  if not paths:
+    raise UserError(f"text:{pattern}: no file matches")
+  documents, undecodable, any_text = [], 0, False
+  for path in paths:
+    if not os.path.isfile(path):
+      raise UserError(f"text:{path}: no such file")
+    current: list[str] = []
+    with open(path, "rb") as f:
+      for raw in f:
+        any_text = any_text or bool(raw.strip())
+        try:
+          line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+          undecodable += 1
+          continue
+        if line:
+          current.append(line)
+        elif current:
+          documents.append(current)
+          current = []
+    if current:  # a document never spans two files
+      documents.append(current)
+  if not any_text:
+    raise UserError(f"text:{pattern}: empty corpus (no text in {len(paths)} file(s))")
+  if not documents:
+    raise UserError(f"text:{pattern}: no sentences (every line was undecodable)")
+  chosen = [d for d in documents
+            if (builtin.bucket("\n".join(d)) < 5) == (split == "validation")]
+  return Corpus(f"text:{pattern}", chosen, undecodable)
+
+
+def tfds_builder(name: str, data_dir: str):
+  """Returns a prepared tfds builder: built-ins are prepared on first use."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  if name in builtin.BUILDERS:
+    builder = builtin.BUILDERS[name](data_dir=data_dir)
+    if not builder.is_prepared():
+      print(f"preparing built-in dataset {name} in {data_dir} (once)", flush=True)
+      builder.download_and_prepare(file_format="array_record")
+    return builder
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # tfds raises several types for unknown names
+    raise UserError(f"tfds:{name}: unknown dataset ({str(e).splitlines()[0]})") from None
+  if not builder.is_prepared():
+    raise UserError(f"tfds:{name}: not prepared under {data_dir}; prepare it "
+                    f"once where the data can be downloaded (tfds build {name} "
+                    f"--data_dir={data_dir} --file_format=array_record)")
+  return builder
+
+
+def _read_tfds(name: str, split: str, data_dir: str, text_field: str) -> Corpus:
+  builder = tfds_builder(name, data_dir)
+  if split not in builder.info.splits:
+    raise UserError(f"tfds:{name} has no split {split!r} (it has "
+                    f"{', '.join(builder.info.splits)})")
+  if text_field not in builder.info.features:
+    raise UserError(f"tfds:{name} has no field {text_field!r} (it has "
+                    f"{', '.join(builder.info.features)})")
+  documents = []
+  for example in _examples(builder, name, split):
+    text = example[text_field]
+    text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+    # The built-ins are stored a sentence a line already.
+    sentences = ([s.strip() for s in text.splitlines() if s.strip()]
+                 if name in builtin.BUILDERS else split_sentences(text))
+    if sentences:
+      documents.append(sentences)
+  if not documents:
+    raise UserError(f"tfds:{name}[{split}]: no sentences in field {text_field!r}")
+  return Corpus(f"tfds:{name}", documents)
+
+
+def _examples(builder, name: str, split: str):
+  """Iterates a split: array_record through tfds' data source (no
+  TensorFlow); tfrecord only through TensorFlow, when it is installed."""
+  if "array_record" in str(builder.info.file_format).lower():
+    return builder.as_data_source(split)
+  try:
+    import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    raise UserError(f"tfds:{name} is stored as tfrecord, which needs TensorFlow: "
+                    "pip install tensorflow-cpu") from None
+  return builder.as_dataset(split=split).as_numpy_iterator()
