@@ -8,12 +8,18 @@ number of batches it has handed out, so a restored loader continues exactly.
 """
 
 import dataclasses
+import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grain
 import numpy as np
 
-from lmjax.data.pretraining import Masking, Pairs, mask_pair
+from lmjax.data import builtin, sources
+from lmjax.data.pretraining import (Masking, Pairs, cached_tokenized_corpus,
+                                    create_pairs, mask_pair)
+from lmjax.data.tokenizer import Tokenizer
 from lmjax.errors import UserError
 
 
@@ -79,3 +85,56 @@ class Loader:
 
   def restore(self, state: dict) -> None:
     self._start(int(state["step"]))
+
+
+def load_tokenizer(data_config) -> Tokenizer:
+  """The config's tokenizer, or the built-in one when none is named."""
+  return Tokenizer.load(data_config.tokenizer or builtin.TOKENIZER_FILE)
+
+
+def check_data_config(data) -> None:
+  """Raises UserError naming the first data field with an impossible value."""
+  checks = [
+      ("max_seq_length", data.max_seq_length >= 5, "at least 5"),
+      ("max_predictions_per_seq", data.max_predictions_per_seq >= 1, "at least 1"),
+      ("max_predictions_per_seq", data.max_predictions_per_seq <= data.max_seq_length,
+       "at most max_seq_length"),
+      ("masked_lm_prob", 0 < data.masked_lm_prob < 1, "in (0, 1)"),
+      ("short_seq_prob", 0 <= data.short_seq_prob <= 1, "in [0, 1]"),
+      ("num_threads", data.num_threads >= 0, "at least 0"),
+  ]
+  for field, ok, requirement in checks:
+    if not ok:
+      raise UserError(f"config.data.{field} must be {requirement}, got "
+                      f"{getattr(data, field)!r}")
+
+
+def pretraining_input(data, global_batch: int, seed: int, split: str = "train",
+                      process_index: int = 0, process_count: int = 1):
+  """Builds the pretraining dataset of a config's `data` section.
+
+  Returns (dataset of this process's batches, tokenizer, info) where info
+  holds the corpus sizes, the cache outcome and the start-up time.
+  """
+  check_data_config(data)
+  start = time.perf_counter()
+  tokenizer = load_tokenizer(data)
+  cache_dir = data.cache_dir or os.environ.get("LMJAX_CACHE") or str(
+      Path.home() / ".cache" / "lmjax")
+  key = sources.corpus_key(data.source, split, data.data_dir or None, data.text_field)
+  corpus, info = cached_tokenized_corpus(
+      key, lambda: sources.load_corpus(data.source, split, data.data_dir or None,
+                                       data.text_field),
+      tokenizer, cache_dir)
+  pairs = create_pairs(corpus, data.max_seq_length, data.short_seq_prob, seed)
+  masking = Masking(max_seq_length=data.max_seq_length,
+                    max_predictions=data.max_predictions_per_seq,
+                    masked_lm_prob=data.masked_lm_prob,
+                    whole_word_masking=data.whole_word_masking,
+                    vocab_size=tokenizer.vocab_size)
+  dataset = pretraining_dataset(pairs, masking, tokenizer.word_start_V,
+                                global_batch, seed, process_index, process_count)
+  info = dict(info, source=data.source, split=split,
+              documents=corpus.num_documents, tokens=int(len(corpus.tokens)),
+              pairs=len(pairs), startup_s=round(time.perf_counter() - start, 2))
+  return dataset, tokenizer, info

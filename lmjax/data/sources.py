@@ -5,7 +5,8 @@ A pretraining source is a string:
   tfds:NAME[/CONFIG]     any tensorflow-datasets dataset with a text field
   text:PATH_OR_GLOB      BERT's format: a sentence a line, blank lines between documents
 Every source yields documents as lists of sentences. Local files have no
-splits, so 'validation' is the documents whose text hashes into 5 of 100 buckets.
+splits, so 'validation' is the documents whose text hashes into 5 of 100
+buckets (none when there are fewer than 20 documents).
 """
 
 import dataclasses
@@ -22,6 +23,11 @@ from lmjax.errors import UserError
 _SENTENCE_END = re.compile(
     r"(?<!\bMr\.)(?<!\bMrs\.)(?<!\bMs\.)(?<!\bDr\.)(?<!\bSt\.)(?<!\bJr\.)"
     r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+# Local files hold out the documents hashing into 5 of 100 buckets for
+# validation, but only from corpora of at least this many documents.
+_MIN_DOCUMENTS_TO_SPLIT = 20
 
 
 @dataclasses.dataclass
@@ -83,8 +89,14 @@ def _read_text_files(pattern: str, split: str) -> Corpus:
     raise UserError(f"text:{pattern}: empty corpus (no text in {len(paths)} file(s))")
   if not documents:
     raise UserError(f"text:{pattern}: no sentences (every line was undecodable)")
-  chosen = [d for d in documents
-            if (builtin.bucket("\n".join(d)) < 5) == (split == "validation")]
+  if len(documents) < _MIN_DOCUMENTS_TO_SPLIT:  # all train, no validation
+    chosen = documents if split == "train" else []
+  else:
+    chosen = [d for d in documents
+              if (builtin.bucket("\n".join(d)) < 5) == (split == "validation")]
+  if not chosen:
+    raise UserError(f"text:{pattern}: {len(documents)} documents are too few for a "
+                    f"{split} split (need {_MIN_DOCUMENTS_TO_SPLIT})")
   return Corpus(f"text:{pattern}", chosen, undecodable)
 
 
@@ -141,3 +153,18 @@ def _examples(builder, name: str, split: str):
     raise UserError(f"tfds:{name} is stored as tfrecord, which needs TensorFlow: "
                     "pip install tensorflow-cpu") from None
   return builder.as_dataset(split=split).as_numpy_iterator()
+
+
+def corpus_key(source: str, split: str, data_dir: str | None = None,
+               text_field: str = "text") -> str:
+  """A string that changes whenever the corpus `load_corpus` returns would:
+  file paths with sizes and mtimes, or the tfds name, version and directory."""
+  if source.startswith("text:"):
+    pattern = os.path.expanduser(source[len("text:"):])
+    paths = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+    stamps = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns)
+              for p in paths if os.path.isfile(p)]
+    return f"{source}|{split}|{stamps}"
+  name = source[len("tfds:"):] if source.startswith("tfds:") else source
+  version = builtin.BUILDERS[name].VERSION if name in builtin.BUILDERS else ""
+  return f"tfds:{name}|{version}|{split}|{data_dir_or_default(data_dir)}|{text_field}"

@@ -34,7 +34,7 @@ class Tokenizer:
                       "[PAD] [UNK] [CLS] [SEP] [MASK] at ids 0-4")
     # Special tokens count as word starts, so whole-word masking never glues
     # a word onto [CLS] or [SEP].
-    self._word_start_V = np.array(
+    self.word_start_V = np.array(
         [i < NUM_SPECIAL or p.startswith(_WORD_START) for i, p in enumerate(pieces)])
 
   @classmethod
@@ -68,7 +68,7 @@ class Tokenizer:
 
   def word_starts(self, ids: np.ndarray) -> np.ndarray:
     """Returns a bool array: True where the piece begins a new word."""
-    return self._word_start_V[ids]
+    return self.word_start_V[ids]
 
 
 def train(sentences: Iterable[str], vocab_size: int, output: str | os.PathLike,
@@ -101,7 +101,7 @@ def train(sentences: Iterable[str], vocab_size: int, output: str | os.PathLike,
         pad_id=PAD_ID, unk_id=UNK_ID, bos_id=-1, eos_id=-1,
         pad_piece="[PAD]", unk_piece="[UNK]",
         control_symbols=["[CLS]", "[SEP]", "[MASK]"],
-        hard_vocab_limit=False, num_threads=os.cpu_count() or 1,
+        num_threads=os.cpu_count() or 1,
         minloglevel=2)
   except RuntimeError as e:
     raise UserError(f"sentencepiece could not train: {str(e).splitlines()[0]}") from None
