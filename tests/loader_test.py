@@ -91,3 +91,12 @@ def test_tokenization_is_cached(tmp_path, config):
   assert first["cache"] == "miss" and second["cache"] == "hit"
   assert first["tokens"] == second["tokens"]
   assert len(list(tmp_path.glob("tokens-*.npz"))) == 1
+
+
+def test_damaged_cache_is_rebuilt(tmp_path, config):
+  config = pretrain_config(data_dir=config.data.data_dir, cache_dir=str(tmp_path))
+  _, _, first = loader.pretraining_input(config.data, 8, seed=0)
+  (cache,) = tmp_path.glob("tokens-*.npz")
+  cache.write_bytes(cache.read_bytes()[:100])
+  _, _, again = loader.pretraining_input(config.data, 8, seed=0)
+  assert again["cache"] == "miss" and again["tokens"] == first["tokens"]

@@ -88,3 +88,23 @@ def test_missing_files_and_unknown_datasets(tmp_path, data_dir):
 def test_sentence_splitting_knows_titles():
   assert sources.split_sentences('Mr. Darcy came. He said "Yes." Then left!\nNew') == [
       "Mr. Darcy came.", 'He said "Yes."', "Then left!", "New"]
+
+
+def test_tfrecord_datasets_need_tensorflow(monkeypatch):
+  import builtins  # pylint: disable=import-outside-toplevel
+  real_import = builtins.__import__
+
+  def no_tensorflow(name, *args, **kwargs):
+    if name == "tensorflow":
+      raise ImportError(name)
+    return real_import(name, *args, **kwargs)
+
+  class Info:
+    file_format = "tfrecord"
+
+  class Builder:
+    info = Info()
+
+  monkeypatch.setattr(builtins, "__import__", no_tensorflow)
+  with pytest.raises(UserError, match="pip install tensorflow-cpu"):
+    sources._examples(Builder(), "wiki40b/en", "train")  # pylint: disable=protected-access

@@ -12,6 +12,7 @@ import hashlib
 import os
 import random
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -71,9 +72,12 @@ def cached_tokenized_corpus(corpus_key: str, load, tokenizer: Tokenizer,
                        .encode()).hexdigest()[:20]
   path = Path(cache_dir) / f"tokens-{key}.npz"
   if path.is_file():
-    with np.load(path) as f:
-      info = {"cache": "hit", "undecodable_lines": int(f["undecodable_lines"])}
-      return TokenizedCorpus(f["tokens"], f["sentence_offsets"], f["doc_offsets"]), info
+    try:
+      with np.load(path) as f:
+        info = {"cache": "hit", "undecodable_lines": int(f["undecodable_lines"])}
+        return TokenizedCorpus(f["tokens"], f["sentence_offsets"], f["doc_offsets"]), info
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+      pass  # a damaged cache file is rebuilt below
   start = time.perf_counter()
   corpus = load()
   tokenized = tokenize_corpus(corpus, tokenizer)
