@@ -12,6 +12,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
+  config.model = ml_collections.ConfigDict(dict(
+      size="mini",  # tiny | mini | small | medium | base | large
+      max_position=512,
+      dropout_rate=0.1,
+      attention_dropout_rate=0.1,
+      dtype="float32",  # bfloat16 on accelerators
+      param_dtype="float32",
+      scan_layers=True,
+      remat_policy="none",  # none | full | dots | dots_no_batch
+      attention_impl="xla",  # cudnn on GPUs (with attention_dropout_rate=0)
+  ))
+
   config.data = ml_collections.ConfigDict(dict(
       source="austen",  # austen | tfds:NAME[/CONFIG] | text:PATH_OR_GLOB
       text_field="text",  # the text feature of a tfds source
@@ -28,11 +40,42 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict(dict(
       batch_size=32,  # global batch, split over processes
+      steps=2000,
+      optimizer="adamw",  # adamw | lamb
+      learning_rate=1e-3,
+      warmup_steps=200,
+      schedule="linear",  # linear | cosine decay after warm-up
+      end_learning_rate_fraction=0.0,
+      weight_decay=0.01,  # not on LayerNorm parameters or biases
+      b1=0.9,
+      b2=0.999,
+      eps=1e-6,
+      grad_clip_norm=1.0,  # 0 = no clipping
+      grad_accum_steps=1,  # micro-batches per step (batch_size divisible by it)
+      mlm_weight=1.0,
+      nsp_weight=1.0,
+      log_every=50,
+      eval_every=500,
+      eval_batches=16,
+      checkpoint_every=500,
+      keep_checkpoints=3,
+      cpu_peak_tflops=0.2,  # for MFU on CPU hosts; accelerators use known peaks
   ))
+
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
   variant = arg or ""
   if variant in ("base", "large"):
-    config.train.batch_size = 256
+    # BERT's recipe at sequence length 128 (phase 1); phase 2 continues at 512
+    # with --config.data.max_seq_length=512 --config.data.max_predictions_per_seq=80.
+    config.model.size = variant
+    config.model.dtype = "bfloat16"
+    config.data.max_predictions_per_seq = 20
+    config.train.update(batch_size=256, steps=900_000, warmup_steps=10_000,
+                        learning_rate=1e-4, log_every=100, eval_every=10_000,
+                        checkpoint_every=5_000)
+    if variant == "large":
+      config.train.update(batch_size=1024, learning_rate=1e-4, optimizer="lamb")
   elif variant:
     raise ValueError(f"unknown pretrain config variant {variant!r} (use base or large)")
   return config

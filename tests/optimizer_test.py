@@ -1,0 +1,72 @@
+"""The optax chain: BERT's AdamW, the schedule, the weight-decay mask."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import flax.linen as nn
+
+from lmjax.errors import ConfigError
+from lmjax.model import BertConfig, BertForPreTraining
+from lmjax.train import optimizer
+
+
+def train_config(**overrides):
+  base = dict(optimizer="adamw", schedule="linear", learning_rate=1e-3, steps=100,
+              warmup_steps=10, end_learning_rate_fraction=0.0, weight_decay=0.01,
+              grad_clip_norm=1.0, grad_accum_steps=1, batch_size=8, b1=0.9,
+              b2=0.999, eps=1e-6)
+  return ml_collections.ConfigDict({**base, **overrides})
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_schedule_warms_up_then_decays(schedule):
+  lr = optimizer.learning_rate_schedule(train_config(schedule=schedule,
+                                                     end_learning_rate_fraction=0.1))
+  assert float(lr(0)) == 0.0
+  assert float(lr(5)) == pytest.approx(5e-4)
+  assert float(lr(10)) == pytest.approx(1e-3)
+  assert 1e-4 < float(lr(55)) < 1e-3
+  assert float(lr(100)) == pytest.approx(1e-4, rel=1e-3)
+
+
+def test_weight_decay_skips_layer_norms_and_biases():
+  cfg = BertConfig.named("tiny", vocab_size=50, max_position=16, num_layers=1)
+  ids = jnp.zeros((1, 4), jnp.int32)
+  for params in (nn.unbox(BertForPreTraining(cfg).init(jax.random.key(0), ids, ids, ids, ids)),
+                 BertForPreTraining(cfg).init(jax.random.key(0), ids, ids, ids, ids)):
+    mask = jax.tree.leaves_with_path(optimizer.decay_mask(params["params"]))
+    by_name = {jax.tree_util.keystr(p): m for p, m in mask}
+    decayed = {k for k, m in by_name.items() if m}
+    assert any("word_embeddings" in k for k in decayed)
+    assert any("['wi']['kernel']" in k for k in decayed)
+    assert not any("norm" in k or "bias" in k for k in decayed)
+    assert any("layer_norm" in k for k in by_name) and any("output_bias" in k for k in by_name)
+
+
+def test_adamw_decays_only_masked_parameters():
+  tx = optimizer.create_optimizer(train_config(weight_decay=0.5, warmup_steps=0,
+                                               grad_clip_norm=0.0))
+  params = {"dense": {"kernel": jnp.ones(3), "bias": jnp.ones(3)},
+            "mlp_norm": {"scale": jnp.ones(3)}}
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero_grads, tx.init(params), params)
+  assert float(jnp.abs(updates["dense"]["kernel"]).max()) > 0
+  assert float(jnp.abs(updates["dense"]["bias"]).max()) == 0
+  assert float(jnp.abs(updates["mlp_norm"]["scale"]).max()) == 0
+
+
+def test_clipping_bounds_the_update_norm():
+  tx = optimizer.create_optimizer(train_config(optimizer="lamb", grad_clip_norm=1.0))
+  params = {"w": jnp.ones(4)}
+  updates, _ = tx.update({"w": jnp.full(4, 1e6)}, tx.init(params), params)
+  assert np.isfinite(np.asarray(updates["w"])).all()
+
+
+@pytest.mark.parametrize("field,value", [
+    ("optimizer", "sgd"), ("schedule", "step"), ("learning_rate", 0.0),
+    ("warmup_steps", 200), ("grad_accum_steps", 3)])
+def test_bad_values_name_the_field(field, value):
+  with pytest.raises(ConfigError, match=field):
+    optimizer.create_optimizer(train_config(**{field: value}))

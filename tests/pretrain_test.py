@@ -1,0 +1,162 @@
+"""`python -m lmjax.pretrain` end to end: sharding, exact resume, preemption,
+divergence and bad configs, on a tiny model and the built-in corpus."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).parents[1]
+TINY = ["--config.model.size=tiny", "--config.data.max_seq_length=32",
+        "--config.data.max_predictions_per_seq=5", "--config.train.batch_size=8",
+        "--config.train.steps=30", "--config.train.warmup_steps=5",
+        "--config.train.log_every=1", "--config.train.eval_every=1000",
+        "--config.train.eval_batches=2", "--config.train.checkpoint_every=5"]
+METRICS = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "grad_norm",
+           "learning_rate")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  return dict(os.environ, TFDS_DATA_DIR=str(tmp_path_factory.mktemp("tfds")),
+              LMJAX_CACHE=str(tmp_path_factory.mktemp("cache")), PYTHONUNBUFFERED="1")
+
+
+def command(workdir, *extra):
+  return [sys.executable, "-m", "lmjax.pretrain", f"--config={ROOT}/configs/pretrain.py",
+          f"--workdir={workdir}", *TINY, *extra]
+
+
+def run(env, workdir, *extra, check=True):
+  done = subprocess.run(command(workdir, *extra), capture_output=True, text=True,
+                        env=env, cwd=ROOT, check=False)
+  if check:
+    assert done.returncode == 0, done.stderr[-3000:]
+  return done
+
+
+def train_lines(workdir):
+  lines = [json.loads(l) for l in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  return {l["step"]: {k: l[k] for k in METRICS} for l in lines if "loss" in l}
+
+
+def wait_for_step(workdir, step, process, timeout=300):
+  path = Path(workdir) / "metrics.jsonl"
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    assert process.poll() is None, "the run ended before it was interrupted"
+    if path.exists() and any(json.loads(l).get("step", 0) >= step and "loss" in l
+                             for l in path.read_text().splitlines() if l.strip()):
+      return
+    time.sleep(0.05)
+  raise TimeoutError(step)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(env, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  done = run(env, workdir)
+  return workdir, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_run_writes_metrics_checkpoints_and_summary(uninterrupted):
+  workdir, summary = uninterrupted
+  steps = train_lines(workdir)
+  assert sorted(steps) == list(range(1, 31))
+  assert steps[30]["loss"] < steps[1]["loss"]
+  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert any("tokens_per_s" in l and "mfu" in l for l in lines)
+  assert any(l["step"] == 30 and "eval_mlm_accuracy" in l for l in lines)
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
+                if p.name.isdigit()) == [20, 25, 30]
+  assert list((workdir / "tensorboard").iterdir())
+  assert (workdir / "tokenizer.model").is_file() and (workdir / "config.json").is_file()
+  for key in ("eval_mlm_accuracy", "baseline_mlm_accuracy", "eval_nsp_accuracy",
+              "baseline_nsp_accuracy"):
+    assert 0 <= summary[key] <= 1
+  assert summary["step"] == 30
+
+
+@pytest.mark.slow
+def test_sharded_run_logs_the_losses_of_one_device(env, tmp_path, uninterrupted):
+  one_device = dict(env, XLA_FLAGS="")
+  run(one_device, tmp_path / "one")
+  run(env, tmp_path / "mesh", "--config.mesh.data=2", "--config.mesh.fsdp=2",
+      "--config.mesh.tensor=2")
+  single, mesh = train_lines(tmp_path / "one"), train_lines(tmp_path / "mesh")
+  assert sorted(single) == sorted(mesh) == list(range(1, 31))
+  for step in single:
+    rel = abs(mesh[step]["loss"] - single[step]["loss"]) / abs(single[step]["loss"])
+    assert rel < 1e-5, (step, single[step]["loss"], mesh[step]["loss"])
+
+
+@pytest.mark.slow
+def test_kill_9_and_resume_repeats_the_run_bit_for_bit(env, tmp_path, uninterrupted):
+  workdir = tmp_path / "killed"
+  process = subprocess.Popen(command(workdir), env=env, cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  wait_for_step(workdir, random.Random().randint(8, 22), process)
+  os.kill(process.pid, signal.SIGKILL)
+  process.wait()
+  done = run(env, workdir)
+  assert "resuming from the checkpoint of step" in done.stdout
+  assert train_lines(workdir) == train_lines(uninterrupted[0])
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_step_and_exits_zero(env, tmp_path):
+  workdir = tmp_path / "preempted"
+  process = subprocess.Popen(command(workdir, "--config.train.steps=100000"), env=env,
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True)
+  wait_for_step(workdir, 7, process)
+  process.send_signal(signal.SIGTERM)
+  out, _ = process.communicate(timeout=120)
+  assert process.returncode == 0
+  last = max(train_lines(workdir))
+  assert f"SIGTERM: saved a checkpoint at step {last}" in out
+  steps = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+  assert max(steps) == last
+
+
+@pytest.mark.slow
+def test_divergence_stops_with_one_line_and_keeps_a_good_checkpoint(env, tmp_path):
+  workdir = tmp_path / "diverged"
+  done = run(env, workdir, "--config.train.learning_rate=1e30",
+             "--config.train.warmup_steps=10", "--config.train.checkpoint_every=1",
+             check=False)
+  assert done.returncode == 2, done.stderr[-2000:]
+  message = done.stderr.strip().splitlines()[-1]
+  assert message.startswith("error: loss is nan at step") or "loss is inf" in message
+  bad_step = int(message.split("at step ")[1].split(";")[0])
+  good = int(message.rsplit("step ", 1)[1])
+  assert good < bad_step - 1
+  from lmjax.train.checkpoint import Checkpoints  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  ckpts = Checkpoints(workdir / "checkpoints")
+  assert ckpts.latest_step() == good
+  restored = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(good) / "state")
+  import jax  # pylint: disable=import-outside-toplevel
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.train.nosuchkey=1", "nosuchkey"),
+    ("--config.train.steps=zero", "steps"),
+    ("--config.train.optimizer=sgd", "config.train.optimizer"),
+    ("--config.model.size=huge", "size"),
+    ("--config.data.source=text:/no/such/corpus.txt", "no such file"),
+])
+def test_bad_configs_fail_before_any_work(env, tmp_path, override, message):
+  done = run(env, tmp_path / "w", override, check=False)
+  assert done.returncode == 2, done.stderr[-2000:]
+  assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / "w" / "checkpoints").exists()
