@@ -157,6 +157,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
              dynamic_ncols=True, desc="pretrain")
 
   def flush(step: int) -> None:
+    if not pending:
+      return
     fetched = jax.device_get(pending)
     pending.clear()
     for s, m in fetched:
@@ -184,7 +186,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
 
   with _StopRequest() as stop:
     try:
-      step = start
+      step, stopping = start, None
       while step < train.steps:
         batch = parallel.shard_batch(next(loader), mesh)
         state, metrics = train_step(state, batch, rng)
@@ -193,8 +195,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         bar.update(1)
         if step == start + 1:  # leave compilation out of the first rate
           flush(step)
-        finishing = step == train.steps or stop.signal
-        saving = finishing or step % train.checkpoint_every == 0
+        stopping = stop.signal  # read once: a signal may land at any moment
+        saving = step == train.steps or stopping or step % train.checkpoint_every == 0
         if saving or step % train.log_every == 0:
           flush(step)
         if step % train.eval_every == 0 or step == train.steps:
@@ -202,8 +204,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
           writer.write(step, last_eval)
         if saving:
           ckpts.save(step, state, loader.state(), json.loads(config.to_json()))
-        if stop.signal:
-          print(f"\n{stop.signal}: saved a checkpoint at step {step}; exiting", flush=True)
+        if stopping:
+          print(f"\n{stopping}: saved a checkpoint at step {step}; exiting", flush=True)
           break
     finally:
       bar.close()
@@ -212,7 +214,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
       writer.flush()
       writer.close()
 
-  summary = dict(step=step, stopped_by=stop.signal, **data_info_summary(data_info),
+  summary = dict(step=step, stopped_by=stopping, **data_info_summary(data_info),
                  **{k: round(float(v), 5) for k, v in last_eval.items()}, **baselines)
   if lead:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
