@@ -13,6 +13,7 @@ activation [batch, length, embed], `batch` takes ('data', 'fsdp') first, so
 
 import contextlib
 import math
+import os
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -37,6 +38,18 @@ RULES: Rules = (
     ("kv", None),
     ("layers", None),
 )
+
+
+def initialize_distributed() -> None:
+  """Starts JAX's distributed runtime when this is one process of several:
+  a multi-host TPU slice, a SLURM job of several tasks, or an explicit
+  JAX_COORDINATOR_ADDRESS. jax.distributed.initialize reads the rest from
+  the environment. A single process does nothing."""
+  multi = (os.environ.get("JAX_COORDINATOR_ADDRESS")
+           or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+           or int(os.environ.get("SLURM_NTASKS", "1")) > 1)
+  if multi:
+    jax.distributed.initialize()
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,

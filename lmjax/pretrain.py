@@ -7,11 +7,12 @@ again with the same DIR resumes from its latest checkpoint.
 """
 
 import json
+import time
 
 from absl import flags
 from ml_collections import config_flags
 
-from lmjax import cli
+from lmjax import cli, parallel
 from lmjax.errors import UserError
 from lmjax.train.loop import train_and_evaluate
 
@@ -25,7 +26,15 @@ def main(argv):
   del argv
   if _CONFIG.value is None:
     raise UserError("--config is required (e.g. --config=configs/pretrain.py)")
+  parallel.initialize_distributed()
+  start = time.perf_counter()
   summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if "eval_mlm_accuracy" in summary:
+    print(f"step {summary['step']}: eval MLM accuracy {summary['eval_mlm_accuracy']:.4f} "
+          f"(always the most frequent token: {summary['baseline_mlm_accuracy']:.4f}), "
+          f"NSP accuracy {summary['eval_nsp_accuracy']:.4f} (majority label: "
+          f"{summary['baseline_nsp_accuracy']:.4f}); {time.perf_counter() - start:.0f}s",
+          flush=True)
   print(json.dumps(summary), flush=True)
 
 

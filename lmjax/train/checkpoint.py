@@ -38,6 +38,10 @@ class Checkpoints:
         config=ocp.args.JsonRestore()))
     return restored["state"], dict(restored["loader"]), dict(restored["config"])
 
+  def reached_preemption(self, step: int) -> bool:
+    """True on every process once any got a preemption notice (multi-host)."""
+    return self._manager.reached_preemption(step)
+
   def delete(self, step: int) -> None:
     self._manager.delete(step)
 

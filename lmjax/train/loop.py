@@ -24,8 +24,12 @@ from lmjax.model import BertConfig, BertForPreTraining, flops_per_token
 from lmjax.train import checkpoint, optimizer, steps
 from lmjax.train.metrics import MetricWriter, peak_flops_per_device
 
-# Config sections a resumed run must share with the run that wrote the checkpoint.
-_MUST_MATCH = ("seed", "model", "data", "train.batch_size", "train.grad_accum_steps")
+# Config fields a resumed run must share with the run that wrote the checkpoint:
+# those that shape the model or the stream of batches.
+_MUST_MATCH = ("seed", "model", "train.batch_size", "train.grad_accum_steps",
+               "data.source", "data.text_field", "data.tokenizer", "data.max_seq_length",
+               "data.max_predictions_per_seq", "data.masked_lm_prob",
+               "data.short_seq_prob", "data.whole_word_masking")
 
 
 class TrainingDiverged(UserError):
@@ -195,7 +199,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         bar.update(1)
         if step == start + 1:  # leave compilation out of the first rate
           flush(step)
-        stopping = stop.signal  # read once: a signal may land at any moment
+        # Read once: a signal may land at any moment. Several processes agree
+        # on the step through JAX's preemption sync point instead.
+        stopping = (stop.signal if jax.process_count() == 1 else
+                    "SIGTERM" if ckpts.reached_preemption(step) else None)
         saving = step == train.steps or stopping or step % train.checkpoint_every == 0
         if saving or step % train.log_every == 0:
           flush(step)
