@@ -148,6 +148,18 @@ def test_divergence_stops_with_one_line_and_keeps_a_good_checkpoint(env, tmp_pat
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored))
 
 
+@pytest.mark.slow
+def test_a_small_local_corpus_trains_and_evaluates_on_train_batches(env, tmp_path):
+  corpus = tmp_path / "notes.txt"
+  corpus.write_text("\n\n".join(
+      "\n".join(f"Entry {d} says thing {s} about topic {d % 7}." for s in range(12))
+      for d in range(6)) + "\n")
+  done = run(env, tmp_path / "w", f"--config.data.source=text:{corpus}",
+             "--config.train.steps=10")
+  assert "evaluating on training batches instead" in done.stdout
+  assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == 10
+
+
 @pytest.mark.parametrize("override,message", [
     ("--config.train.nosuchkey=1", "nosuchkey"),
     ("--config.train.steps=zero", "steps"),

@@ -30,6 +30,10 @@ _SENTENCE_END = re.compile(
 _MIN_DOCUMENTS_TO_SPLIT = 20
 
 
+class MissingSplitError(UserError):
+  """The source has no documents for the split asked for."""
+
+
 @dataclasses.dataclass
 class Corpus:
   """Documents of one split, and what reading them had to skip."""
@@ -95,7 +99,7 @@ def _read_text_files(pattern: str, split: str) -> Corpus:
     chosen = [d for d in documents
               if (builtin.bucket("\n".join(d)) < 5) == (split == "validation")]
   if not chosen:
-    raise UserError(f"text:{pattern}: {len(documents)} documents are too few for a "
+    raise MissingSplitError(f"text:{pattern}: {len(documents)} documents are too few for a "
                     f"{split} split (need {_MIN_DOCUMENTS_TO_SPLIT})")
   return Corpus(f"text:{pattern}", chosen, undecodable)
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from lmjax import parallel
 from lmjax.data.loader import Loader, pretraining_input
+from lmjax.data.sources import MissingSplitError
 from lmjax.errors import ConfigError, UserError
 from lmjax.model import BertConfig, BertForPreTraining, flops_per_token
 from lmjax.train import checkpoint, optimizer, steps
@@ -113,8 +114,12 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   process = dict(process_index=jax.process_index(), process_count=jax.process_count())
   train_data, tokenizer, data_info = pretraining_input(
       config.data, train.batch_size, config.seed, "train", **process)
-  eval_data, _, _ = pretraining_input(config.data, train.batch_size, config.seed,
-                                      "validation", **process)
+  try:
+    eval_data, _, _ = pretraining_input(config.data, train.batch_size, config.seed,
+                                        "validation", **process)
+  except MissingSplitError as e:
+    print(f"{e}; evaluating on training batches instead", flush=True)
+    eval_data = train_data
   model_cfg = model_config(config.model, tokenizer.vocab_size)
   if config.data.max_seq_length > model_cfg.max_position:
     raise ConfigError(f"config.data.max_seq_length ({config.data.max_seq_length}) "
