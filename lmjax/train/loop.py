@@ -226,12 +226,14 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
       writer.flush()
       writer.close()
 
-  summary = dict(step=step, stopped_by=stopping, **data_info_summary(data_info),
+  if not last_eval and not stopping:  # the workdir held a finished run
+    last_eval = _evaluate(eval_step, state, eval_batches)
+  summary = dict(step=step, stopped_by=stopping, **_data_summary(data_info),
                  **{k: round(float(v), 5) for k, v in last_eval.items()}, **baselines)
   if lead:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   return summary
 
 
-def data_info_summary(info: dict) -> dict:
+def _data_summary(info: dict) -> dict:
   return {f"train_{k}": info[k] for k in ("documents", "tokens", "pairs")}
