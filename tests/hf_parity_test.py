@@ -241,3 +241,42 @@ def test_save_leaves_no_partial_files(tmp_path):
   save_hf_bert(config, params, tmp_path)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json",
                                                          "model.safetensors"]
+
+
+_FLOAT64_CHILD = """
+import json, sys, tempfile
+import conftest  # 8 CPU devices, as in the parent
+import hf_parity_test as H
+import jax.numpy as jnp
+from lmjax.interop.hf import load_hf_bert
+errors = {}
+for name in sorted(H.CONFIGS):
+  reference = H._reference(name)
+  with tempfile.TemporaryDirectory() as tmp:
+    reference.save_pretrained(tmp)
+    config, params = load_hf_bert(tmp, dtype="float64", param_dtype="float64")
+  x = H._inputs(reference.config)
+  ours = H._lmjax_outputs(config, params, x)
+  want = H._reference_outputs(reference.double(), x)
+  errors[name] = {k: float(abs(ours[k] - want[k]).max()) for k in want}
+  errors[name]["dtype"] = str(ours["mlm_logits"].dtype)
+print(json.dumps(errors))
+"""
+
+
+def test_float64_model_matches_the_float64_reference_to_machine_precision():
+  # In float32 both implementations round differently (see TOL); in float64
+  # any real difference in the computation would stand out above ~1e-15.
+  import os  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from pathlib import Path  # pylint: disable=import-outside-toplevel
+  done = subprocess.run([sys.executable, "-c", _FLOAT64_CHILD], capture_output=True,
+                        text=True, check=False, cwd=Path(__file__).parent,
+                        env=dict(os.environ, JAX_ENABLE_X64="1"))
+  assert done.returncode == 0, done.stderr[-3000:]
+  errors = json.loads(done.stdout.strip().splitlines()[-1])
+  for name, by_output in errors.items():
+    assert by_output.pop("dtype") == "float64"
+    for output, err in by_output.items():
+      assert err < 1e-12, (name, output, err)

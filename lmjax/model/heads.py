@@ -6,7 +6,8 @@ import flax.linen as nn
 
 from lmjax.model.config import BertConfig
 from lmjax.model.encoder import BertModel
-from lmjax.model.layers import ACTIVATIONS, dense, layer_norm, zeros_init
+from lmjax.model.layers import (ACTIVATIONS, dense, layer_norm, logits_dtype,
+                                zeros_init)
 
 
 class MaskedLMHead(nn.Module):
@@ -16,7 +17,7 @@ class MaskedLMHead(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxPxD, embedding_VxD):
-    """Returns float32 logits [B, P, V] over the vocabulary."""
+    """Returns logits [B, P, V] over the vocabulary, in at least float32."""
     cfg = self.config
     h_BxPxD = dense(cfg, cfg.hidden_size, ("embed", "mlp"), "transform")(x_BxPxD)
     h_BxPxD = layer_norm(cfg, "transform_norm")(ACTIVATIONS[cfg.hidden_act](h_BxPxD))
@@ -25,10 +26,11 @@ class MaskedLMHead(nn.Module):
     h_BxPxD = nn.with_logical_constraint(h_BxPxD, ("batch", "length", "embed"))
     bias_V = self.param("output_bias", zeros_init(("vocab",)), (cfg.vocab_size,),
                         cfg.param_dtype)
+    out_dtype = logits_dtype(cfg.dtype)
     logits_BxPxV = jnp.einsum("bpd,vd->bpv", h_BxPxD,
                               embedding_VxD.astype(h_BxPxD.dtype),
-                              preferred_element_type=jnp.float32)
-    logits_BxPxV = logits_BxPxV + bias_V.astype(jnp.float32)
+                              preferred_element_type=out_dtype)
+    logits_BxPxV = logits_BxPxV + bias_V.astype(out_dtype)
     return nn.with_logical_constraint(logits_BxPxV, ("batch", "length", "vocab"))
 
 
@@ -54,12 +56,12 @@ class BertForPreTraining(nn.Module):
   def __call__(self, input_ids, segment_ids, input_mask, masked_positions,
                deterministic: bool = True) -> dict[str, jax.Array]:
     """Returns sequence_output [B,L,D], pooled_output [B,D], mlm_logits [B,P,V]
-    and nsp_logits [B,2]; logits are float32."""
+    and nsp_logits [B,2]; logits are float32 (float64 in a float64 model)."""
     seq_BxLxD, pooled_BxD = self.bert(input_ids, segment_ids, input_mask,
                                       deterministic)
     mlm_logits_BxPxV = self.mlm(gather_positions(seq_BxLxD, masked_positions),
                                 self.bert.word_embedding_table())
-    nsp_logits_Bx2 = self.nsp(pooled_BxD).astype(jnp.float32)
+    nsp_logits_Bx2 = self.nsp(pooled_BxD).astype(logits_dtype(self.config.dtype))
     return dict(sequence_output=seq_BxLxD, pooled_output=pooled_BxD,
                 mlm_logits=mlm_logits_BxPxV, nsp_logits=nsp_logits_Bx2)
 
@@ -84,7 +86,7 @@ class BertForSequenceClassification(nn.Module):
 
   def __call__(self, input_ids, segment_ids, input_mask,
                deterministic: bool = True) -> jax.Array:
-    """Returns float32 logits [B, num_labels]."""
+    """Returns logits [B, num_labels], in at least float32."""
     _, pooled_BxD = self.bert(input_ids, segment_ids, input_mask, deterministic)
     pooled_BxD = self.dropout(pooled_BxD, deterministic=deterministic)
-    return self.classifier(pooled_BxD).astype(jnp.float32)
+    return self.classifier(pooled_BxD).astype(logits_dtype(self.config.dtype))

@@ -147,14 +147,17 @@ class MultiHeadAttention(nn.Module):
           q_BxLxNxH, k_BxLxNxH, v_BxLxNxH,
           key_value_seq_lengths=mask_BxL.sum(-1).astype(jnp.int32),
           implementation="cudnn")
-    elif deterministic or cfg.attention_dropout_rate == 0.0:
+    elif (deterministic or cfg.attention_dropout_rate == 0.0) and (
+        jnp.dtype(cfg.dtype) != jnp.float64):
       out_BxLxNxH = jax.nn.dot_product_attention(
           q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask_Bx1x1xL,
           implementation="xla")
     else:
+      # Explicit attention: for dropout on the probabilities, and in float64,
+      # where the fused function would still round its softmax to float32.
       probs_BxNxLxL = attention_probs(q_BxLxNxH, k_BxLxNxH, mask_Bx1x1xL)
       probs_BxNxLxL = nn.Dropout(cfg.attention_dropout_rate)(
-          probs_BxNxLxL, deterministic=False)
+          probs_BxNxLxL, deterministic=deterministic)
       out_BxLxNxH = jnp.einsum("bnqk,bknh->bqnh", probs_BxNxLxL, v_BxLxNxH)
     out_BxLxNxH = nn.with_logical_constraint(out_BxLxNxH, axes)
 
@@ -164,17 +167,18 @@ class MultiHeadAttention(nn.Module):
 
 
 def attention_probs(q_BxLxNxH, k_BxLxNxH, mask_Bx1x1xL):
-  """Softmax attention weights [B, N, L, L], computed in float32.
-
-  Used where dropout applies to the probabilities, which the fused
-  `jax.nn.dot_product_attention` cannot do.
-  """
+  """Softmax attention weights [B, N, L, L], computed in at least float32."""
   scale = q_BxLxNxH.shape[-1] ** -0.5
+  dtype = logits_dtype(q_BxLxNxH.dtype)
   logits_BxNxLxL = jnp.einsum("bqnh,bknh->bnqk", q_BxLxNxH, k_BxLxNxH)
-  logits_BxNxLxL = logits_BxNxLxL.astype(jnp.float32) * scale
-  logits_BxNxLxL = jnp.where(mask_Bx1x1xL, logits_BxNxLxL,
-                             jnp.finfo(jnp.float32).min)
+  logits_BxNxLxL = logits_BxNxLxL.astype(dtype) * scale
+  logits_BxNxLxL = jnp.where(mask_Bx1x1xL, logits_BxNxLxL, jnp.finfo(dtype).min)
   return jax.nn.softmax(logits_BxNxLxL, axis=-1).astype(q_BxLxNxH.dtype)
+
+
+def logits_dtype(dtype) -> jnp.dtype:
+  """float32 for bfloat16/float16/float32 computation, float64 for float64."""
+  return jnp.promote_types(dtype, jnp.float32)
 
 
 class FeedForward(nn.Module):
