@@ -24,9 +24,9 @@ def _batch(b=8, length=16, p=3, seed=0):
               nsp_labels=rng.integers(0, 2, b).astype(np.int32))
 
 
-def _setup(mesh, accum=1, **train):
+def _setup(mesh, accum=1, cfg=CFG, **train):
   train = train_config(grad_accum_steps=accum, **train)
-  model = BertForPreTraining(CFG)
+  model = BertForPreTraining(cfg)
   tx = optimizer.create_optimizer(train)
   state, shardings = steps.create_train_state(model, tx, mesh, _batch(),
                                               jax.random.key(0))
@@ -59,17 +59,13 @@ def test_accumulated_gradients_equal_one_big_batch():
   # Without dropout, k micro-batches of equal size give the same update as
   # one batch: the MLM loss averages per micro-batch, and every micro-batch
   # has the same number of predictions here.
-  global CFG  # pylint: disable=global-statement
-  saved, CFG = CFG, CFG.replace(dropout_rate=0.0, attention_dropout_rate=0.0)
-  try:
-    mesh = parallel.make_mesh()
-    batch = parallel.shard_batch(_batch(), mesh)
-    _, s1, _, step1 = _setup(mesh, accum=1)
-    _, s4, _, step4 = _setup(mesh, accum=4)
-    s1, m1 = step1(s1, batch, jax.random.key(1))
-    s4, m4 = step4(s4, batch, jax.random.key(1))
-  finally:
-    CFG = saved
+  cfg = CFG.replace(dropout_rate=0.0, attention_dropout_rate=0.0)
+  mesh = parallel.make_mesh()
+  batch = parallel.shard_batch(_batch(), mesh)
+  _, s1, _, step1 = _setup(mesh, accum=1, cfg=cfg)
+  _, s4, _, step4 = _setup(mesh, accum=4, cfg=cfg)
+  s1, m1 = step1(s1, batch, jax.random.key(1))
+  s4, m4 = step4(s4, batch, jax.random.key(1))
   np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5)
   np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=1e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
