@@ -57,11 +57,17 @@ def test_adamw_decays_only_masked_parameters():
   assert float(jnp.abs(updates["mlp_norm"]["scale"]).max()) == 0
 
 
-def test_clipping_bounds_the_update_norm():
-  tx = optimizer.create_optimizer(train_config(optimizer="lamb", grad_clip_norm=1.0))
+@pytest.mark.parametrize("name", ["adamw", "lamb"])
+def test_gradients_are_clipped_to_the_global_norm_before_the_optimizer(name):
   params = {"w": jnp.ones(4)}
-  updates, _ = tx.update({"w": jnp.full(4, 1e6)}, tx.init(params), params)
-  assert np.isfinite(np.asarray(updates["w"])).all()
+  grads = {"w": jnp.full(4, 1e3)}  # global norm 2,000
+  for clip, want in ((1.0, 1.0), (0.0, 2000.0)):
+    tx = optimizer.create_optimizer(train_config(optimizer=name, grad_clip_norm=clip))
+    _, state = tx.update(grads, tx.init(params), params)
+    adam_state = jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "mu"))
+    mu = next(x.mu for x in adam_state if hasattr(x, "mu"))
+    # After one step Adam's first moment is (1 - b1) times the gradient it saw.
+    assert float(jnp.linalg.norm(mu["w"])) == pytest.approx(0.1 * want, rel=1e-5)
 
 
 @pytest.mark.parametrize("field,value", [
