@@ -16,7 +16,6 @@ from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 
 from lmjax import parallel
 from lmjax.model import BertConfig, BertForPreTraining, flops_per_token

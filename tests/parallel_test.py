@@ -1,7 +1,6 @@
 """Sharding on 8 simulated CPU devices: a 2x2x2 (data, fsdp, tensor) mesh."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import flax.linen as nn

@@ -91,13 +91,10 @@ def test_sentence_splitting_knows_titles():
 
 
 def test_tfrecord_datasets_need_tensorflow(monkeypatch):
-  import builtins  # pylint: disable=import-outside-toplevel
-  real_import = builtins.__import__
-
-  def no_tensorflow(name, *args, **kwargs):
-    if name == "tensorflow":
-      raise ImportError(name)
-    return real_import(name, *args, **kwargs)
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  real_find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *a: None if name == "tensorflow" else real_find_spec(name, *a))
 
   class Info:
     file_format = "tfrecord"
@@ -105,6 +102,5 @@ def test_tfrecord_datasets_need_tensorflow(monkeypatch):
   class Builder:
     info = Info()
 
-  monkeypatch.setattr(builtins, "__import__", no_tensorflow)
   with pytest.raises(UserError, match="pip install tensorflow-cpu"):
     sources._examples(Builder(), "wiki40b/en", "train")  # pylint: disable=protected-access

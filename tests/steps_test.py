@@ -1,9 +1,7 @@
 """Pure train and eval steps: losses fall, accumulation is exact, shardings hold."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from lmjax import parallel
 from lmjax.model import BertConfig, BertForPreTraining

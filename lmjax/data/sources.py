@@ -11,6 +11,7 @@ buckets (none when there are fewer than 20 documents).
 
 import dataclasses
 import glob
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -151,11 +152,9 @@ def _examples(builder, name: str, split: str):
   TensorFlow); tfrecord only through TensorFlow, when it is installed."""
   if "array_record" in str(builder.info.file_format).lower():
     return builder.as_data_source(split)
-  try:
-    import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
-  except ImportError:
+  if importlib.util.find_spec("tensorflow") is None:
     raise UserError(f"tfds:{name} is stored as tfrecord, which needs TensorFlow: "
-                    "pip install tensorflow-cpu") from None
+                    "pip install tensorflow-cpu")
   return builder.as_dataset(split=split).as_numpy_iterator()
 
 

@@ -7,3 +7,9 @@ from lmjax.model.heads import (BertForPreTraining, BertForSequenceClassification
                                MaskedLMHead)
 from lmjax.model.layers import (Embeddings, EncoderLayer, FeedForward,
                                 MultiHeadAttention)
+
+__all__ = [
+    "BertConfig", "SIZES", "flops_per_token", "param_count", "BertModel", "Encoder",
+    "BertForPreTraining", "BertForSequenceClassification", "MaskedLMHead",
+    "Embeddings", "EncoderLayer", "FeedForward", "MultiHeadAttention",
+]

@@ -6,7 +6,6 @@ are all restored, so the resumed run repeats the uninterrupted one bit for bit.
 SIGTERM or SIGINT saves a checkpoint at the current step and returns.
 """
 
-import dataclasses
 import json
 import os
 import signal
