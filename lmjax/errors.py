@@ -15,3 +15,12 @@ class ConfigError(UserError, ValueError):
 
 class CheckpointError(UserError, ValueError):
   """A checkpoint that is missing, incomplete or does not fit the model."""
+
+
+def check_fields(section: str, values, checks) -> None:
+  """Raises ConfigError for the first (field, ok, requirement) whose `ok` is
+  false, naming `section.field`, what it must be and the value it has."""
+  for field, ok, requirement in checks:
+    if not ok:
+      raise ConfigError(f"{section}.{field} must be {requirement}, got "
+                        f"{values[field]!r}")

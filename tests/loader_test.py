@@ -55,7 +55,7 @@ def test_masks_change_every_epoch_but_pairs_stay(config):
                                   b["masked_ids"], b["masked_weights"]):
         ids = ids.copy()
         ids[pos[w > 0]] = tgt[w > 0]
-        out.add((ids.tobytes(), ids.tobytes() and pos.tobytes()))
+        out.add((ids.tobytes(), pos.tobytes()))  # (pair text, where it was masked)
     return out
   one, two = originals(first), originals(second)
   texts_one, texts_two = {t for t, _ in one}, {t for t, _ in two}

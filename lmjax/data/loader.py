@@ -20,7 +20,7 @@ from lmjax.data import builtin, sources
 from lmjax.data.pretraining import (Masking, Pairs, cached_tokenized_corpus,
                                     create_pairs, mask_pair)
 from lmjax.data.tokenizer import Tokenizer
-from lmjax.errors import UserError
+from lmjax.errors import UserError, check_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +93,7 @@ def load_tokenizer(data_config) -> Tokenizer:
 
 
 def check_data_config(data) -> None:
-  """Raises UserError naming the first data field with an impossible value."""
+  """Raises ConfigError naming the first data field with an impossible value."""
   checks = [
       ("max_seq_length", data.max_seq_length >= 5, "at least 5"),
       ("max_predictions_per_seq", data.max_predictions_per_seq >= 1, "at least 1"),
@@ -103,10 +103,7 @@ def check_data_config(data) -> None:
       ("short_seq_prob", 0 <= data.short_seq_prob <= 1, "in [0, 1]"),
       ("num_threads", data.num_threads >= 0, "at least 0"),
   ]
-  for field, ok, requirement in checks:
-    if not ok:
-      raise UserError(f"config.data.{field} must be {requirement}, got "
-                      f"{getattr(data, field)!r}")
+  check_fields("config.data", data, checks)
 
 
 def pretraining_input(data, global_batch: int, seed: int, split: str = "train",

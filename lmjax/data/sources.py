@@ -65,9 +65,14 @@ def load_corpus(source: str, split: str, data_dir: str | None = None,
   return _read_tfds(name, split, data_dir_or_default(data_dir), text_field)
 
 
+def _text_paths(pattern: str) -> list[str]:
+  """The files a `text:` pattern names: a glob's matches, or the one path."""
+  pattern = os.path.expanduser(pattern)
+  return sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+
+
 def _read_text_files(pattern: str, split: str) -> Corpus:
-  paths = sorted(glob.glob(os.path.expanduser(pattern))) if any(
-      c in pattern for c in "*?[") else [os.path.expanduser(pattern)]
+  paths = _text_paths(pattern)
   if not paths:
     raise UserError(f"text:{pattern}: no file matches")
   documents, undecodable, any_text = [], 0, False
@@ -163,10 +168,8 @@ def corpus_key(source: str, split: str, data_dir: str | None = None,
   """A string that changes whenever the corpus `load_corpus` returns would:
   file paths with sizes and mtimes, or the tfds name, version and directory."""
   if source.startswith("text:"):
-    pattern = os.path.expanduser(source[len("text:"):])
-    paths = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
     stamps = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns)
-              for p in paths if os.path.isfile(p)]
+              for p in _text_paths(source[len("text:"):]) if os.path.isfile(p)]
     return f"{source}|{split}|{stamps}"
   name = source[len("tfds:"):] if source.startswith("tfds:") else source
   version = builtin.BUILDERS[name].VERSION if name in builtin.BUILDERS else ""

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from lmjax import parallel
 from lmjax.data.loader import Loader, pretraining_input
 from lmjax.data.sources import MissingSplitError
-from lmjax.errors import ConfigError, UserError
+from lmjax.errors import ConfigError, UserError, check_fields
 from lmjax.model import BertConfig, BertForPreTraining, flops_per_token
 from lmjax.train import checkpoint, optimizer, steps
 from lmjax.train.metrics import MetricWriter, peak_flops_per_device
@@ -104,10 +104,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   workdir = Path(workdir)
   optimizer.check_train_config(config.train)
   train = config.train
-  for field in ("log_every", "eval_every", "eval_batches", "checkpoint_every",
-                "keep_checkpoints"):
-    if train[field] < 1:
-      raise ConfigError(f"config.train.{field} must be at least 1, got {train[field]}")
+  check_fields("config.train", train, [
+      (f, train[f] >= 1, "at least 1") for f in ("log_every", "eval_every", "eval_batches",
+                                                 "checkpoint_every", "keep_checkpoints")])
   model_config(config.model, vocab_size=8)  # fail on a bad model field before any work
   mesh = parallel.make_mesh(**config.mesh)
   process = dict(process_index=jax.process_index(), process_count=jax.process_count())

@@ -3,7 +3,7 @@
 import jax
 import optax
 
-from lmjax.errors import ConfigError
+from lmjax.errors import check_fields
 
 OPTIMIZERS = ("adamw", "lamb")
 SCHEDULES = ("linear", "cosine")
@@ -50,10 +50,7 @@ def check_train_config(train) -> None:
       ("batch_size", train.batch_size % train.grad_accum_steps == 0,
        "divisible by grad_accum_steps"),
   ]
-  for field, ok, requirement in checks:
-    if not ok:
-      raise ConfigError(f"config.train.{field} must be {requirement}, got "
-                        f"{getattr(train, field)!r}")
+  check_fields("config.train", train, checks)
 
 
 def create_optimizer(train) -> optax.GradientTransformation:
