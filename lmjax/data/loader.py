@@ -42,18 +42,59 @@ def pretraining_dataset(pairs: Pairs, masking: Masking, word_start_V: np.ndarray
                         process_count: int = 1) -> grain.MapDataset:
   """Returns this process's batches as a random-access grain dataset:
   `ds[k]` is its share of global batch k, over endless epochs."""
+  dataset = (grain.MapDataset.source(pairs)
+             .shuffle(seed=seed)
+             .repeat(None)
+             .random_map(_MaskFn(masking, word_start_V), seed=seed + 1))
+  return _process_batches(dataset, global_batch, process_index, process_count)
+
+
+def _process_batches(dataset: grain.MapDataset, global_batch: int, process_index: int,
+                     process_count: int) -> grain.MapDataset:
+  """Batches of global_batch // process_count elements; process p takes every
+  P-th, so together the processes read consecutive global batches."""
   if global_batch % process_count:
     raise UserError(f"global batch {global_batch} does not split evenly over "
                     f"{process_count} processes")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-  local = global_batch // process_count
-  return (grain.MapDataset.source(pairs)
-          .shuffle(seed=seed)
-          .repeat(None)
-          .random_map(_MaskFn(masking, word_start_V), seed=seed + 1)
-          .batch(local, drop_remainder=True, batch_fn=_stack)
+  return (dataset.batch(global_batch // process_count, drop_remainder=True, batch_fn=_stack)
           .slice(slice(process_index, None, process_count)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+  """Row i of a dict of equally long arrays, as a dict."""
+  arrays: dict
+
+  def __len__(self):
+    return len(next(iter(self.arrays.values())))
+
+  def __getitem__(self, i):
+    return {k: v[i] for k, v in self.arrays.items()}
+
+
+def examples_dataset(arrays: dict[str, np.ndarray], global_batch: int, seed: int,
+                     process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+  """This process's share of global batches of encoded examples, reshuffled
+  every epoch, endless: `ds[k]` is its share of global batch k."""
+  dataset = grain.MapDataset.source(_Rows(arrays)).shuffle(seed=seed).repeat(None)
+  return _process_batches(dataset, global_batch, process_index, process_count)
+
+
+def evaluation_batches(arrays: dict[str, np.ndarray], global_batch: int,
+                       process_index: int = 0, process_count: int = 1) -> list[dict]:
+  """Every example once, in order, as this process's shares of global
+  batches. The last batch is padded with copies of row 0 whose `weights` are
+  0; real rows have weight 1."""
+  n = len(next(iter(arrays.values())))
+  total = -(-n // global_batch) * global_batch
+  padded = {k: np.concatenate([v, np.repeat(v[:1], total - n, axis=0)])
+            for k, v in arrays.items()}
+  padded["weights"] = (np.arange(total) < n).astype(np.float32)
+  local = global_batch // process_count
+  return [{k: v[start + process_index * local:start + (process_index + 1) * local]
+           for k, v in padded.items()} for start in range(0, total, global_batch)]
 
 
 class Loader:

@@ -122,7 +122,9 @@ def tfds_builder(name: str, data_dir: str):
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # tfds raises several types for unknown names
-    raise UserError(f"tfds:{name}: unknown dataset ({str(e).splitlines()[0]})") from None
+    raise UserError(f"tfds:{name}: unknown dataset, or not prepared under {data_dir} "
+                    f"({str(e).splitlines()[0]}); prepare it once where the data can be "
+                    f"downloaded (tfds build {name} --data_dir={data_dir})") from None
   if not builder.is_prepared():
     raise UserError(f"tfds:{name}: not prepared under {data_dir}; prepare it "
                     f"once where the data can be downloaded (tfds build {name} "
@@ -139,7 +141,7 @@ def _read_tfds(name: str, split: str, data_dir: str, text_field: str) -> Corpus:
     raise UserError(f"tfds:{name} has no field {text_field!r} (it has "
                     f"{', '.join(builder.info.features)})")
   documents = []
-  for example in _examples(builder, name, split):
+  for example in split_examples(builder, name, split):
     text = example[text_field]
     text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
     # The built-ins are stored a sentence a line already.
@@ -152,7 +154,7 @@ def _read_tfds(name: str, split: str, data_dir: str, text_field: str) -> Corpus:
   return Corpus(f"tfds:{name}", documents)
 
 
-def _examples(builder, name: str, split: str):
+def split_examples(builder, name: str, split: str):
   """Iterates a split: array_record through tfds' data source (no
   TensorFlow); tfrecord only through TensorFlow, when it is installed."""
   if "array_record" in str(builder.info.file_format).lower():

@@ -221,11 +221,14 @@ def load_hf_bert(path: str | os.PathLike, heads: bool = True,
   return config, params
 
 
-def save_hf_bert(config: BertConfig, params: dict, path: str | os.PathLike) -> None:
+def save_hf_bert(config: BertConfig, params: dict, path: str | os.PathLike,
+                 tokenizer: bytes | None = None) -> None:
   """Writes config.json and model.safetensors (float32) for Hugging Face.
 
   `params` are BertForPreTraining's ({'bert', 'mlm', 'nsp'}) or a bare
-  encoder's ({'bert'}), in either layer layout. Files are replaced
+  encoder's ({'bert'}), in either layer layout. `tokenizer`, a serialized
+  sentencepiece model, is written as tokenizer.model so that the directory
+  carries its tokenizer (lmjax.finetune reads it). Files are replaced
   atomically, so an existing directory is never left half-written.
   """
   params = nn.unbox(params)
@@ -243,6 +246,10 @@ def save_hf_bert(config: BertConfig, params: dict, path: str | os.PathLike) -> N
   path.mkdir(parents=True, exist_ok=True)
   tensor_files.write_safetensors(path / "model.safetensors", tensors,
                                  metadata={"format": "pt"})
+  if tokenizer is not None:
+    tmp = path / "tokenizer.model.tmp"
+    tmp.write_bytes(tokenizer)
+    os.replace(tmp, path / "tokenizer.model")
   tmp = path / "config.json.tmp"
   tmp.write_text(json.dumps(config_to_hf(config, heads), indent=2) + "\n")
   os.replace(tmp, path / "config.json")

@@ -1,48 +1,55 @@
 """The one training loop: steps, evaluation, checkpoints, metrics, progress.
 
-Starting in a workdir that holds a checkpoint resumes from it, exactly: the
+`run_loop` drives any objective's jitted `train_step` from a loader. Starting
+from a restored checkpoint, it repeats the uninterrupted run bit for bit: the
 train state, the loader position and the dropout keys (folded with the step)
-are all restored, so the resumed run repeats the uninterrupted one bit for bit.
-SIGTERM or SIGINT saves a checkpoint at the current step and returns.
+are all part of the checkpoint. SIGTERM or SIGINT saves a checkpoint at the
+current step and returns; a non-finite loss raises TrainingDiverged.
 """
 
+import dataclasses
 import json
-import os
 import signal
 import time
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
 from lmjax import parallel
-from lmjax.data.loader import Loader, pretraining_input
-from lmjax.data.sources import MissingSplitError
-from lmjax.errors import ConfigError, UserError, check_fields
-from lmjax.model import BertConfig, BertForPreTraining, flops_per_token
-from lmjax.train import checkpoint, optimizer, steps
-from lmjax.train.metrics import MetricWriter, peak_flops_per_device
-
-# Config fields a resumed run must share with the run that wrote the checkpoint:
-# those that shape the model or the stream of batches.
-_MUST_MATCH = ("seed", "model", "train.batch_size", "train.grad_accum_steps",
-               "data.source", "data.text_field", "data.tokenizer", "data.max_seq_length",
-               "data.max_predictions_per_seq", "data.masked_lm_prob",
-               "data.short_seq_prob", "data.whole_word_masking")
+from lmjax.errors import UserError
+from lmjax.model import BertConfig
+from lmjax.train.checkpoint import Checkpoints
+from lmjax.train.metrics import MetricWriter
 
 
 class TrainingDiverged(UserError):
   """The loss became NaN or infinite."""
 
 
-def model_config(model, vocab_size: int) -> BertConfig:
+def model_config(model, vocab_size: int, **fields) -> BertConfig:
   """The BertConfig of a config's `model` section."""
-  fields = {k: v for k, v in model.to_dict().items() if k != "size"}
-  return BertConfig.named(model.size, vocab_size=vocab_size, **fields)
+  section = {k: v for k, v in model.to_dict().items() if k != "size"}
+  return BertConfig.named(model.size, vocab_size=vocab_size, **{**section, **fields})
 
 
-class _StopRequest:
+def check_resumable(saved: dict, config, keys: tuple[str, ...]) -> None:
+  """Raises UserError when the config a checkpoint was saved with differs
+  from `config` on one of `keys` (dotted paths)."""
+  now = json.loads(config.to_json())
+  for key in keys:
+    a, b = saved, now
+    for part in key.split("."):
+      a, b = (a or {}).get(part), (b or {}).get(part)
+    if a != b:
+      raise UserError(f"the workdir's checkpoint was made with another config.{key} "
+                      f"({json.dumps(a)[:80]}, now {json.dumps(b)[:80]}); use a new "
+                      "--workdir or the same config")
+
+
+class StopRequest:
   """Turns SIGTERM / SIGINT into a flag the loop checks after each step."""
 
   def __init__(self):
@@ -63,105 +70,48 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
-def _check_resumable(saved: dict, config) -> None:
-  now = json.loads(config.to_json())
-  for key in _MUST_MATCH:
-    a, b = saved, now
-    for part in key.split("."):
-      a, b = a.get(part), b.get(part)
-    if a != b:
-      raise UserError(f"the workdir's checkpoint was made with another config.{key} "
-                      f"({json.dumps(a)[:80]}, now {json.dumps(b)[:80]}); use a new "
-                      "--workdir or the same config")
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """When the loop logs, evaluates and saves, in steps."""
+  steps: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
 
 
-def _evaluate(eval_step, state, batches) -> dict:
-  sums = None
-  for batch in batches:
-    out = eval_step(state, batch)
-    sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
-  sums = jax.device_get(sums)
-  mlm_count, nsp_count = max(sums["mlm_count"], 1.0), max(sums["nsp_count"], 1.0)
-  return dict(eval_mlm_loss=sums["mlm_loss_sum"] / mlm_count,
-              eval_nsp_loss=sums["nsp_loss_sum"] / nsp_count,
-              eval_loss=sums["mlm_loss_sum"] / mlm_count + sums["nsp_loss_sum"] / nsp_count,
-              eval_mlm_accuracy=sums["mlm_correct"] / mlm_count,
-              eval_nsp_accuracy=sums["nsp_correct"] / nsp_count)
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+  """What turns steps per second into tokens/s and MFU."""
+  tokens_per_step: int
+  flops_per_token: float
+  peak_flops_per_device: float | None
 
 
-def _baselines(host_batches) -> dict:
-  """Accuracy of always predicting the most frequent target token, and of
-  always answering the more common NSP label, on the evaluation batches."""
-  targets = np.concatenate([b["masked_ids"][b["masked_weights"] > 0] for b in host_batches])
-  labels = np.concatenate([b["nsp_labels"] for b in host_batches])
-  counts = np.bincount(targets)
-  return dict(baseline_mlm_accuracy=float(counts.max() / len(targets)),
-              baseline_nsp_accuracy=float(max(labels.mean(), 1 - labels.mean())))
+@dataclasses.dataclass
+class LoopResult:
+  state: Any
+  step: int
+  stopped_by: str | None  # the signal that stopped the run early, if any
+  last_eval: dict
 
 
-def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
-  """Pretrains BertForPreTraining as `config` says; returns the summary."""
-  workdir = Path(workdir)
-  optimizer.check_train_config(config.train)
-  train = config.train
-  check_fields("config.train", train, [
-      (f, train[f] >= 1, "at least 1") for f in ("log_every", "eval_every", "eval_batches",
-                                                 "checkpoint_every", "keep_checkpoints")])
-  model_config(config.model, vocab_size=8)  # fail on a bad model field before any work
-  mesh = parallel.make_mesh(**config.mesh)
-  process = dict(process_index=jax.process_index(), process_count=jax.process_count())
-  train_data, tokenizer, data_info = pretraining_input(
-      config.data, train.batch_size, config.seed, "train", **process)
-  try:
-    eval_data, _, _ = pretraining_input(config.data, train.batch_size, config.seed,
-                                        "validation", **process)
-  except MissingSplitError as e:
-    print(f"{e}; evaluating on training batches instead", flush=True)
-    eval_data = train_data
-  model_cfg = model_config(config.model, tokenizer.vocab_size)
-  if config.data.max_seq_length > model_cfg.max_position:
-    raise ConfigError(f"config.data.max_seq_length ({config.data.max_seq_length}) "
-                      f"exceeds config.model.max_position ({model_cfg.max_position})")
-  model = BertForPreTraining(model_cfg)
-  tx = optimizer.create_optimizer(train)
-  example = {k: v[:1] for k, v in train_data[0].items()}
-  state, shardings = steps.create_train_state(model, tx, mesh, example,
-                                              jax.random.key(config.seed))
-  lead = jax.process_index() == 0
-  writer = MetricWriter(workdir, enabled=lead)
-  ckpts = checkpoint.Checkpoints(workdir / "checkpoints", keep=train.keep_checkpoints)
-  start = ckpts.latest_step() or 0
-  loader_state = {"step": 0}
-  if start:
-    state, loader_state, saved = ckpts.restore(start, checkpoint.abstract_like(state, shardings))
-    _check_resumable(saved, config)
-    print(f"resuming from the checkpoint of step {start} in {workdir}", flush=True)
-  elif lead:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "tokenizer.model").write_bytes(tokenizer.model_proto)
-    (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
-  writer.truncate_after(start)
+def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
+             schedule: Schedule, ckpts: Checkpoints, writer: MetricWriter,
+             evaluate: Callable[[Any, int], dict], config_json: dict,
+             throughput: Throughput, start: int = 0, desc: str = "train",
+             progress_keys: tuple[str, ...] = ("loss",)) -> LoopResult:
+  """Trains from step `start` to `schedule.steps`.
 
-  train_step = steps.jit_train_step(
-      steps.make_train_step(model, tx, steps.LossWeights(train.mlm_weight, train.nsp_weight),
-                            train.grad_accum_steps, optimizer.learning_rate_schedule(train)),
-      shardings, mesh)
-  eval_step = steps.jit_eval_step(steps.make_eval_step(model), shardings, mesh)
-  host_eval = [eval_data[k] for k in range(train.eval_batches)]
-  eval_batches = [parallel.shard_batch(b, mesh) for b in host_eval]
-  baselines = _baselines(host_eval)
-  tokens_per_step = train.batch_size * config.data.max_seq_length
-  flops = flops_per_token(model_cfg, config.data.max_seq_length,
-                          config.data.max_predictions_per_seq)
-  peak = peak_flops_per_device(train.cpu_peak_tflops)
-  rng = jax.random.key(config.seed + 1)
-
-  loader = Loader(train_data, start=loader_state["step"], num_threads=config.data.num_threads)
+  `evaluate(state, step)` runs every `eval_every` steps and at the end; it
+  returns the scalars to log (and may keep its own record, e.g. the best
+  checkpoint). Checkpoints hold (state, loader state, config_json).
+  """
   pending: list = []
   last_eval: dict = {}
   window = [time.perf_counter(), None]  # time and step where the rate window began
-  bar = tqdm(total=train.steps, initial=start, disable=not lead, unit="step",
-             dynamic_ncols=True, desc="pretrain")
+  lead = jax.process_index() == 0
+  bar = tqdm(total=schedule.steps, initial=start, disable=not lead, unit="step",
+             dynamic_ncols=True, desc=desc)
 
   def flush(step: int) -> None:
     if not pending:
@@ -180,21 +130,22 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     now = time.perf_counter()
     extra = {}
     if window[1] is not None:  # the first step's window holds compilation
-      rate = (step - window[1]) * tokens_per_step / max(now - window[0], 1e-9)
+      rate = (step - window[1]) * throughput.tokens_per_step / max(now - window[0], 1e-9)
+      peak = throughput.peak_flops_per_device
       extra = dict(tokens_per_s=round(rate, 1),
-                   mfu=round(rate * flops / (peak * jax.device_count()), 5) if peak else None)
+                   mfu=(round(rate * throughput.flops_per_token / (peak * jax.device_count()),
+                              5) if peak else None))
     window[:] = [now, step]
     for s, m in fetched:
       writer.write(s, {**{k: float(v) for k, v in m.items()}, **(extra if s == step else {})})
     last = fetched[-1][1]
-    bar.set_postfix(loss=f"{float(last['loss']):.3f}",
-                    mlm_acc=f"{float(last['mlm_accuracy']):.3f}",
-                    tok_s=f"{extra.get('tokens_per_s', 0):,.0f}", refresh=False)
+    bar.set_postfix({**{k: f"{float(last[k]):.3f}" for k in progress_keys if k in last},
+                     "tok_s": f"{extra.get('tokens_per_s', 0):,.0f}"}, refresh=False)
 
-  with _StopRequest() as stop:
+  step, stopping = start, None
+  with StopRequest() as stop:
     try:
-      step, stopping = start, None
-      while step < train.steps:
+      while step < schedule.steps:
         batch = parallel.shard_batch(next(loader), mesh)
         state, metrics = train_step(state, batch, rng)
         step += 1
@@ -206,32 +157,20 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         # on the step through JAX's preemption sync point instead.
         stopping = (stop.signal if jax.process_count() == 1 else
                     "SIGTERM" if ckpts.reached_preemption(step) else None)
-        saving = step == train.steps or stopping or step % train.checkpoint_every == 0
-        if saving or step % train.log_every == 0:
+        last_step = step == schedule.steps
+        saving = last_step or stopping or step % schedule.checkpoint_every == 0
+        if saving or step % schedule.log_every == 0:
           flush(step)
-        if step % train.eval_every == 0 or step == train.steps:
-          last_eval = _evaluate(eval_step, state, eval_batches)
+        if step % schedule.eval_every == 0 or last_step:
+          last_eval = evaluate(state, step)
           writer.write(step, last_eval)
         if saving:
-          ckpts.save(step, state, loader.state(), json.loads(config.to_json()))
+          ckpts.save(step, state, loader.state(), config_json)
         if stopping:
           print(f"\n{stopping}: saved a checkpoint at step {step}; exiting", flush=True)
           break
     finally:
       bar.close()
       ckpts.wait()
-      ckpts.close()
       writer.flush()
-      writer.close()
-
-  if not last_eval and not stopping:  # the workdir held a finished run
-    last_eval = _evaluate(eval_step, state, eval_batches)
-  summary = dict(step=step, stopped_by=stopping, **_data_summary(data_info),
-                 **{k: round(float(v), 5) for k, v in last_eval.items()}, **baselines)
-  if lead:
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-  return summary
-
-
-def _data_summary(info: dict) -> dict:
-  return {f"train_{k}": info[k] for k in ("documents", "tokens", "pairs")}
+  return LoopResult(state, step, stopping, last_eval)

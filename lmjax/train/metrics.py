@@ -1,4 +1,5 @@
-"""Metric writers (JSONL and TensorBoard) and FLOPs / MFU accounting."""
+"""Metric writers (JSONL and TensorBoard), FLOPs / MFU accounting, and the
+metrics of fine-tuning tasks."""
 
 import json
 import math
@@ -6,6 +7,9 @@ import os
 from pathlib import Path
 
 import jax
+import numpy as np
+import scipy.stats
+import sklearn.metrics
 
 # Dense bf16 peak FLOP/s per chip, from the vendors' datasheets.
 PEAK_FLOPS = {
@@ -72,3 +76,32 @@ class MetricWriter:
 def _plain(value):
   value = value.item() if hasattr(value, "item") else value
   return float(value) if isinstance(value, float) else value
+
+
+def _correlation(fn):
+  def metric(y_true, y_pred):
+    if np.std(y_true) == 0 or np.std(y_pred) == 0:
+      return 0.0  # undefined for a constant; scored as no correlation
+    return float(fn(y_true, y_pred).statistic)
+  return metric
+
+
+# Task metrics from scikit-learn and scipy: name -> (y_true, y_pred) -> float,
+# higher is better. Classifiers pass class indices, regressors scores.
+METRICS = {
+    "accuracy": lambda t, p: float(sklearn.metrics.accuracy_score(t, p)),
+    "f1": lambda t, p: float(sklearn.metrics.f1_score(t, p, zero_division=0.0)),
+    "f1_macro": lambda t, p: float(sklearn.metrics.f1_score(t, p, average="macro",
+                                                             zero_division=0.0)),
+    "matthews_corr": lambda t, p: float(sklearn.metrics.matthews_corrcoef(t, p)),
+    "pearson": _correlation(scipy.stats.pearsonr),
+    "spearman": _correlation(scipy.stats.spearmanr),
+}
+REGRESSION_METRICS = ("pearson", "spearman")
+
+
+def task_metrics(names, logits_NxK: np.ndarray, labels_N: np.ndarray) -> dict[str, float]:
+  """The named metrics of predictions: the argmax class of K > 1 logits, or
+  the single output of a regressor, against the labels."""
+  predictions = logits_NxK[:, 0] if logits_NxK.shape[1] == 1 else logits_NxK.argmax(1)
+  return {name: METRICS[name](labels_N, predictions) for name in names}

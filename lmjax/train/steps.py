@@ -1,5 +1,6 @@
-"""Pure step functions for pretraining: `train_step(state, batch, rng)` and
-`eval_step(state, batch)`, plus the sharded creation of a TrainState.
+"""Pure step functions, `train_step(state, batch, rng)` and `eval_step(state,
+batch)`, for pretraining and for fine-tuning a classifier or regressor, plus
+the sharded creation of a TrainState.
 
 They close over the model and optimizer only; everything else is an argument,
 so a research script can call them with no flags and no files.
@@ -57,23 +58,18 @@ def _model_inputs(batch: Batch) -> dict:
   return {k: batch[k] for k in keys}
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    weights: LossWeights = LossWeights(), accum_steps: int = 1,
-                    schedule: Callable | None = None):
-  """Returns `train_step(state, batch, rng) -> (state, metrics)`.
+def make_step(loss_fn: Callable, tx: optax.GradientTransformation, accum_steps: int = 1,
+              schedule: Callable | None = None, summarize: Callable = lambda parts: parts):
+  """Returns `train_step(state, batch, rng) -> (state, metrics)` for any loss.
 
-  The batch is split into `accum_steps` micro-batches whose gradients are
-  summed in a `lax.scan` before one optimizer update (as big_vision does), so
-  a step always means one update. Dropout keys are `fold_in(rng, step)`.
+  `loss_fn(params, batch, rng) -> (loss, parts)`. The batch is split into
+  `accum_steps` micro-batches whose gradients are summed in a `lax.scan`
+  before one optimizer update (as big_vision does), so a step always means
+  one update. Parts named `*loss` are averaged over micro-batches, the others
+  (counts) summed; `summarize(parts)` turns them into the step's metrics,
+  next to loss, grad_norm and learning_rate. Dropout keys are
+  `fold_in(rng, step)`.
   """
-
-  def loss_fn(params, micro, rng):
-    outputs = model.apply({"params": params}, **_model_inputs(micro),
-                          deterministic=False, rngs={"dropout": rng})
-    parts = pretraining_losses(outputs, micro)
-    loss = weights.mlm * parts["mlm_loss"] + weights.nsp * parts["nsp_loss"]
-    return loss, parts
-
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def train_step(state: TrainState, batch: Batch, rng: jax.Array):
@@ -101,15 +97,32 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       parts = {k: v / accum_steps if k.endswith("loss") else v for k, v in parts.items()}
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(loss=loss, mlm_loss=parts["mlm_loss"], nsp_loss=parts["nsp_loss"],
-                   mlm_accuracy=parts["mlm_correct"] / jnp.maximum(parts["mlm_count"], 1),
-                   nsp_accuracy=parts["nsp_correct"] / parts["nsp_count"],
-                   grad_norm=optax.tree.norm(grads))
+    metrics = dict(loss=loss, **summarize(parts), grad_norm=optax.tree.norm(grads))
     if schedule is not None:
       metrics["learning_rate"] = schedule(state.step)
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    weights: LossWeights = LossWeights(), accum_steps: int = 1,
+                    schedule: Callable | None = None):
+  """Returns the pretraining `train_step(state, batch, rng) -> (state,
+  metrics)`: MLM and NSP losses, weighted, with their accuracies."""
+
+  def loss_fn(params, batch, rng):
+    outputs = model.apply({"params": params}, **_model_inputs(batch),
+                          deterministic=False, rngs={"dropout": rng})
+    parts = pretraining_losses(outputs, batch)
+    return weights.mlm * parts["mlm_loss"] + weights.nsp * parts["nsp_loss"], parts
+
+  def summarize(parts):
+    return dict(mlm_loss=parts["mlm_loss"], nsp_loss=parts["nsp_loss"],
+                mlm_accuracy=parts["mlm_correct"] / jnp.maximum(parts["mlm_count"], 1),
+                nsp_accuracy=parts["nsp_correct"] / parts["nsp_count"])
+
+  return make_step(loss_fn, tx, accum_steps, schedule, summarize)
 
 
 def make_eval_step(model: nn.Module):
@@ -127,17 +140,78 @@ def make_eval_step(model: nn.Module):
   return eval_step
 
 
+_CLASSIFIER_INPUTS = ("input_ids", "segment_ids", "input_mask")
+
+
+def classification_losses(logits_BxK: jax.Array, labels_B: jax.Array) -> jax.Array:
+  """Per-example loss [B]: cross-entropy over K > 1 classes, or the squared
+  error of a regressor's single output (K = 1)."""
+  if logits_BxK.shape[-1] == 1:
+    return jnp.square(logits_BxK[:, 0] - labels_B.astype(logits_BxK.dtype))
+  log_probs = jax.nn.log_softmax(logits_BxK)
+  return -jnp.take_along_axis(log_probs, labels_B[:, None].astype(jnp.int32), -1)[:, 0]
+
+
+def make_classifier_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                               accum_steps: int = 1, schedule: Callable | None = None):
+  """Returns the fine-tuning `train_step(state, batch, rng) -> (state,
+  metrics)` of a BertForSequenceClassification: mean loss over the batch,
+  and accuracy for a classifier."""
+
+  def loss_fn(params, batch, rng):
+    logits = model.apply({"params": params}, *(batch[k] for k in _CLASSIFIER_INPUTS),
+                         deterministic=False, rngs={"dropout": rng})
+    losses = classification_losses(logits, batch["labels"])
+    parts = dict(count=jnp.float32(losses.shape[0]))
+    if logits.shape[-1] > 1:
+      parts["correct"] = (logits.argmax(-1) == batch["labels"]).sum().astype(jnp.float32)
+    return losses.mean(), parts
+
+  def summarize(parts):
+    return {"accuracy": parts["correct"] / parts["count"]} if "correct" in parts else {}
+
+  return make_step(loss_fn, tx, accum_steps, schedule, summarize)
+
+
+def make_classifier_eval_step(model: nn.Module):
+  """Returns `eval_step(state, batch) -> logits [B, K]` (float32), with no
+  dropout; metrics are computed from them on the host."""
+
+  def eval_step(state: TrainState, batch: Batch):
+    return model.apply({"params": state.params}, *(batch[k] for k in _CLASSIFIER_INPUTS))
+
+  return eval_step
+
+
+def _state_init(model: nn.Module, tx: optax.GradientTransformation, example_batch: Batch):
+  inputs = (_model_inputs(example_batch) if "masked_positions" in example_batch
+            else {k: example_batch[k] for k in _CLASSIFIER_INPUTS})
+
+  def init(rng):
+    params = model.init(rng, **inputs)["params"]
+    return TrainState(jnp.int32(0), params, tx.init(params))
+
+  return init
+
+
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
                        mesh, example_batch: Batch, rng: jax.Array,
                        rules=parallel.RULES):
   """Returns (state, state shardings): parameters and optimizer moments are
   created directly in the shardings their logical axes give."""
+  return parallel.sharded_init(_state_init(model, tx, example_batch), mesh, rng,
+                               rules=rules)
 
-  def init(rng):
-    params = model.init(rng, **_model_inputs(example_batch))["params"]
-    return TrainState(jnp.int32(0), params, tx.init(params))
 
-  return parallel.sharded_init(init, mesh, rng, rules=rules)
+def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation,
+                         mesh, example_batch: Batch, rules=parallel.RULES):
+  """The state `create_train_state` would make, as ShapeDtypeStructs that
+  carry its shardings (a checkpoint's restore target); nothing is allocated."""
+  with parallel.sharding_context(mesh, rules):
+    abstract = jax.eval_shape(_state_init(model, tx, example_batch), jax.random.key(0))
+    shardings = parallel.logical_shardings(abstract, mesh, rules)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      nn.unbox(abstract), shardings)
 
 
 def jit_train_step(train_step, state_shardings, mesh, rules=parallel.RULES):

@@ -1,0 +1,80 @@
+"""Fine-tuning configs: `--config=configs/finetune.py`.
+
+The default fine-tunes the encoder of the default pretraining run
+(runs/pretrain) on the built-in rt_polarity sentiment task. Every field can be
+overridden on the command line, e.g. `--config.task.source=glue/sst2` or
+`--config.init.from_hf=/path/to/bert`.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  if arg:
+    raise ValueError(f"configs/finetune.py takes no variant, got {arg!r}")
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.mode = "train"  # train | predict (with config.predict.input)
+
+  # Where the encoder starts: one of them. `from` is a pretraining workdir;
+  # `from_hf` a Hugging Face BERT directory (config.json + weights, and
+  # tokenizer.model unless config.task.tokenizer names it).
+  config.init = ml_collections.ConfigDict({"from": "runs/pretrain", "from_hf": "",
+                                           "random": False})
+
+  config.task = ml_collections.ConfigDict(dict(
+      source="rt_polarity",  # rt_polarity | glue/NAME | tsv:PATH | csv:PATH | jsonl:PATH
+      text_fields="",  # local files: COLUMN or COLUMN,PAIR_COLUMN; '' = text, sentence, ...
+      label_field="label",
+      labels="",  # local files: class names in order, comma-separated; '' = those of train
+      regression=False,  # local files: the label is a score
+      metrics="",  # comma-separated, main first; '' = the task's own
+      max_seq_length=128,  # longer examples are truncated (and counted)
+      tokenizer="",  # only for init.random, or a checkpoint without tokenizer.model
+      data_dir="",  # tfds data directory; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+  ))
+
+  # Architecture fields (size, max_position) apply to init.random only; the
+  # others also apply to a pretrained encoder.
+  config.model = ml_collections.ConfigDict(dict(
+      size="tiny",
+      max_position=512,
+      dropout_rate=0.1,
+      attention_dropout_rate=0.1,
+      dtype="float32",
+      param_dtype="float32",
+      scan_layers=True,
+      remat_policy="none",
+      attention_impl="xla",
+  ))
+
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=32,
+      epochs=3.0,
+      steps=0,  # > 0 overrides epochs
+      optimizer="adamw",
+      learning_rate=1e-4,
+      warmup_fraction=0.1,
+      schedule="linear",
+      end_learning_rate_fraction=0.0,
+      weight_decay=0.01,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-6,
+      grad_clip_norm=1.0,
+      grad_accum_steps=1,
+      log_every=50,
+      eval_every=0,  # 0 = once an epoch
+      checkpoint_every=0,  # 0 = at every evaluation
+      keep_checkpoints=1,
+      eval_batch_size=128,
+      cpu_peak_tflops=0.2,
+  ))
+
+  config.predict = ml_collections.ConfigDict(dict(
+      input="",  # a text file (one text a line) or tsv:/csv:/jsonl:PATH
+      output="",  # '' = DIR/predictions.jsonl
+  ))
+
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  return config

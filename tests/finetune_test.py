@@ -1,0 +1,280 @@
+"""Fine-tuning end to end: starts (pretraining run, Hugging Face, random),
+training past the majority class, predict mode, and bad input."""
+
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import scipy.special
+
+from lmjax.data import builtin
+from lmjax.data import classification as cls
+from lmjax.data import tokenizer as tokenizer_lib
+from lmjax.data.tokenizer import Tokenizer
+from lmjax.errors import UserError
+from lmjax.interop.hf import load_hf_bert, save_hf_bert
+from lmjax.model import BertConfig, BertForPreTraining, BertForSequenceClassification
+from lmjax.train import finetuning
+from lmjax.train.pretraining import train_and_evaluate
+
+ROOT = Path(__file__).parents[1]
+
+
+def _config_module(name):
+  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+finetune_config, pretrain_config = _config_module("finetune"), _config_module("pretrain")
+GOOD = ["superb", "moving", "delightful", "sharp", "warm", "brilliant"]
+BAD = ["dull", "tedious", "clumsy", "hollow", "stale", "grating"]
+FILLER = ["the", "film", "plot", "cast", "story", "ending", "is", "feels", "rather",
+          "quite", "and", "its", "score", "pacing"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def data_dirs(tmp_path_factory):
+  saved = {k: os.environ.get(k) for k in ("TFDS_DATA_DIR", "LMJAX_CACHE")}
+  os.environ["TFDS_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
+  os.environ["LMJAX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+  yield
+  for k, v in saved.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
+
+
+def review(rng: random.Random, positive: bool) -> str:
+  words = rng.sample(FILLER, 6) + [rng.choice(GOOD if positive else BAD)]
+  rng.shuffle(words)
+  return " ".join(words)
+
+
+@pytest.fixture(scope="module")
+def reviews_tsv(tmp_path_factory):
+  """600 labelled snippets, 60% positive: a keyword decides the label."""
+  rng = random.Random(0)
+  path = tmp_path_factory.mktemp("task") / "reviews.tsv"
+  rows = []
+  for i in range(600):
+    positive = rng.random() < 0.6
+    rows.append(f"{review(rng, positive)} {i}\t{'pos' if positive else 'neg'}")
+  path.write_text("text\tlabel\n" + "\n".join(rows) + "\n")
+  return path
+
+
+def config(source, **train):
+  c = finetune_config.get_config()
+  c.task.source = f"tsv:{source}"
+  c.task.max_seq_length = 24
+  c.train.update({**dict(batch_size=16, steps=120, learning_rate=1e-3, log_every=20,
+                         eval_every=40), **train})
+  return c
+
+
+def metric_lines(workdir):
+  return [json.loads(l) for l in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def tree_digest(directory: Path) -> dict:
+  return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, reviews_tsv):
+  """A fine-tuning run from random weights on the reviews."""
+  workdir = tmp_path_factory.mktemp("runs") / "random"
+  c = config(reviews_tsv)
+  c.init.random = True
+  return workdir, finetuning.finetune(c, workdir)
+
+
+@pytest.mark.slow
+def test_random_start_learns_the_task_beyond_the_majority_class(trained):
+  workdir, summary = trained
+  assert summary["test_accuracy"] > summary["test_majority_accuracy"] + 0.15
+  assert summary["eval_accuracy"] > summary["eval_majority_accuracy"] + 0.15
+  assert 0.5 < summary["test_majority_accuracy"] < 0.7
+  lines = metric_lines(workdir)
+  evals = {l["step"]: l["eval_accuracy"] for l in lines if "eval_accuracy" in l}
+  assert sorted(evals) == [0, 40, 80, 120]
+  losses = [l["loss"] for l in lines if "loss" in l]
+  assert np.mean(losses[-2:]) < 0.7 * losses[0]
+  assert summary["best_step"] == max(evals, key=lambda s: (evals[s], -s))
+  assert (workdir / "best" / str(summary["best_step"])).is_dir()
+  assert json.loads((workdir / "summary.json").read_text()) == summary
+  assert any("test_accuracy" in l for l in lines)
+
+
+@pytest.mark.slow
+def test_predict_writes_labels_and_probabilities(trained, tmp_path):
+  workdir, summary = trained
+  rng = random.Random(7)
+  texts = [review(rng, i % 2 == 0) for i in range(40)]
+  (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+  c = finetune_config.get_config()
+  c.mode, c.predict.input = "predict", str(tmp_path / "texts.txt")
+  c.predict.output = str(tmp_path / "out" / "predictions.jsonl")
+  out = finetuning.predict(c, workdir)
+  assert out["predictions"] == 40 and out["checkpoint_step"] == summary["best_step"]
+  rows = [json.loads(l) for l in Path(c.predict.output).read_text().splitlines()]
+  assert [r["text"] for r in rows] == texts
+  for r in rows:
+    assert set(r["probabilities"]) == {"neg", "pos"}
+    assert abs(sum(r["probabilities"].values()) - 1) < 1e-4
+    assert r["label"] == max(r["probabilities"], key=r["probabilities"].get)
+  correct = [r["label"] == ("pos" if i % 2 == 0 else "neg") for i, r in enumerate(rows)]
+  assert np.mean(correct) > 0.75
+
+
+def evaluate_directly(model_cfg, bert, examples, length, seed=0):
+  tokenizer = Tokenizer.load(builtin.TOKENIZER_FILE)
+  encoded = cls.encode(examples, tokenizer, length).arrays
+  model = BertForSequenceClassification(model_cfg, 2)
+  inputs = [encoded[k] for k in ("input_ids", "segment_ids", "input_mask")]
+  # The fine-tuning run draws the whole model from key(seed), then replaces
+  # the encoder: the classifier's weights are those of this init.
+  params = model.init(jax.random.key(seed), *[x[:1] for x in inputs])["params"]
+  from flax import linen as nn  # pylint: disable=import-outside-toplevel
+  params = {**nn.unbox(params), "bert": bert}
+  logits = np.asarray(model.apply({"params": params}, *inputs), np.float64)
+  log_probs = scipy.special.log_softmax(logits, axis=1)
+  labels = encoded["labels"]
+  return dict(eval_loss=-log_probs[np.arange(len(labels)), labels].mean(),
+              eval_accuracy=(logits.argmax(1) == labels).mean())
+
+
+@pytest.mark.slow
+def test_a_hugging_face_start_is_exactly_those_weights(tmp_path, reviews_tsv):
+  model_cfg = BertConfig.named("tiny", vocab_size=8000, scan_layers=False)
+  ids = np.ones((1, 8), np.int32)
+  params = BertForPreTraining(model_cfg).init(jax.random.key(42), ids, ids, ids, ids[:, :2])
+  from flax import linen as nn  # pylint: disable=import-outside-toplevel
+  params = nn.unbox(params)["params"]
+  hf_dir = tmp_path / "hf"
+  save_hf_bert(model_cfg, params, hf_dir, tokenizer=builtin.TOKENIZER_FILE.read_bytes())
+  assert (hf_dir / "tokenizer.model").read_bytes() == builtin.TOKENIZER_FILE.read_bytes()
+
+  c = config(reviews_tsv, steps=2)
+  c.init.from_hf = str(hf_dir)
+  finetuning.finetune(c, tmp_path / "w")
+  first = next(l for l in metric_lines(tmp_path / "w") if l["step"] == 0)
+
+  task = cls.resolve_task(c.task)
+  validation = cls.load_split(task, "validation")
+  loaded_cfg, loaded = load_hf_bert(hf_dir, heads=False)
+  expected = evaluate_directly(loaded_cfg, loaded["bert"], validation, 24)
+  assert abs(first["eval_loss"] - expected["eval_loss"]) < 1e-5
+  assert first["eval_accuracy"] == expected["eval_accuracy"]
+
+
+@pytest.mark.slow
+def test_a_pretraining_run_starts_with_its_encoder(tmp_path, reviews_tsv, monkeypatch):
+  corpus = tmp_path / "corpus.txt"
+  rng = random.Random(1)
+  corpus.write_text("\n\n".join("\n".join(review(rng, rng.random() < 0.5) + "."
+                                          for _ in range(8)) for _ in range(30)) + "\n")
+  p = pretrain_config.get_config()
+  p.data.source, p.data.max_seq_length, p.data.max_predictions_per_seq = (
+      f"text:{corpus}", 32, 5)
+  p.train.update(batch_size=8, steps=3, warmup_steps=1, eval_batches=1,
+                 checkpoint_every=3)
+  pretrained = tmp_path / "pretrain"
+  train_and_evaluate(p, pretrained)
+
+  c = config(reviews_tsv, steps=2)
+  monkeypatch.chdir(tmp_path)
+  c.init["from"] = "pretrain"  # relative, like the default runs/pretrain
+  c.model.scan_layers = False  # the run used scanned layers: re-laid out on load
+  finetuning.finetune(c, tmp_path / "w")
+  first = next(l for l in metric_lines(tmp_path / "w") if l["step"] == 0)
+
+  from lmjax.train.checkpoint import Checkpoints  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  assert Checkpoints(pretrained / "checkpoints").latest_step() == 3
+  state = ocp.StandardCheckpointer().restore(pretrained / "checkpoints" / "3" / "state")
+  from lmjax.model.encoder import unstack_layers  # pylint: disable=import-outside-toplevel
+  bert = dict(state["params"]["bert"])
+  bert["encoder"] = unstack_layers(bert["encoder"])
+  model_cfg = BertConfig.named("tiny", vocab_size=8000, scan_layers=False)
+  task = cls.resolve_task(c.task)
+  expected = evaluate_directly(model_cfg, bert, cls.load_split(task, "validation"), 24)
+  assert abs(first["eval_loss"] - expected["eval_loss"]) < 1e-5
+
+
+def assert_user_error(c, workdir, message):
+  before = tree_digest(workdir)
+  with pytest.raises(UserError) as e:
+    finetuning.finetune(c, workdir)
+  assert message in str(e.value) and "\n" not in str(e.value)
+  assert tree_digest(workdir) == before
+
+
+@pytest.mark.slow
+def test_bad_input_is_one_line_and_leaves_the_workdir_alone(trained, tmp_path,
+                                                            reviews_tsv):
+  workdir, _ = trained
+  bad = tmp_path / "bad.tsv"
+  lines = reviews_tsv.read_text().splitlines()
+  bad.write_text("\n".join(lines[:50] + ["a film\tmaybe"] + lines[50:]) + "\n")
+  c = config(bad)
+  c.task.labels = "neg,pos"
+  c.init.random = True
+  assert_user_error(c, workdir, f"{bad}:51: unknown label 'maybe'")
+
+  empty = tmp_path / "empty.tsv"
+  empty.write_text("")
+  c = config(empty)
+  c.init.random = True
+  assert_user_error(c, workdir, f"{empty}: empty file")
+
+  c = config(reviews_tsv)
+  c.init.random, c.task.label_field = True, "stars"
+  assert_user_error(c, workdir, "no column 'stars' (columns: text, label)")
+
+  other = tmp_path / "other.model"
+  tokenizer_lib.train([f"word{i} and more words {i % 7}" for i in range(3000)], 64,
+                      other, progress=lambda _: None)
+  c = config(reviews_tsv)
+  c.init.from_hf = str(tmp_path / "hf")
+  model_cfg = BertConfig.named("tiny", vocab_size=8000)
+  params = BertForPreTraining(model_cfg).init(
+      jax.random.key(0), *[np.ones((1, 8), np.int32)] * 3, np.ones((1, 2), np.int32))
+  save_hf_bert(model_cfg, params["params"], tmp_path / "hf")  # no tokenizer.model
+  c.task.tokenizer = str(other)
+  assert_user_error(c, workdir, "its tokenizer has 64 pieces but the model's vocabulary "
+                                "has 8000 rows")
+  c.task.tokenizer = ""
+  assert_user_error(c, workdir, "no tokenizer.model")
+
+  c = config(reviews_tsv)
+  c.init["from"] = str(tmp_path / "no_such_run")
+  assert_user_error(c, workdir, "not a pretraining workdir")
+
+
+@pytest.mark.slow
+def test_the_entry_point_exits_2_with_one_line(tmp_path, reviews_tsv):
+  (tmp_path / "w").mkdir()
+  (tmp_path / "w" / "metrics.jsonl").write_text('{"step": 1}\n')
+  done = subprocess.run(
+      [sys.executable, "-m", "lmjax.finetune", f"--config={ROOT}/configs/finetune.py",
+       f"--workdir={tmp_path / 'w'}", f"--config.task.source=tsv:{reviews_tsv}",
+       "--config.task.labels=pos,meh", "--config.init.random=True"],
+      capture_output=True, text=True, cwd=ROOT, check=False)
+  assert done.returncode == 2, done.stderr[-2000:]
+  (line,) = done.stderr.strip().splitlines()
+  assert line.startswith(f"error: {reviews_tsv}:") and "unknown label 'neg'" in line
+  assert (tmp_path / "w" / "metrics.jsonl").read_text() == '{"step": 1}\n'
+  assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["metrics.jsonl"]
