@@ -278,3 +278,12 @@ def test_the_entry_point_exits_2_with_one_line(tmp_path, reviews_tsv):
   assert line.startswith(f"error: {reviews_tsv}:") and "unknown label 'neg'" in line
   assert (tmp_path / "w" / "metrics.jsonl").read_text() == '{"step": 1}\n'
   assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["metrics.jsonl"]
+
+  # `from` is a Python keyword, which config_flags cannot take as an attribute.
+  done = subprocess.run(
+      [sys.executable, "-m", "lmjax.finetune", f"--config={ROOT}/configs/finetune.py",
+       f"--workdir={tmp_path / 'w'}", f"--config.init.from={tmp_path / 'no_run'}"],
+      capture_output=True, text=True, cwd=ROOT, check=False)
+  assert done.returncode == 2
+  (line,) = done.stderr.strip().splitlines()
+  assert f"config.init.from={tmp_path / 'no_run'}: not a pretraining workdir" in line

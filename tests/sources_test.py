@@ -103,4 +103,16 @@ def test_tfrecord_datasets_need_tensorflow(monkeypatch):
     info = Info()
 
   with pytest.raises(UserError, match="pip install tensorflow-cpu"):
-    sources._examples(Builder(), "wiki40b/en", "train")  # pylint: disable=protected-access
+    sources.split_examples(Builder(), "wiki40b/en", "train")  # pylint: disable=protected-access
+
+
+def test_sources_joined_by_plus_give_the_documents_of_both(data_dir, tmp_path):
+  notes = tmp_path / "notes.txt"
+  notes.write_text("First note.\nSecond line.\n\nAnother note.\n")
+  joined = sources.load_corpus(f"rt_polarity+text:{notes}", "train", data_dir)
+  reviews = sources.load_corpus("rt_polarity", "train", data_dir)
+  assert len(reviews.documents) == 10190
+  assert joined.documents == reviews.documents + [["First note.", "Second line."],
+                                                  ["Another note."]]
+  key = sources.corpus_key(f"rt_polarity+text:{notes}", "train", data_dir)
+  assert key.startswith(sources.corpus_key("rt_polarity", "train", data_dir) + "+")

@@ -4,6 +4,7 @@ A pretraining source is a string:
   austen                 a built-in corpus (prepared offline through tfds)
   tfds:NAME[/CONFIG]     any tensorflow-datasets dataset with a text field
   text:PATH_OR_GLOB      BERT's format: a sentence a line, blank lines between documents
+  A+B                    the documents of both (e.g. austen+rt_polarity)
 Every source yields documents as lists of sentences. Local files have no
 splits, so 'validation' is the documents whose text hashes into 5 of 100
 buckets (none when there are fewer than 20 documents).
@@ -58,7 +59,12 @@ def data_dir_or_default(data_dir: str | None) -> str:
 
 def load_corpus(source: str, split: str, data_dir: str | None = None,
                 text_field: str = "text") -> Corpus:
-  """Returns the documents of `split` ('train' or 'validation') of `source`."""
+  """Returns the documents of `split` ('train' or 'validation') of `source`;
+  sources joined by '+' give all their documents, in that order."""
+  if "+" in source:
+    parts = [load_corpus(s, split, data_dir, text_field) for s in source.split("+")]
+    return Corpus(source, [d for p in parts for d in p.documents],
+                  sum(p.undecodable_lines for p in parts))
   if source.startswith("text:"):
     return _read_text_files(source[len("text:"):], split)
   name = source[len("tfds:"):] if source.startswith("tfds:") else source
@@ -169,6 +175,8 @@ def corpus_key(source: str, split: str, data_dir: str | None = None,
                text_field: str = "text") -> str:
   """A string that changes whenever the corpus `load_corpus` returns would:
   file paths with sizes and mtimes, or the tfds name, version and directory."""
+  if "+" in source:
+    return "+".join(corpus_key(s, split, data_dir, text_field) for s in source.split("+"))
   if source.startswith("text:"):
     stamps = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns)
               for p in _text_paths(source[len("text:"):]) if os.path.isfile(p)]
