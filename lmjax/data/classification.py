@@ -101,7 +101,7 @@ def _local(source: str) -> tuple[str, str] | None:
   return (fmt, os.path.expanduser(path)) if sep and fmt in LOCAL_FORMATS else None
 
 
-def _split_names(fields: str) -> tuple[str, ...]:
+def split_names(fields: str) -> tuple[str, ...]:
   return tuple(f.strip() for f in fields.split(",") if f.strip())
 
 
@@ -109,7 +109,7 @@ def resolve_task(config, data_dir: str | None = None) -> Task:
   """The Task of a config's `task` section: a known task's definition, or a
   local file's, with columns, labels and metrics from the config (labels
   default to the sorted labels of the train split)."""
-  source, metrics = config.source, _split_names(config.metrics)
+  source, metrics = config.source, split_names(config.metrics)
   if source == "rt_polarity":
     return Task("rt_polarity", ("text",), "label", ("rotten", "fresh"),
                 metrics or ("accuracy", "f1"))
@@ -129,7 +129,7 @@ def resolve_task(config, data_dir: str | None = None) -> Task:
   fmt, path = local
   train_file = path.replace("{split}", "train")
   header = _header(fmt, train_file)
-  text_fields = _split_names(config.text_fields) or next(
+  text_fields = split_names(config.text_fields) or next(
       (f for f in _DEFAULT_TEXT_FIELDS if set(f) <= set(header)), None)
   if text_fields is None:
     raise UserError(f"{train_file}: no text column among {', '.join(header)}; name it "
@@ -143,7 +143,7 @@ def resolve_task(config, data_dir: str | None = None) -> Task:
   if config.regression:
     labels = None
   elif config.labels:
-    labels = _split_names(config.labels)
+    labels = split_names(config.labels)
   else:
     labels = _sorted_labels({raw for _, _, raw in _rows(fmt, path, "train", text_fields,
                                                           config.label_field, True)})

@@ -22,37 +22,19 @@ import optax
 import scipy.special
 
 from lmjax import parallel
-from lmjax.data import builtin
 from lmjax.data import classification as cls
 from lmjax.data.loader import Loader, evaluation_batches, examples_dataset
 from lmjax.data.sources import MissingSplitError
 from lmjax.data.tokenizer import Tokenizer
-from lmjax.errors import CheckpointError, ConfigError, UserError, check_fields
-from lmjax.interop.hf import load_hf_bert
-from lmjax.model import (BertConfig, BertForPreTraining, BertForSequenceClassification,
-                         flops_per_token)
-from lmjax.model.encoder import stack_layers, unstack_layers
-from lmjax.train import checkpoint, optimizer, steps
+from lmjax.errors import ConfigError, UserError, check_fields
+from lmjax.model import BertConfig, BertForSequenceClassification, flops_per_token
+from lmjax.train import checkpoint, optimizer, starts, steps
 from lmjax.train.loop import (Schedule, Throughput, check_resumable, model_config,
                               run_loop)
 from lmjax.train.metrics import METRICS, MetricWriter, peak_flops_per_device, task_metrics
 
-# Model fields a fine-tuning run may set on a pretrained encoder; the others
-# (sizes, vocabulary) are the checkpoint's.
-RUNTIME_FIELDS = ("dropout_rate", "attention_dropout_rate", "dtype", "param_dtype",
-                  "scan_layers", "remat_policy", "attention_impl")
 _MUST_MATCH = ("seed", "init", "task", "model", "train.batch_size", "train.epochs",
                "train.steps", "train.grad_accum_steps", "train.learning_rate")
-
-
-@dataclasses.dataclass
-class Start:
-  """Where the encoder starts: its config, its weights ({'bert': ...}, or None
-  for random), its tokenizer and a description for the logs."""
-  config: BertConfig
-  params: dict | None
-  tokenizer: Tokenizer
-  origin: str
 
 
 def check_config(config) -> None:
@@ -65,7 +47,7 @@ def check_config(config) -> None:
   if not (init.random or init.from_hf or init["from"]):
     raise ConfigError("config.init names no start: set config.init.from (a pretraining "
                       "workdir), config.init.from_hf or config.init.random=True")
-  for name in cls._split_names(config.task.metrics):  # pylint: disable=protected-access
+  for name in cls.split_names(config.task.metrics):
     if name not in METRICS:
       raise ConfigError(f"config.task.metrics: unknown metric {name!r} (one of "
                         f"{', '.join(METRICS)})")
@@ -81,98 +63,6 @@ def check_config(config) -> None:
       ("log_every", train.log_every >= 1, "at least 1"),
       ("keep_checkpoints", train.keep_checkpoints >= 1, "at least 1")])
   model_config(config.model, vocab_size=8)  # a bad model field fails here
-
-
-def _overrides(model) -> dict:
-  return {k: model[k] for k in RUNTIME_FIELDS}
-
-
-def load_start(config, mesh) -> Start:
-  """The encoder config, weights and tokenizer `config.init` names."""
-  init, task = config.init, config.task
-  if init.random:
-    tokenizer = Tokenizer.load(task.tokenizer or builtin.TOKENIZER_FILE)
-    return Start(model_config(config.model, tokenizer.vocab_size), None, tokenizer,
-                 "random weights")
-  if init.from_hf:
-    path = Path(init.from_hf).expanduser()
-    model_cfg, params = load_hf_bert(path, heads=False, **_overrides(config.model))
-    tokenizer = _tokenizer(path, task.tokenizer, "config.init.from_hf")
-    start = Start(model_cfg, params, tokenizer, f"Hugging Face BERT {path}")
-  else:
-    start = _load_pretraining_run(Path(init["from"]).expanduser(), config, mesh)
-  if start.tokenizer.vocab_size != start.config.vocab_size:
-    raise UserError(f"{start.origin}: its tokenizer has {start.tokenizer.vocab_size} "
-                    f"pieces but the model's vocabulary has {start.config.vocab_size} rows; "
-                    "the tokenizer does not belong to this checkpoint")
-  return start
-
-
-def _tokenizer(directory: Path, configured: str, field: str) -> Tokenizer:
-  """The tokenizer that travels with a checkpoint directory; a different
-  one named in the config is an error."""
-  own = directory / "tokenizer.model"
-  if own.is_file():
-    tokenizer = Tokenizer.load(own)
-    if configured and Tokenizer.load(configured).fingerprint != tokenizer.fingerprint:
-      raise UserError(f"config.task.tokenizer ({configured}) is not the tokenizer of "
-                      f"{field}={directory} ({own}); leave config.task.tokenizer empty")
-    return tokenizer
-  if configured:
-    return Tokenizer.load(configured)
-  raise UserError(f"{directory}: no tokenizer.model (lmjax reads sentencepiece models); "
-                  "name the checkpoint's tokenizer with --config.task.tokenizer=FILE")
-
-
-def _load_pretraining_run(path: Path, config, mesh) -> Start:
-  field = f"config.init.from={path}"
-  if not (path / "config.json").is_file():
-    raise UserError(f"{field}: not a pretraining workdir (no config.json); run "
-                    f"python -m lmjax.pretrain --config=configs/pretrain.py --workdir={path} "
-                    "first, or set --config.init.from_hf=PATH or --config.init.random=True")
-  saved = ml_collections.ConfigDict(json.loads((path / "config.json").read_text()))
-  tokenizer = _tokenizer(path, config.task.tokenizer, "config.init.from")
-  pretrained_cfg = model_config(saved.model, tokenizer.vocab_size)
-  if not (path / "checkpoints").is_dir():
-    raise UserError(f"{field}: no checkpoints yet")
-  ckpts = checkpoint.Checkpoints(path / "checkpoints")
-  try:
-    step = ckpts.latest_step()
-    if step is None:
-      raise UserError(f"{field}: no checkpoints yet")
-    length, predictions = saved.data.max_seq_length, saved.data.max_predictions_per_seq
-    example = dict(input_ids=np.zeros((1, length), np.int32),
-                   segment_ids=np.zeros((1, length), np.int32),
-                   input_mask=np.ones((1, length), np.int32),
-                   masked_positions=np.zeros((1, predictions), np.int32))
-    abstract = steps.abstract_train_state(BertForPreTraining(pretrained_cfg),
-                                          optimizer.create_optimizer(saved.train), mesh,
-                                          example)
-    state, _, _ = ckpts.restore(step, abstract)
-  finally:
-    ckpts.close()
-  bert = state.params["bert"]
-  model_cfg = pretrained_cfg.replace(**_overrides(config.model))
-  if model_cfg.scan_layers != pretrained_cfg.scan_layers:
-    relayout = stack_layers if model_cfg.scan_layers else unstack_layers
-    bert = {**bert, "encoder": relayout(bert["encoder"])}
-  return Start(model_cfg, {"bert": bert}, tokenizer, f"pretraining run {path} (step {step})")
-
-
-def _with_encoder(state, shardings, params: dict):
-  """`state` with the encoder weights of `params` ({'bert': ...}), in the
-  state's shardings and dtypes; the classifier keeps its initial weights."""
-  target = state.params["bert"]
-  if (jax.tree.structure(target) != jax.tree.structure(params["bert"]) or
-      any(a.shape != b.shape for a, b in zip(jax.tree.leaves(target),
-                                             jax.tree.leaves(params["bert"])))):
-    raise CheckpointError("the checkpoint's encoder does not fit the model its config "
-                          "describes")
-  bert = jax.tree.map(lambda x, t, s: jax.device_put(np.asarray(x).astype(t.dtype)
-                                                     if not isinstance(x, jax.Array)
-                                                     else x.astype(t.dtype), s),
-                      params["bert"], target, shardings.params["bert"])
-  return state.replace(params={**state.params, "bert": bert})
 
 
 def _load_splits(task: cls.Task, data_dir):
@@ -240,7 +130,7 @@ def finetune(config, workdir: str | os.PathLike) -> dict:
   mesh = parallel.make_mesh(**config.mesh)
   data_dir = config.task.data_dir or None
   task = cls.resolve_task(config.task, data_dir)
-  start_point = load_start(config, mesh)
+  start_point = starts.load_start(config, mesh)
   model_cfg = start_point.config
   length = config.task.max_seq_length
   if length > model_cfg.max_position:
@@ -272,7 +162,7 @@ def finetune(config, workdir: str | os.PathLike) -> dict:
   state, shardings = steps.create_train_state(model, tx, mesh, example,
                                               jax.random.key(config.seed))
   if start_point.params is not None:
-    state = _with_encoder(state, shardings, start_point.params)
+    state = starts.with_encoder(state, shardings, start_point.params)
 
   lead = jax.process_index() == 0
   ckpts = checkpoint.Checkpoints(workdir / "checkpoints", keep=train.keep_checkpoints)
