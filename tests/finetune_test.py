@@ -260,6 +260,11 @@ def test_bad_input_is_one_line_and_leaves_the_workdir_alone(trained, tmp_path,
   assert_user_error(c, workdir, "no tokenizer.model")
 
   c = config(reviews_tsv)
+  c.init.random, c.task.regression, c.task.metrics = True, True, "accuracy"
+  with pytest.raises(UserError, match="is a regression task; use pearson or spearman"):
+    finetuning.finetune(c, workdir)
+
+  c = config(reviews_tsv)
   c.init["from"] = str(tmp_path / "no_such_run")
   assert_user_error(c, workdir, "not a pretraining workdir")
 

@@ -31,7 +31,8 @@ from lmjax.model import BertConfig, BertForSequenceClassification, flops_per_tok
 from lmjax.train import checkpoint, optimizer, starts, steps
 from lmjax.train.loop import (Schedule, Throughput, check_resumable, model_config,
                               run_loop)
-from lmjax.train.metrics import METRICS, MetricWriter, peak_flops_per_device, task_metrics
+from lmjax.train.metrics import (METRICS, REGRESSION_METRICS, MetricWriter,
+                                 peak_flops_per_device, task_metrics)
 
 _MUST_MATCH = ("seed", "init", "task", "model", "train.batch_size", "train.epochs",
                "train.steps", "train.grad_accum_steps", "train.learning_rate")
@@ -130,6 +131,9 @@ def finetune(config, workdir: str | os.PathLike) -> dict:
   mesh = parallel.make_mesh(**config.mesh)
   data_dir = config.task.data_dir or None
   task = cls.resolve_task(config.task, data_dir)
+  if task.is_regression and not set(task.metrics) <= set(REGRESSION_METRICS):
+    raise ConfigError(f"config.task.metrics: {task.name} is a regression task; use "
+                      f"{' or '.join(REGRESSION_METRICS)}, not {', '.join(task.metrics)}")
   start_point = starts.load_start(config, mesh)
   model_cfg = start_point.config
   length = config.task.max_seq_length
