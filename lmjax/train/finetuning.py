@@ -86,23 +86,29 @@ def _load_splits(task: cls.Task, data_dir):
   return splits
 
 
+def _device_batches(arrays: dict, batch_size: int, mesh) -> list[dict]:
+  """Every example once, as sharded global batches (the last one padded)."""
+  process = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  return [parallel.shard_batch(b, mesh)
+          for b in evaluation_batches(arrays, batch_size, **process)]
+
+
+def _logits(eval_step, state, batches: list[dict], count: int) -> np.ndarray:
+  """The model's logits [count, K] over `batches`, padding dropped."""
+  out = jax.device_get([eval_step(state, b) for b in batches])
+  return np.concatenate(out)[:count].astype(np.float64)
+
+
 class _Scorer:
   """Evaluates a state on a split: logits on device, metrics on the host."""
 
   def __init__(self, eval_step, task: cls.Task, encoded: cls.Encoded, batch_size: int,
                mesh):
-    self.task, self.labels = task, encoded.arrays["labels"]
-    process = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    self.batches = [parallel.shard_batch(b, mesh) for b in
-                    evaluation_batches(encoded.arrays, batch_size, **process)]
-    self.eval_step = eval_step
-
-  def logits(self, state) -> np.ndarray:
-    out = jax.device_get([self.eval_step(state, b) for b in self.batches])
-    return np.concatenate(out)[:len(self.labels)].astype(np.float64)
+    self.task, self.labels, self.eval_step = task, encoded.arrays["labels"], eval_step
+    self.batches = _device_batches(encoded.arrays, batch_size, mesh)
 
   def __call__(self, state, prefix: str) -> dict[str, float]:
-    logits = self.logits(state)
+    logits = _logits(self.eval_step, state, self.batches, len(self.labels))
     if self.task.is_regression:
       loss = np.mean((logits[:, 0] - self.labels) ** 2)
     else:
@@ -284,17 +290,15 @@ def predict(config, workdir: str | os.PathLike) -> dict:
                            restored["params"], ())
   shardings = jax.tree.map(lambda x: x.sharding, state)
   eval_step = steps.jit_eval_step(steps.make_classifier_eval_step(model), shardings, mesh)
-  batches = evaluation_batches(encoded.arrays, config.train.eval_batch_size,
-                               jax.process_index(), jax.process_count())
-  logits = np.concatenate(jax.device_get(
-      [eval_step(state, parallel.shard_batch(b, mesh)) for b in batches]))[:len(texts)]
+  logits = _logits(eval_step, state, _device_batches(
+      encoded.arrays, config.train.eval_batch_size, mesh), len(texts))
 
   output = Path(config.predict.output or workdir / "predictions.jsonl").expanduser()
   if jax.process_index() == 0:
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-      for pair, row in zip(texts, logits.astype(np.float64)):
+      for pair, row in zip(texts, logits):
         record = dict(zip(("text", "text_pair"), pair))
         if task.is_regression:
           record["score"] = round(float(row[0]), 6)
