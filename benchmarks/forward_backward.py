@@ -19,7 +19,7 @@ import numpy as np
 
 from lmjax import parallel
 from lmjax.model import BertConfig, BertForPreTraining, flops_per_token
-from lmjax.train import steps
+from lmjax.train import mlm_nsp
 
 _SIZE = flags.DEFINE_string("size", "base", "named BERT size")
 _SEQ = flags.DEFINE_integer("seq_len", 128, "sequence length")
@@ -53,7 +53,7 @@ def _loss(model, params, batch, rng):
                     segment_ids=batch["segment_ids"], input_mask=batch["input_mask"],
                     masked_positions=batch["masked_positions"], deterministic=False,
                     rngs={"dropout": rng})
-  parts = steps.pretraining_losses(out, batch)
+  parts = mlm_nsp.losses(out, batch)
   return parts["mlm_loss"] + parts["nsp_loss"]
 
 

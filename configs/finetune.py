@@ -3,7 +3,7 @@
 The default fine-tunes the encoder of the default pretraining run
 (runs/pretrain) on the built-in rt_polarity sentiment task. Every field can be
 overridden on the command line, e.g. `--config.task.source=glue/sst2` or
-`--config.init.from_hf=/path/to/bert`.
+`--config.init.source=hf:/path/to/bert`.
 """
 
 import ml_collections
@@ -16,11 +16,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0
   config.mode = "train"  # train | predict (with config.predict.input)
 
-  # Where the encoder starts: one of them. `from` is a pretraining workdir;
-  # `from_hf` a Hugging Face BERT directory (config.json + weights, and
-  # tokenizer.model unless config.task.tokenizer names it).
-  config.init = ml_collections.ConfigDict({"from": "runs/pretrain", "from_hf": "",
-                                           "random": False})
+  # Where the encoder starts: pretrain:DIR (a pretraining workdir's newest
+  # checkpoint), hf:DIR (a Hugging Face BERT directory: config.json, weights,
+  # and tokenizer.model unless config.task.tokenizer names it) or random.
+  config.init = ml_collections.ConfigDict(dict(source="pretrain:runs/pretrain"))
 
   config.task = ml_collections.ConfigDict(dict(
       source="rt_polarity",  # rt_polarity | glue/NAME | tsv:PATH | csv:PATH | jsonl:PATH
@@ -30,11 +29,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       regression=False,  # local files: the label is a score
       metrics="",  # comma-separated, main first; '' = the task's own
       max_seq_length=128,  # longer examples are truncated (and counted)
-      tokenizer="",  # only for init.random, or a checkpoint without tokenizer.model
+      tokenizer="",  # only for init.source=random, or a checkpoint without tokenizer.model
       data_dir="",  # tfds data directory; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
   ))
 
-  # Architecture fields (size, max_position) apply to init.random only; the
+  # Architecture fields (size, max_position) apply to init.source=random only; the
   # others also apply to a pretrained encoder.
   config.model = ml_collections.ConfigDict(dict(
       size="tiny",
@@ -68,7 +67,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       checkpoint_every=0,  # 0 = at every evaluation
       keep_checkpoints=1,
       eval_batch_size=128,
-      cpu_peak_tflops=0.2,
+      cpu_peak_tflops=0.2,  # for MFU on CPU hosts; accelerators use known peaks
+      profile_steps="",  # START,END: a jax.profiler trace of those steps in DIR/profile
   ))
 
   config.predict = ml_collections.ConfigDict(dict(

@@ -64,6 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       checkpoint_every=300,
       keep_checkpoints=3,
       cpu_peak_tflops=0.2,  # for MFU on CPU hosts; accelerators use known peaks
+      profile_steps="",  # START,END: a jax.profiler trace of those steps in DIR/profile
   ))
 
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -4,7 +4,6 @@ A mistake the user can fix (bad flag, unknown config key, missing file) ends
 with one line on stderr naming the cause and exit status 2, no traceback.
 """
 
-import keyword
 import sys
 from collections.abc import Callable
 
@@ -18,24 +17,7 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
-def _quote_keywords(arg: str) -> str:
-  """`--config.init.from=X` -> `--config.init["from"]=X`: config_flags parses
-  override paths as Python, where a keyword is only valid as a subscript."""
-  name, eq, value = arg.partition("=")
-  if not name.startswith("--config."):
-    return arg
-  parts = name[len("--config."):].split(".")
-  if not any(keyword.iskeyword(p) for p in parts[1:]):
-    return arg
-  path = parts[0] + "".join(f'["{p}"]' if keyword.iskeyword(p) else f".{p}"
-                            for p in parts[1:])
-  return f"--config.{path}{eq}{value}"
-
-
 def _parse_flags(argv: list[str]) -> list[str]:
-  argv = [argv[0], *map(_quote_keywords, argv[1:])]
-  if sys.argv[1:]:  # config_flags reads its overrides from sys.argv itself
-    sys.argv[:] = [sys.argv[0], *map(_quote_keywords, sys.argv[1:])]
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

@@ -18,7 +18,8 @@ from ml_collections import config_flags
 
 from lmjax import cli, parallel
 from lmjax.errors import UserError
-from lmjax.train.finetuning import finetune, predict
+from lmjax.runs.finetuning import finetune
+from lmjax.runs.prediction import predict
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "fine-tuning config file",
                                           lock_config=True)

@@ -14,7 +14,7 @@ from ml_collections import config_flags
 
 from lmjax import cli, parallel
 from lmjax.errors import UserError
-from lmjax.train.pretraining import train_and_evaluate
+from lmjax.runs.pretraining import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "pretraining config file",
                                           lock_config=True)

@@ -7,7 +7,7 @@
 from absl import flags
 
 from lmjax import cli
-from lmjax.data import sources, tokenizer
+from lmjax.data import sources, tokenization
 
 _SOURCE = flags.DEFINE_string("source", "austen", "text source (see lmjax.data.sources)")
 _VOCAB = flags.DEFINE_integer("vocab_size", 8000, "number of pieces")
@@ -22,7 +22,7 @@ def main(argv):
   corpus = sources.load_corpus(_SOURCE.value, "train", _DATA_DIR.value,
                                _TEXT_FIELD.value)
   print(f"{corpus.name}: {len(corpus.documents):,} documents", flush=True)
-  tokenizer.train((s for d in corpus.documents for s in d), _VOCAB.value,
+  tokenization.train((s for d in corpus.documents for s in d), _VOCAB.value,
                   _OUTPUT.value, progress=lambda m: print(m, flush=True))
 
 

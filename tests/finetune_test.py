@@ -16,14 +16,14 @@ import pytest
 import scipy.special
 
 from lmjax.data import builtin
-from lmjax.data import classification as cls
-from lmjax.data import tokenizer as tokenizer_lib
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.data import tasks as cls
+from lmjax.data import tokenization
+from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError
 from lmjax.interop.hf import load_hf_bert, save_hf_bert
 from lmjax.model import BertConfig, BertForPreTraining, BertForSequenceClassification
-from lmjax.train import finetuning
-from lmjax.train.pretraining import train_and_evaluate
+from lmjax.runs import finetuning, prediction
+from lmjax.runs.pretraining import train_and_evaluate
 
 ROOT = Path(__file__).parents[1]
 
@@ -97,7 +97,7 @@ def trained(tmp_path_factory, reviews_tsv):
   """A fine-tuning run from random weights on the reviews."""
   workdir = tmp_path_factory.mktemp("runs") / "random"
   c = config(reviews_tsv)
-  c.init.random = True
+  c.init.source = "random"
   return workdir, finetuning.finetune(c, workdir)
 
 
@@ -127,7 +127,7 @@ def test_predict_writes_labels_and_probabilities(trained, tmp_path):
   c = finetune_config.get_config()
   c.mode, c.predict.input = "predict", str(tmp_path / "texts.txt")
   c.predict.output = str(tmp_path / "out" / "predictions.jsonl")
-  out = finetuning.predict(c, workdir)
+  out = prediction.predict(c, workdir)
   assert out["predictions"] == 40 and out["checkpoint_step"] == summary["best_step"]
   rows = [json.loads(l) for l in Path(c.predict.output).read_text().splitlines()]
   assert [r["text"] for r in rows] == texts
@@ -168,7 +168,7 @@ def test_a_hugging_face_start_is_exactly_those_weights(tmp_path, reviews_tsv):
   assert (hf_dir / "tokenizer.model").read_bytes() == builtin.TOKENIZER_FILE.read_bytes()
 
   c = config(reviews_tsv, steps=2)
-  c.init.from_hf = str(hf_dir)
+  c.init.source = f"hf:{hf_dir}"
   finetuning.finetune(c, tmp_path / "w")
   first = next(l for l in metric_lines(tmp_path / "w") if l["step"] == 0)
 
@@ -196,12 +196,12 @@ def test_a_pretraining_run_starts_with_its_encoder(tmp_path, reviews_tsv, monkey
 
   c = config(reviews_tsv, steps=2)
   monkeypatch.chdir(tmp_path)
-  c.init["from"] = "pretrain"  # relative, like the default runs/pretrain
+  c.init.source = "pretrain:pretrain"  # relative, like the default runs/pretrain
   c.model.scan_layers = False  # the run used scanned layers: re-laid out on load
   finetuning.finetune(c, tmp_path / "w")
   first = next(l for l in metric_lines(tmp_path / "w") if l["step"] == 0)
 
-  from lmjax.train.checkpoint import Checkpoints  # pylint: disable=import-outside-toplevel
+  from lmjax.runs.checkpoints import Checkpoints  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   assert Checkpoints(pretrained / "checkpoints").latest_step() == 3
   state = ocp.StandardCheckpointer().restore(pretrained / "checkpoints" / "3" / "state")
@@ -231,24 +231,24 @@ def test_bad_input_is_one_line_and_leaves_the_workdir_alone(trained, tmp_path,
   bad.write_text("\n".join(lines[:50] + ["a film\tmaybe"] + lines[50:]) + "\n")
   c = config(bad)
   c.task.labels = "neg,pos"
-  c.init.random = True
+  c.init.source = "random"
   assert_user_error(c, workdir, f"{bad}:51: unknown label 'maybe'")
 
   empty = tmp_path / "empty.tsv"
   empty.write_text("")
   c = config(empty)
-  c.init.random = True
+  c.init.source = "random"
   assert_user_error(c, workdir, f"{empty}: empty file")
 
   c = config(reviews_tsv)
-  c.init.random, c.task.label_field = True, "stars"
+  c.init.source, c.task.label_field = "random", "stars"
   assert_user_error(c, workdir, "no column 'stars' (columns: text, label)")
 
   other = tmp_path / "other.model"
-  tokenizer_lib.train([f"word{i} and more words {i % 7}" for i in range(3000)], 64,
+  tokenization.train([f"word{i} and more words {i % 7}" for i in range(3000)], 64,
                       other, progress=lambda _: None)
   c = config(reviews_tsv)
-  c.init.from_hf = str(tmp_path / "hf")
+  c.init.source = f"hf:{tmp_path / 'hf'}"
   model_cfg = BertConfig.named("tiny", vocab_size=8000)
   params = BertForPreTraining(model_cfg).init(
       jax.random.key(0), *[np.ones((1, 8), np.int32)] * 3, np.ones((1, 2), np.int32))
@@ -260,12 +260,12 @@ def test_bad_input_is_one_line_and_leaves_the_workdir_alone(trained, tmp_path,
   assert_user_error(c, workdir, "no tokenizer.model")
 
   c = config(reviews_tsv)
-  c.init.random, c.task.regression, c.task.metrics = True, True, "accuracy"
+  c.init.source, c.task.regression, c.task.metrics = "random", True, "accuracy"
   with pytest.raises(UserError, match="is a regression task; use pearson or spearman"):
     finetuning.finetune(c, workdir)
 
   c = config(reviews_tsv)
-  c.init["from"] = str(tmp_path / "no_such_run")
+  c.init.source = f"pretrain:{tmp_path / 'no_such_run'}"
   assert_user_error(c, workdir, "not a pretraining workdir")
 
 
@@ -276,7 +276,7 @@ def test_the_entry_point_exits_2_with_one_line(tmp_path, reviews_tsv):
   done = subprocess.run(
       [sys.executable, "-m", "lmjax.finetune", f"--config={ROOT}/configs/finetune.py",
        f"--workdir={tmp_path / 'w'}", f"--config.task.source=tsv:{reviews_tsv}",
-       "--config.task.labels=pos,meh", "--config.init.random=True"],
+       "--config.task.labels=pos,meh", "--config.init.source=random"],
       capture_output=True, text=True, cwd=ROOT, check=False)
   assert done.returncode == 2, done.stderr[-2000:]
   (line,) = done.stderr.strip().splitlines()
@@ -284,11 +284,14 @@ def test_the_entry_point_exits_2_with_one_line(tmp_path, reviews_tsv):
   assert (tmp_path / "w" / "metrics.jsonl").read_text() == '{"step": 1}\n'
   assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["metrics.jsonl"]
 
-  # `from` is a Python keyword, which config_flags cannot take as an attribute.
-  done = subprocess.run(
-      [sys.executable, "-m", "lmjax.finetune", f"--config={ROOT}/configs/finetune.py",
-       f"--workdir={tmp_path / 'w'}", f"--config.init.from={tmp_path / 'no_run'}"],
-      capture_output=True, text=True, cwd=ROOT, check=False)
-  assert done.returncode == 2
-  (line,) = done.stderr.strip().splitlines()
-  assert f"config.init.from={tmp_path / 'no_run'}: not a pretraining workdir" in line
+  for source, message in [
+      (f"pretrain:{tmp_path / 'no_run'}",
+       f"config.init.source=pretrain:{tmp_path / 'no_run'}: not a pretraining workdir"),
+      ("nope:x", "config.init.source must be pretrain:DIR, hf:DIR or random, got 'nope:x'")]:
+    done = subprocess.run(
+        [sys.executable, "-m", "lmjax.finetune", f"--config={ROOT}/configs/finetune.py",
+         f"--workdir={tmp_path / 'w'}", f"--config.init.source={source}"],
+        capture_output=True, text=True, cwd=ROOT, check=False)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert message in line

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lmjax.data import loader
-from pretraining_test import pretrain_config
+from instances_test import pretrain_config
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,7 @@ def test_gradients_are_clipped_to_the_global_norm_before_the_optimizer(name):
 
 @pytest.mark.parametrize("field,value", [
     ("optimizer", "sgd"), ("schedule", "step"), ("learning_rate", 0.0),
-    ("warmup_steps", 200), ("grad_accum_steps", 3)])
+    ("grad_accum_steps", 0), ("batch_size", 0), ("weight_decay", -1.0)])
 def test_bad_values_name_the_field(field, value):
-  with pytest.raises(ConfigError, match=field):
-    optimizer.create_optimizer(train_config(**{field: value}))
+  with pytest.raises(ConfigError, match=f"config.train.{field}"):
+    optimizer.check_config(train_config(**{field: value}))

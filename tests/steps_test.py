@@ -1,11 +1,12 @@
-"""Pure train and eval steps: losses fall, accumulation is exact, shardings hold."""
+"""The generic step with the MLM + NSP objective: losses fall, accumulation
+is exact, shardings hold."""
 
 import jax
 import numpy as np
 
 from lmjax import parallel
 from lmjax.model import BertConfig, BertForPreTraining
-from lmjax.train import optimizer, steps
+from lmjax.train import mlm_nsp, optimizer, steps
 from optimizer_test import train_config
 
 CFG = BertConfig.named("tiny", vocab_size=64, max_position=32, num_layers=2)
@@ -26,11 +27,11 @@ def _setup(mesh, accum=1, cfg=CFG, **train):
   train = train_config(grad_accum_steps=accum, **train)
   model = BertForPreTraining(cfg)
   tx = optimizer.create_optimizer(train)
-  state, shardings = steps.create_train_state(model, tx, mesh, _batch(),
-                                              jax.random.key(0))
+  state, shardings = steps.create_train_state(mlm_nsp.init_params(model, _batch()), tx,
+                                              mesh, jax.random.key(0))
   step = steps.jit_train_step(
-      steps.make_train_step(model, tx, accum_steps=accum,
-                            schedule=optimizer.learning_rate_schedule(train)),
+      mlm_nsp.make_train_step(model, tx, accum_steps=accum,
+                              schedule=optimizer.learning_rate_schedule(train)),
       shardings, mesh)
   return model, state, shardings, step
 
@@ -47,8 +48,8 @@ def test_training_on_one_batch_drives_the_loss_down():
   assert set(metrics) == {"loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy",
                           "grad_norm", "learning_rate"}
   assert int(state.step) == 25
-  eval_step = steps.jit_eval_step(steps.make_eval_step(model), shardings, mesh)
-  sums = eval_step(state, batch)
+  eval_step = steps.jit_eval_step(mlm_nsp.make_eval_step(model), shardings.params, mesh)
+  sums = eval_step(state.params, batch)
   assert float(sums["mlm_count"]) == 24 and float(sums["nsp_count"]) == 8
   assert float(sums["mlm_correct"]) / 24 > 0.5
 

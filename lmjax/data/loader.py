@@ -17,9 +17,9 @@ import grain
 import numpy as np
 
 from lmjax.data import builtin, sources
-from lmjax.data.pretraining import (Masking, Pairs, cached_tokenized_corpus,
+from lmjax.data.instances import (Masking, Pairs, cached_tokenized_corpus,
                                     create_pairs, mask_pair)
-from lmjax.data.tokenizer import Tokenizer
+from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError, check_fields
 
 

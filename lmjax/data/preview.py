@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 from lmjax import cli
 from lmjax.data.loader import Loader, pretraining_input
-from lmjax.data.tokenizer import MASK_ID, NUM_SPECIAL, Tokenizer
+from lmjax.data.tokenization import MASK_ID, NUM_SPECIAL, Tokenizer
 from lmjax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "pretraining config file",

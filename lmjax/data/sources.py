@@ -17,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-from lmjax.data import builtin
+from lmjax.data import builtin, documents
 from lmjax.errors import UserError
 
 # A sentence ends at . ! or ? (perhaps closed by a quote or bracket) before
@@ -81,46 +81,35 @@ def _read_text_files(pattern: str, split: str) -> Corpus:
   paths = _text_paths(pattern)
   if not paths:
     raise UserError(f"text:{pattern}: no file matches")
-  documents, undecodable, any_text = [], 0, False
+  read = documents.TextFile([])
   for path in paths:
     if not os.path.isfile(path):
       raise UserError(f"text:{path}: no such file")
-    current: list[str] = []
     with open(path, "rb") as f:
-      for raw in f:
-        any_text = any_text or bool(raw.strip())
-        try:
-          line = raw.decode("utf-8").strip()
-        except UnicodeDecodeError:
-          undecodable += 1
-          continue
-        if line:
-          current.append(line)
-        elif current:
-          documents.append(current)
-          current = []
-    if current:  # a document never spans two files
-      documents.append(current)
-  if not any_text:
+      one = documents.read_documents(f)
+    read.documents += one.documents
+    read.undecodable_lines += one.undecodable_lines
+    read.has_text = read.has_text or one.has_text
+  if not read.has_text:
     raise UserError(f"text:{pattern}: empty corpus (no text in {len(paths)} file(s))")
-  if not documents:
+  if not read.documents:
     raise UserError(f"text:{pattern}: no sentences (every line was undecodable)")
-  if len(documents) < _MIN_DOCUMENTS_TO_SPLIT:  # all train, no validation
-    chosen = documents if split == "train" else []
+  if len(read.documents) < _MIN_DOCUMENTS_TO_SPLIT:  # all train, no validation
+    chosen = read.documents if split == "train" else []
   else:
-    chosen = [d for d in documents
-              if (builtin.bucket("\n".join(d)) < 5) == (split == "validation")]
+    chosen = [d for d in read.documents
+              if documents.hash_split("\n".join(d), *documents.DOCUMENT_SPLITS) == split]
   if not chosen:
-    raise MissingSplitError(f"text:{pattern}: {len(documents)} documents are too few for a "
-                    f"{split} split (need {_MIN_DOCUMENTS_TO_SPLIT})")
-  return Corpus(f"text:{pattern}", chosen, undecodable)
+    raise MissingSplitError(f"text:{pattern}: {len(read.documents)} documents are too few "
+                            f"for a {split} split (need {_MIN_DOCUMENTS_TO_SPLIT})")
+  return Corpus(f"text:{pattern}", chosen, read.undecodable_lines)
 
 
 def tfds_builder(name: str, data_dir: str):
   """Returns a prepared tfds builder: built-ins are prepared on first use."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  if name in builtin.BUILDERS:
-    builder = builtin.BUILDERS[name](data_dir=data_dir)
+  if name in builtin.VERSIONS:
+    builder = builtin.builder(name, data_dir)
     if not builder.is_prepared():
       print(f"preparing built-in dataset {name} in {data_dir} (once)", flush=True)
       builder.download_and_prepare(file_format="array_record")
@@ -152,7 +141,7 @@ def _read_tfds(name: str, split: str, data_dir: str, text_field: str) -> Corpus:
     text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
     # The built-ins are stored a sentence a line already.
     sentences = ([s.strip() for s in text.splitlines() if s.strip()]
-                 if name in builtin.BUILDERS else split_sentences(text))
+                 if name in builtin.VERSIONS else split_sentences(text))
     if sentences:
       documents.append(sentences)
   if not documents:
@@ -182,5 +171,5 @@ def corpus_key(source: str, split: str, data_dir: str | None = None,
               for p in _text_paths(source[len("text:"):]) if os.path.isfile(p)]
     return f"{source}|{split}|{stamps}"
   name = source[len("tfds:"):] if source.startswith("tfds:") else source
-  version = builtin.BUILDERS[name].VERSION if name in builtin.BUILDERS else ""
+  version = builtin.VERSIONS.get(name, "")
   return f"tfds:{name}|{version}|{split}|{data_dir_or_default(data_dir)}|{text_field}"

@@ -1,6 +1,7 @@
 """BertConfig: the hyper-parameters of a BERT encoder, and BERT's named sizes."""
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
@@ -51,38 +52,7 @@ class BertConfig:
   attention_impl: str = "xla"
 
   def __post_init__(self):
-    positive = ("vocab_size", "hidden_size", "num_layers", "num_heads",
-                "intermediate_size", "max_position", "type_vocab_size")
-    for name in positive:
-      value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    if self.hidden_size % self.num_heads:
-      raise ConfigError(
-          f"hidden_size ({self.hidden_size}) must be divisible by num_heads "
-          f"({self.num_heads})")
-    for name in ("dropout_rate", "attention_dropout_rate"):
-      value = getattr(self, name)
-      if not 0.0 <= value < 1.0:
-        raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
-    for name in ("layer_norm_eps", "initializer_range"):
-      if not getattr(self, name) > 0:
-        raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
-    _check_choice("hidden_act", self.hidden_act, ACTIVATIONS)
-    _check_choice("remat_policy", self.remat_policy, REMAT_POLICIES)
-    _check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
-    for name in ("dtype", "param_dtype"):
-      value = getattr(self, name)
-      try:
-        ok = jnp.issubdtype(jnp.dtype(value), jnp.floating)
-      except TypeError:
-        ok = False
-      if not ok:
-        raise ConfigError(f"{name} must be a floating dtype name, got {value!r}")
-    if self.attention_impl == "cudnn" and self.attention_dropout_rate:
-      raise ConfigError(
-          "attention_dropout_rate must be 0 with attention_impl='cudnn' "
-          "(fused attention has no dropout on its probabilities)")
+    _check_values(dataclasses.asdict(self))
 
   @property
   def head_dim(self) -> int:
@@ -99,10 +69,66 @@ class BertConfig:
 
   def replace(self, **changes: Any) -> "BertConfig":
     """Returns a copy with `changes` applied (and validated)."""
-    unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-    if unknown:
-      raise ConfigError(f"BertConfig has no field {sorted(unknown)[0]!r}")
+    _check_names(changes, "BertConfig has no field")
     return dataclasses.replace(self, **changes)
+
+  @classmethod
+  def from_section(cls, section: Mapping[str, Any], **fields: Any) -> "BertConfig":
+    """The config of a run config's `model` section: `size` names BERT's
+    size, the other keys are fields; `fields` (the vocabulary, say) win."""
+    values = dict(section)
+    return cls.named(values.pop("size"), **{**values, **fields})
+
+
+def check_section(section: Mapping[str, Any], section_name: str = "config.model") -> None:
+  """Raises ConfigError for a `model` section no BertConfig can be made
+  from, naming the field, without making one."""
+  values = dict(section)
+  _check_choice(f"{section_name}.size", values.pop("size", None), tuple(SIZES))
+  _check_names(values, f"{section_name} has no field")
+  defaults = dataclasses.asdict(BertConfig())
+  layers, hidden = SIZES[section["size"]]
+  sized = dict(num_layers=layers, hidden_size=hidden, num_heads=hidden // 64,
+               intermediate_size=4 * hidden)
+  _check_values({**defaults, **sized, **values}, f"{section_name}.")
+
+
+def _check_names(values: Mapping[str, Any], message: str) -> None:
+  unknown = set(values) - {f.name for f in dataclasses.fields(BertConfig)}
+  if unknown:
+    raise ConfigError(f"{message} {sorted(unknown)[0]!r}")
+
+
+def _check_values(v: Mapping[str, Any], prefix: str = "") -> None:
+  """Raises ConfigError naming the first field of `v` (every BertConfig
+  field) with an impossible value."""
+  for name in ("vocab_size", "hidden_size", "num_layers", "num_heads",
+               "intermediate_size", "max_position", "type_vocab_size"):
+    value = v[name]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ConfigError(f"{prefix}{name} must be a positive integer, got {value!r}")
+  if v["hidden_size"] % v["num_heads"]:
+    raise ConfigError(f"{prefix}hidden_size ({v['hidden_size']}) must be divisible by "
+                      f"num_heads ({v['num_heads']})")
+  for name in ("dropout_rate", "attention_dropout_rate"):
+    if not 0.0 <= v[name] < 1.0:
+      raise ConfigError(f"{prefix}{name} must be in [0, 1), got {v[name]!r}")
+  for name in ("layer_norm_eps", "initializer_range"):
+    if not v[name] > 0:
+      raise ConfigError(f"{prefix}{name} must be positive, got {v[name]!r}")
+  _check_choice(f"{prefix}hidden_act", v["hidden_act"], ACTIVATIONS)
+  _check_choice(f"{prefix}remat_policy", v["remat_policy"], REMAT_POLICIES)
+  _check_choice(f"{prefix}attention_impl", v["attention_impl"], ATTENTION_IMPLS)
+  for name in ("dtype", "param_dtype"):
+    try:
+      ok = jnp.issubdtype(jnp.dtype(v[name]), jnp.floating)
+    except TypeError:
+      ok = False
+    if not ok:
+      raise ConfigError(f"{prefix}{name} must be a floating dtype name, got {v[name]!r}")
+  if v["attention_impl"] == "cudnn" and v["attention_dropout_rate"]:
+    raise ConfigError(f"{prefix}attention_dropout_rate must be 0 with attention_impl="
+                      "'cudnn' (fused attention has no dropout on its probabilities)")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

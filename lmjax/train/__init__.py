@@ -1,1 +1,2 @@
-"""Training: optimizer, pure step functions, checkpoints, metrics, the loop."""
+"""Training, pure: the generic step, the optimizer, and the objectives
+(MLM + NSP pretraining, classification) as functions of (params, batch)."""

@@ -34,20 +34,20 @@ def decay_mask(params) -> dict:
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def check_train_config(train) -> None:
-  """Raises ConfigError naming the first impossible optimizer field."""
+def check_config(train) -> None:
+  """Raises ConfigError naming the first impossible optimizer field of a
+  `train` section (the schedule's length is the run's to check)."""
   checks = [
       ("optimizer", train.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
       ("schedule", train.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
       ("learning_rate", train.learning_rate > 0, "positive"),
-      ("steps", train.steps >= 1, "at least 1"),
-      ("warmup_steps", 0 <= train.warmup_steps <= train.steps, "in [0, steps]"),
       ("end_learning_rate_fraction", 0 <= train.end_learning_rate_fraction <= 1,
        "in [0, 1]"),
       ("weight_decay", train.weight_decay >= 0, "non-negative"),
       ("grad_clip_norm", train.grad_clip_norm >= 0, "non-negative (0 = no clipping)"),
       ("grad_accum_steps", train.grad_accum_steps >= 1, "at least 1"),
-      ("batch_size", train.batch_size % train.grad_accum_steps == 0,
+      ("batch_size", train.batch_size >= 1, "at least 1"),
+      ("batch_size", train.grad_accum_steps < 1 or train.batch_size % train.grad_accum_steps == 0,
        "divisible by grad_accum_steps"),
   ]
   check_fields("config.train", train, checks)
@@ -55,8 +55,8 @@ def check_train_config(train) -> None:
 
 def create_optimizer(train) -> optax.GradientTransformation:
   """Returns clip -> AdamW/LAMB (BERT's b1, b2, eps; decay masked) with the
-  schedule; gradient accumulation happens in the train step."""
-  check_train_config(train)
+  schedule; gradient accumulation happens in the train step. The section
+  is checked by `check_config` first."""
   schedule = learning_rate_schedule(train)
   make = optax.adamw if train.optimizer == "adamw" else optax.lamb
   chain = []

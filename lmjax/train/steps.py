@@ -1,12 +1,11 @@
-"""Pure step functions, `train_step(state, batch, rng)` and `eval_step(state,
-batch)`, for pretraining and for fine-tuning a classifier or regressor, plus
-the sharded creation of a TrainState.
+"""The generic pure step: `train_step(state, batch, rng) -> (state, metrics)`
+for any loss, the TrainState it updates, and their sharded creation and jit.
 
-They close over the model and optimizer only; everything else is an argument,
-so a research script can call them with no flags and no files.
+Objectives (lmjax.train.mlm_nsp, lmjax.train.classification) supply the loss;
+everything else is an argument, so a research script can call these with no
+flags and no files.
 """
 
-import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -19,6 +18,8 @@ import optax
 from lmjax import parallel
 
 Batch = dict[str, jax.Array]
+# rng -> logically annotated parameters (a linen `init(...)["params"]`).
+InitParams = Callable[[jax.Array], Any]
 
 
 @flax.struct.dataclass
@@ -26,36 +27,6 @@ class TrainState:
   step: jax.Array  # optimizer updates done so far
   params: Any
   opt_state: Any
-
-
-@dataclasses.dataclass(frozen=True)
-class LossWeights:
-  mlm: float = 1.0
-  nsp: float = 1.0
-
-
-def pretraining_losses(outputs: dict, batch: Batch) -> dict[str, jax.Array]:
-  """MLM loss (averaged over real predictions, by `masked_weights`) and NSP
-  loss, with the counts that make accuracies; all float32 scalars."""
-  logits_BxPxV = outputs["mlm_logits"]
-  weights_BxP = batch["masked_weights"].astype(jnp.float32)
-  log_probs = jax.nn.log_softmax(logits_BxPxV)
-  target_logp = jnp.take_along_axis(log_probs, batch["masked_ids"][..., None], -1)[..., 0]
-  weight_sum = jnp.maximum(weights_BxP.sum(), 1.0)
-  mlm_correct = ((logits_BxPxV.argmax(-1) == batch["masked_ids"]) * weights_BxP).sum()
-  nsp_log_probs = jax.nn.log_softmax(outputs["nsp_logits"])
-  nsp_logp = jnp.take_along_axis(nsp_log_probs, batch["nsp_labels"][:, None], -1)[:, 0]
-  nsp_correct = (outputs["nsp_logits"].argmax(-1) == batch["nsp_labels"]).sum()
-  return dict(mlm_loss=-(target_logp * weights_BxP).sum() / weight_sum,
-              nsp_loss=-nsp_logp.mean(),
-              mlm_correct=mlm_correct.astype(jnp.float32), mlm_count=weights_BxP.sum(),
-              nsp_correct=nsp_correct.astype(jnp.float32),
-              nsp_count=jnp.float32(batch["nsp_labels"].shape[0]))
-
-
-def _model_inputs(batch: Batch) -> dict:
-  keys = ("input_ids", "segment_ids", "input_mask", "masked_positions")
-  return {k: batch[k] for k in keys}
 
 
 def make_step(loss_fn: Callable, tx: optax.GradientTransformation, accum_steps: int = 1,
@@ -72,29 +43,28 @@ def make_step(loss_fn: Callable, tx: optax.GradientTransformation, accum_steps: 
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
+  def accumulated(params, batch, rng):
+    # Micro-batch i takes rows i, i+k, i+2k, ...: every device's shard of
+    # the batch feeds every micro-batch equally.
+    micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps,
+                                             *x.shape[1:]).swapaxes(0, 1), batch)
+
+    def accumulate(carry, inputs):
+      i, micro_batch = inputs
+      out = grad_fn(params, micro_batch, jax.random.fold_in(rng, i))
+      return jax.tree.map(jnp.add, carry, out), None
+
+    shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    ((loss, parts), grads), _ = jax.lax.scan(accumulate, zeros,
+                                             (jnp.arange(accum_steps), micro))
+    parts = {k: v / accum_steps if k.endswith("loss") else v for k, v in parts.items()}
+    return (loss / accum_steps, parts), jax.tree.map(lambda g: g / accum_steps, grads)
+
   def train_step(state: TrainState, batch: Batch, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
-    if accum_steps == 1:
-      (loss, parts), grads = grad_fn(state.params, batch, rng)
-    else:
-      # Micro-batch i takes rows i, i+k, i+2k, ...: every device's shard of
-      # the batch feeds every micro-batch equally.
-      micro = jax.tree.map(
-          lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps,
-                              *x.shape[1:]).swapaxes(0, 1), batch)
-
-      def accumulate(carry, inputs):
-        i, micro_batch = inputs
-        out = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, i))
-        return jax.tree.map(jnp.add, carry, out), None
-
-      shapes = jax.eval_shape(grad_fn, state.params,
-                              jax.tree.map(lambda x: x[0], micro), rng)
-      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-      ((loss, parts), grads), _ = jax.lax.scan(
-          accumulate, zeros, (jnp.arange(accum_steps), micro))
-      loss, grads = loss / accum_steps, jax.tree.map(lambda g: g / accum_steps, grads)
-      parts = {k: v / accum_steps if k.endswith("loss") else v for k, v in parts.items()}
+    gradients = grad_fn if accum_steps == 1 else accumulated
+    (loss, parts), grads = gradients(state.params, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(loss=loss, **summarize(parts), grad_norm=optax.tree.norm(grads))
@@ -105,113 +75,33 @@ def make_step(loss_fn: Callable, tx: optax.GradientTransformation, accum_steps: 
   return train_step
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    weights: LossWeights = LossWeights(), accum_steps: int = 1,
-                    schedule: Callable | None = None):
-  """Returns the pretraining `train_step(state, batch, rng) -> (state,
-  metrics)`: MLM and NSP losses, weighted, with their accuracies."""
-
-  def loss_fn(params, batch, rng):
-    outputs = model.apply({"params": params}, **_model_inputs(batch),
-                          deterministic=False, rngs={"dropout": rng})
-    parts = pretraining_losses(outputs, batch)
-    return weights.mlm * parts["mlm_loss"] + weights.nsp * parts["nsp_loss"], parts
-
-  def summarize(parts):
-    return dict(mlm_loss=parts["mlm_loss"], nsp_loss=parts["nsp_loss"],
-                mlm_accuracy=parts["mlm_correct"] / jnp.maximum(parts["mlm_count"], 1),
-                nsp_accuracy=parts["nsp_correct"] / parts["nsp_count"])
-
-  return make_step(loss_fn, tx, accum_steps, schedule, summarize)
-
-
-def make_eval_step(model: nn.Module):
-  """Returns `eval_step(state, batch) -> sums` (losses weighted by counts,
-  correct predictions and counts), to be added over an evaluation set."""
-
-  def eval_step(state: TrainState, batch: Batch):
-    outputs = model.apply({"params": state.params}, **_model_inputs(batch))
-    parts = pretraining_losses(outputs, batch)
-    return dict(mlm_loss_sum=parts["mlm_loss"] * parts["mlm_count"],
-                nsp_loss_sum=parts["nsp_loss"] * parts["nsp_count"],
-                **{k: parts[k] for k in ("mlm_correct", "mlm_count",
-                                         "nsp_correct", "nsp_count")})
-
-  return eval_step
-
-
-_CLASSIFIER_INPUTS = ("input_ids", "segment_ids", "input_mask")
-
-
-def classification_losses(logits_BxK: jax.Array, labels_B: jax.Array) -> jax.Array:
-  """Per-example loss [B]: cross-entropy over K > 1 classes, or the squared
-  error of a regressor's single output (K = 1)."""
-  if logits_BxK.shape[-1] == 1:
-    return jnp.square(logits_BxK[:, 0] - labels_B.astype(logits_BxK.dtype))
-  log_probs = jax.nn.log_softmax(logits_BxK)
-  return -jnp.take_along_axis(log_probs, labels_B[:, None].astype(jnp.int32), -1)[:, 0]
-
-
-def make_classifier_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                               accum_steps: int = 1, schedule: Callable | None = None):
-  """Returns the fine-tuning `train_step(state, batch, rng) -> (state,
-  metrics)` of a BertForSequenceClassification: mean loss over the batch,
-  and accuracy for a classifier."""
-
-  def loss_fn(params, batch, rng):
-    logits = model.apply({"params": params}, *(batch[k] for k in _CLASSIFIER_INPUTS),
-                         deterministic=False, rngs={"dropout": rng})
-    losses = classification_losses(logits, batch["labels"])
-    parts = dict(count=jnp.float32(losses.shape[0]))
-    if logits.shape[-1] > 1:
-      parts["correct"] = (logits.argmax(-1) == batch["labels"]).sum().astype(jnp.float32)
-    return losses.mean(), parts
-
-  def summarize(parts):
-    return {"accuracy": parts["correct"] / parts["count"]} if "correct" in parts else {}
-
-  return make_step(loss_fn, tx, accum_steps, schedule, summarize)
-
-
-def make_classifier_eval_step(model: nn.Module):
-  """Returns `eval_step(state, batch) -> logits [B, K]` (float32), with no
-  dropout; metrics are computed from them on the host."""
-
-  def eval_step(state: TrainState, batch: Batch):
-    return model.apply({"params": state.params}, *(batch[k] for k in _CLASSIFIER_INPUTS))
-
-  return eval_step
-
-
-def _state_init(model: nn.Module, tx: optax.GradientTransformation, example_batch: Batch):
-  inputs = (_model_inputs(example_batch) if "masked_positions" in example_batch
-            else {k: example_batch[k] for k in _CLASSIFIER_INPUTS})
-
+def _state_init(init_params: InitParams, tx: optax.GradientTransformation):
   def init(rng):
-    params = model.init(rng, **inputs)["params"]
+    params = init_params(rng)
     return TrainState(jnp.int32(0), params, tx.init(params))
-
   return init
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                       mesh, example_batch: Batch, rng: jax.Array,
-                       rules=parallel.RULES):
+def create_train_state(init_params: InitParams, tx: optax.GradientTransformation, mesh,
+                       rng: jax.Array, rules=parallel.RULES):
   """Returns (state, state shardings): parameters and optimizer moments are
   created directly in the shardings their logical axes give."""
-  return parallel.sharded_init(_state_init(model, tx, example_batch), mesh, rng,
-                               rules=rules)
+  return parallel.sharded_init(_state_init(init_params, tx), mesh, rng, rules=rules)
 
 
-def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                         mesh, example_batch: Batch, rules=parallel.RULES):
-  """The state `create_train_state` would make, as ShapeDtypeStructs that
-  carry its shardings (a checkpoint's restore target); nothing is allocated."""
+def abstract_params(init_params: InitParams, mesh, rules=parallel.RULES):
+  """The parameters `init_params` would make, as ShapeDtypeStructs that carry
+  their shardings (a checkpoint's restore target); nothing is allocated."""
   with parallel.sharding_context(mesh, rules):
-    abstract = jax.eval_shape(_state_init(model, tx, example_batch), jax.random.key(0))
+    abstract = jax.eval_shape(init_params, jax.random.key(0))
     shardings = parallel.logical_shardings(abstract, mesh, rules)
+  return abstract_like(nn.unbox(abstract), shardings)
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs of `tree` carrying `shardings`: a restore target."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      nn.unbox(abstract), shardings)
+                      tree, shardings)
 
 
 def jit_train_step(train_step, state_shardings, mesh, rules=parallel.RULES):
@@ -223,9 +113,10 @@ def jit_train_step(train_step, state_shardings, mesh, rules=parallel.RULES):
   return _with_rules(step, mesh, rules)
 
 
-def jit_eval_step(eval_step, state_shardings, mesh, rules=parallel.RULES):
+def jit_eval_step(eval_step, params_shardings, mesh, rules=parallel.RULES):
+  """Jits `eval_step(params, batch)`; its outputs are replicated."""
   batch = parallel.batch_sharding(mesh, rules)
-  step = jax.jit(eval_step, in_shardings=(state_shardings, batch),
+  step = jax.jit(eval_step, in_shardings=(params_shardings, batch),
                  out_shardings=parallel.replicated(mesh))
   return _with_rules(step, mesh, rules)
 
@@ -235,4 +126,5 @@ def _with_rules(fn, mesh, rules):
   def wrapped(*args):
     with parallel.sharding_context(mesh, rules):
       return fn(*args)
+  wrapped.jitted = fn  # for .lower(...) (memory analysis, profiling)
   return wrapped

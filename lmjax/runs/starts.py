@@ -1,6 +1,12 @@
-"""Where a fine-tuned encoder starts: a pretraining run's workdir, a Hugging
-Face BERT directory, or random weights, each with the tokenizer that belongs
-to it."""
+"""Where a fine-tuned encoder starts, `config.init.source`:
+
+  pretrain:DIR   the newest checkpoint of an lmjax pretraining workdir
+  hf:DIR         a Hugging Face BERT directory (config.json and weights)
+  random         random weights of config.model.size
+
+each with the tokenizer that belongs to it. Only the parameters are read
+from a pretraining checkpoint, never its optimizer moments.
+"""
 
 import dataclasses
 import json
@@ -11,18 +17,21 @@ import ml_collections
 import numpy as np
 
 from lmjax.data import builtin
-from lmjax.data.tokenizer import Tokenizer
-from lmjax.errors import CheckpointError, UserError
+from lmjax.data.tokenization import Tokenizer
+from lmjax.errors import CheckpointError, ConfigError, UserError
 from lmjax.interop.hf import load_hf_bert
 from lmjax.model import BertConfig, BertForPreTraining
 from lmjax.model.encoder import stack_layers, unstack_layers
-from lmjax.train import checkpoint, optimizer, steps
-from lmjax.train.loop import model_config
+from lmjax.runs.checkpoints import Checkpoints
+from lmjax.train import mlm_nsp, steps
 
+KINDS = ("pretrain", "hf", "random")
 # Model fields a fine-tuning run may set on a pretrained encoder; the others
 # (sizes, vocabulary) are the checkpoint's.
 RUNTIME_FIELDS = ("dropout_rate", "attention_dropout_rate", "dtype", "param_dtype",
                   "scan_layers", "remat_policy", "attention_impl")
+
+
 @dataclasses.dataclass
 class Start:
   """Where the encoder starts: its config, its weights ({'bert': ...}, or None
@@ -33,24 +42,30 @@ class Start:
   origin: str
 
 
-def _overrides(model) -> dict:
-  return {k: model[k] for k in RUNTIME_FIELDS}
+def parse_source(source: str) -> tuple[str, Path | None]:
+  """(kind, directory) of `config.init.source`; ConfigError when it is none
+  of pretrain:DIR, hf:DIR or random."""
+  kind, sep, path = source.partition(":")
+  if source == "random":
+    return "random", None
+  if sep and kind in ("pretrain", "hf") and path:
+    return kind, Path(path).expanduser()
+  raise ConfigError(f"config.init.source must be pretrain:DIR, hf:DIR or random, "
+                    f"got {source!r}")
 
 
 def load_start(config, mesh) -> Start:
-  """The encoder config, weights and tokenizer `config.init` names."""
-  init, task = config.init, config.task
-  if init.random:
-    tokenizer = Tokenizer.load(task.tokenizer or builtin.TOKENIZER_FILE)
-    return Start(model_config(config.model, tokenizer.vocab_size), None, tokenizer,
-                 "random weights")
-  if init.from_hf:
-    path = Path(init.from_hf).expanduser()
-    model_cfg, params = load_hf_bert(path, heads=False, **_overrides(config.model))
-    tokenizer = _tokenizer(path, task.tokenizer, "config.init.from_hf")
-    start = Start(model_cfg, params, tokenizer, f"Hugging Face BERT {path}")
+  """The encoder config, weights and tokenizer `config.init.source` names."""
+  kind, path = parse_source(config.init.source)
+  if kind == "random":
+    tokenizer = Tokenizer.load(config.task.tokenizer or builtin.TOKENIZER_FILE)
+    return Start(BertConfig.from_section(config.model, vocab_size=tokenizer.vocab_size),
+                 None, tokenizer, "random weights")
+  if kind == "hf":
+    model_cfg, params = load_hf_bert(path, heads=False, **_runtime(config.model))
+    start = Start(model_cfg, params, _tokenizer(path, config), f"Hugging Face BERT {path}")
   else:
-    start = _load_pretraining_run(Path(init["from"]).expanduser(), config, mesh)
+    start = _pretraining_run(path, config, mesh)
   if start.tokenizer.vocab_size != start.config.vocab_size:
     raise UserError(f"{start.origin}: its tokenizer has {start.tokenizer.vocab_size} "
                     f"pieces but the model's vocabulary has {start.config.vocab_size} rows; "
@@ -58,15 +73,20 @@ def load_start(config, mesh) -> Start:
   return start
 
 
-def _tokenizer(directory: Path, configured: str, field: str) -> Tokenizer:
+def _runtime(model) -> dict:
+  return {k: model[k] for k in RUNTIME_FIELDS}
+
+
+def _tokenizer(directory: Path, config) -> Tokenizer:
   """The tokenizer that travels with a checkpoint directory; a different
   one named in the config is an error."""
-  own = directory / "tokenizer.model"
+  own, configured = directory / "tokenizer.model", config.task.tokenizer
   if own.is_file():
     tokenizer = Tokenizer.load(own)
     if configured and Tokenizer.load(configured).fingerprint != tokenizer.fingerprint:
       raise UserError(f"config.task.tokenizer ({configured}) is not the tokenizer of "
-                      f"{field}={directory} ({own}); leave config.task.tokenizer empty")
+                      f"config.init.source={config.init.source} ({own}); leave "
+                      "config.task.tokenizer empty")
     return tokenizer
   if configured:
     return Tokenizer.load(configured)
@@ -74,39 +94,42 @@ def _tokenizer(directory: Path, configured: str, field: str) -> Tokenizer:
                   "name the checkpoint's tokenizer with --config.task.tokenizer=FILE")
 
 
-def _load_pretraining_run(path: Path, config, mesh) -> Start:
-  field = f"config.init.from={path}"
+def _pretraining_run(path: Path, config, mesh) -> Start:
+  field = f"config.init.source={config.init.source}"
   if not (path / "config.json").is_file():
     raise UserError(f"{field}: not a pretraining workdir (no config.json); run "
                     f"python -m lmjax.pretrain --config=configs/pretrain.py --workdir={path} "
-                    "first, or set --config.init.from_hf=PATH or --config.init.random=True")
+                    "first, or set --config.init.source=hf:DIR or random")
   saved = ml_collections.ConfigDict(json.loads((path / "config.json").read_text()))
-  tokenizer = _tokenizer(path, config.task.tokenizer, "config.init.from")
-  pretrained_cfg = model_config(saved.model, tokenizer.vocab_size)
-  if not (path / "checkpoints").is_dir():
-    raise UserError(f"{field}: no checkpoints yet")
-  ckpts = checkpoint.Checkpoints(path / "checkpoints")
-  try:
-    step = ckpts.latest_step()
-    if step is None:
-      raise UserError(f"{field}: no checkpoints yet")
-    length, predictions = saved.data.max_seq_length, saved.data.max_predictions_per_seq
-    example = dict(input_ids=np.zeros((1, length), np.int32),
-                   segment_ids=np.zeros((1, length), np.int32),
-                   input_mask=np.ones((1, length), np.int32),
-                   masked_positions=np.zeros((1, predictions), np.int32))
-    abstract = steps.abstract_train_state(BertForPreTraining(pretrained_cfg),
-                                          optimizer.create_optimizer(saved.train), mesh,
-                                          example)
-    state, _, _ = ckpts.restore(step, abstract)
-  finally:
-    ckpts.close()
-  bert = state.params["bert"]
-  model_cfg = pretrained_cfg.replace(**_overrides(config.model))
+  tokenizer = _tokenizer(path, config)
+  pretrained_cfg = BertConfig.from_section(saved.model, vocab_size=tokenizer.vocab_size)
+  step, bert = _pretrained_encoder(path, field, pretrained_cfg, saved.data, mesh)
+  model_cfg = pretrained_cfg.replace(**_runtime(config.model))
   if model_cfg.scan_layers != pretrained_cfg.scan_layers:
     relayout = stack_layers if model_cfg.scan_layers else unstack_layers
     bert = {**bert, "encoder": relayout(bert["encoder"])}
   return Start(model_cfg, {"bert": bert}, tokenizer, f"pretraining run {path} (step {step})")
+
+
+def _pretrained_encoder(path: Path, field: str, model_cfg: BertConfig, data, mesh):
+  """(step, encoder parameters) of a pretraining workdir's newest checkpoint."""
+  if not (path / "checkpoints").is_dir():
+    raise UserError(f"{field}: no checkpoints yet")
+  ckpts = Checkpoints(path / "checkpoints")
+  try:
+    step = ckpts.latest_step()
+    if step is None:
+      raise UserError(f"{field}: no checkpoints yet")
+    length, predictions = data.max_seq_length, data.max_predictions_per_seq
+    example = dict(input_ids=np.zeros((1, length), np.int32),
+                   segment_ids=np.zeros((1, length), np.int32),
+                   input_mask=np.ones((1, length), np.int32),
+                   masked_positions=np.zeros((1, predictions), np.int32))
+    init = mlm_nsp.init_params(BertForPreTraining(model_cfg), example)
+    params = ckpts.restore_part(step, {"params": steps.abstract_params(init, mesh)})
+  finally:
+    ckpts.close()
+  return step, params["params"]["bert"]
 
 
 def with_encoder(state, shardings, params: dict):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lmjax.data import builtin
-from lmjax.data import tokenizer as tok
+from lmjax.data import tokenization as tok
 from lmjax.errors import UserError
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from lmjax.data import builtin
-from lmjax.data import classification as cls
+from lmjax.data import tasks
 from lmjax.data.loader import evaluation_batches, examples_dataset
-from lmjax.data.tokenizer import CLS_ID, PAD_ID, SEP_ID, Tokenizer
+from lmjax.data.tokenization import CLS_ID, PAD_ID, SEP_ID, Tokenizer
 from lmjax.errors import ConfigError, UserError
 
 
@@ -30,26 +30,26 @@ def tokenizer():
 
 
 def test_known_tasks_have_their_labels_and_metrics():
-  rt = cls.resolve_task(task_config())
+  rt = tasks.resolve_task(task_config())
   assert (rt.labels, rt.metrics[0], rt.text_fields) == (("rotten", "fresh"), "accuracy",
                                                          ("text",))
-  cola = cls.resolve_task(task_config(source="glue/cola"))
+  cola = tasks.resolve_task(task_config(source="glue/cola"))
   assert cola.metrics[0] == "matthews_corr" and cola.num_labels == 2
-  stsb = cls.resolve_task(task_config(source="glue/stsb"))
+  stsb = tasks.resolve_task(task_config(source="glue/stsb"))
   assert stsb.is_regression and stsb.num_labels == 1 and stsb.text_fields == (
       "sentence1", "sentence2")
-  mnli = cls.resolve_task(task_config(source="glue/mnli"))
+  mnli = tasks.resolve_task(task_config(source="glue/mnli"))
   assert mnli.num_labels == 3 and mnli.splits["validation"] == "validation_matched"
   with pytest.raises(ConfigError, match="unknown GLUE task 'sst3'"):
-    cls.resolve_task(task_config(source="glue/sst3"))
+    tasks.resolve_task(task_config(source="glue/sst3"))
   with pytest.raises(ConfigError, match="is not rt_polarity"):
-    cls.resolve_task(task_config(source="parquet:x"))
+    tasks.resolve_task(task_config(source="parquet:x"))
 
 
 def test_a_glue_task_without_its_data_is_a_one_line_error(tmp_path):
-  task = cls.resolve_task(task_config(source="glue/rte"))
+  task = tasks.resolve_task(task_config(source="glue/rte"))
   with pytest.raises(UserError, match="not prepared") as e:
-    cls.load_split(task, "train", str(tmp_path))
+    tasks.load_split(task, "train", str(tmp_path))
   assert "\n" not in str(e.value)
 
 
@@ -57,9 +57,9 @@ def test_a_local_file_is_split_by_hash_with_sorted_labels(tmp_path):
   rows = [(f"review number {i} is {'good' if i % 3 else 'bad'}", "pos" if i % 3 else "neg")
           for i in range(300)]
   path = write_tsv(tmp_path / "reviews.tsv", rows)
-  task = cls.resolve_task(task_config(source=f"tsv:{path}"))
+  task = tasks.resolve_task(task_config(source=f"tsv:{path}"))
   assert task.labels == ("neg", "pos") and task.metrics == ("accuracy", "f1")
-  splits = {s: cls.load_split(task, s) for s in cls.SPLITS}
+  splits = {s: tasks.load_split(task, s) for s in tasks.SPLITS}
   assert sum(map(len, splits.values())) == 300
   assert 10 <= len(splits["validation"]) <= 50 and 10 <= len(splits["test"]) <= 50
   texts = [t for s in splits.values() for t in s.texts]
@@ -67,7 +67,7 @@ def test_a_local_file_is_split_by_hash_with_sorted_labels(tmp_path):
   for split in splits.values():
     for (text,), label in zip(split.texts, split.labels):
       assert task.labels[label] == ("pos" if "good" in text else "neg")
-  again = cls.load_split(task, "test")
+  again = tasks.load_split(task, "test")
   assert again.texts == splits["test"].texts  # stable
 
 
@@ -76,31 +76,31 @@ def test_per_split_files_pairs_and_numeric_labels(tmp_path):
     write_tsv(tmp_path / f"{split}.tsv",
               [(f"q {i}", f"a {i}", i % 3) for i in range(12)],
               header=("question", "sentence", "label"))
-  task = cls.resolve_task(task_config(source=f"tsv:{tmp_path}/{{split}}.tsv"))
+  task = tasks.resolve_task(task_config(source=f"tsv:{tmp_path}/{{split}}.tsv"))
   assert task.text_fields == ("question", "sentence") and task.labels == ("0", "1", "2")
   assert task.metrics == ("accuracy", "f1_macro")
-  train = cls.load_split(task, "train")
+  train = tasks.load_split(task, "train")
   assert len(train) == 12 and train.texts[4] == ("q 4", "a 4") and train.labels[4] == 1
-  with pytest.raises(cls.sources.MissingSplitError):
-    cls.load_split(task, "test")  # no test file
+  with pytest.raises(tasks.sources.MissingSplitError):
+    tasks.load_split(task, "test")  # no test file
 
 
 def test_csv_and_jsonl_sources(tmp_path):
   csv_file = tmp_path / "d.csv"
   csv_file.write_text("sentence,label\n" + "".join(
       f'"{i} one, with a comma",yes\n"{i} two ""quoted""",no\n' for i in range(30)))
-  task = cls.resolve_task(task_config(source=f"csv:{csv_file}", labels="no,yes"))
-  examples = cls.load_split(task, "train")
+  task = tasks.resolve_task(task_config(source=f"csv:{csv_file}", labels="no,yes"))
+  examples = tasks.load_split(task, "train")
   assert ("7 one, with a comma",) in examples.texts or ("7 one, with a comma",) in \
-      cls.load_split(task, "validation").texts + cls.load_split(task, "test").texts
+      tasks.load_split(task, "validation").texts + tasks.load_split(task, "test").texts
   assert all(t[0].endswith(("comma", 'two "quoted"')) for t in examples.texts)
   jsonl = tmp_path / "d.jsonl"
   jsonl.write_text("".join(json.dumps({"text": f"t{i}", "score": i / 10}) + "\n"
                            for i in range(40)))
-  task = cls.resolve_task(task_config(source=f"jsonl:{jsonl}", label_field="score",
+  task = tasks.resolve_task(task_config(source=f"jsonl:{jsonl}", label_field="score",
                                       regression=True))
   assert task.is_regression and task.metrics == ("pearson", "spearman")
-  train = cls.load_split(task, "train")
+  train = tasks.load_split(task, "train")
   assert train.labels.dtype == np.float32
   assert all(abs(l - int(t[0][1:]) / 10) < 1e-6 for t, l in zip(train.texts, train.labels))
 
@@ -121,24 +121,24 @@ def test_bad_local_files_are_one_line_errors(tmp_path, content, config, message)
   path = tmp_path / "d.tsv"
   path.write_text(content)
   with pytest.raises(UserError) as e:
-    task = cls.resolve_task(task_config(source=f"tsv:{path}", **config))
-    for split in cls.SPLITS:
-      cls.load_split(task, split)
+    task = tasks.resolve_task(task_config(source=f"tsv:{path}", **config))
+    for split in tasks.SPLITS:
+      tasks.load_split(task, split)
   assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_unknown_label_in_a_validation_file_names_file_and_line(tmp_path):
   write_tsv(tmp_path / "train.tsv", [("a", "x"), ("b", "y")])
   write_tsv(tmp_path / "validation.tsv", [("c", "x"), ("d", "z")])
-  task = cls.resolve_task(task_config(source=f"tsv:{tmp_path}/{{split}}.tsv"))
+  task = tasks.resolve_task(task_config(source=f"tsv:{tmp_path}/{{split}}.tsv"))
   with pytest.raises(UserError, match=r"validation.tsv:3: unknown label 'z'"):
-    cls.load_split(task, "validation")
+    tasks.load_split(task, "validation")
 
 
 def test_encoding_truncates_and_counts(tokenizer):
   long = " ".join(["word"] * 40)
-  examples = cls.Examples([("a short one",), (long,)], np.array([0, 1], np.int32))
-  encoded = cls.encode(examples, tokenizer, 16)
+  examples = tasks.Examples([("a short one",), (long,)], np.array([0, 1], np.int32))
+  encoded = tasks.encode(examples, tokenizer, 16)
   ids, mask = encoded.arrays["input_ids"], encoded.arrays["input_mask"]
   assert encoded.truncated == 1 and ids.shape == (2, 16)
   short = tokenizer.encode(["a short one"])[0]
@@ -150,7 +150,7 @@ def test_encoding_truncates_and_counts(tokenizer):
 
 def test_pairs_lose_tokens_from_the_longer_text(tokenizer):
   a, b = " ".join(["alpha"] * 30), "beta gamma"
-  encoded = cls.encode(cls.Examples([(a, b)], None), tokenizer, 20)
+  encoded = tasks.encode(tasks.Examples([(a, b)], None), tokenizer, 20)
   ids, types = encoded.arrays["input_ids"][0], encoded.arrays["segment_ids"][0]
   b_ids = list(tokenizer.encode([b])[0])
   assert encoded.truncated == 1 and "labels" not in encoded.arrays

@@ -1,10 +1,9 @@
 """Orbax checkpoints of a run: a state of arrays plus small JSON items (the
-loader position, the config), saved together."""
+loader position, the config), saved together, restored whole or in part."""
 
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -44,6 +43,17 @@ class Checkpoints:
         **{name: ocp.args.JsonRestore() for name in self._json_items}))
     return (restored["state"], *(dict(restored[name]) for name in self._json_items))
 
+  def restore_part(self, step: int, abstract_part: dict) -> dict:
+    """Reads only the top-level entries of `step`'s state that
+    `abstract_part` names (`{'params': ...}`, say): the rest (optimizer
+    moments) is never read. For a manager that has not saved (Orbax keeps
+    one handler per item and use)."""
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_part)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=abstract_part, restore_args=restore_args,
+                                     partial_restore=True)))
+    return dict(restored["state"])
+
   def read_json(self, step: int, name: str) -> dict:
     """One JSON item of `step`, without touching the arrays."""
     restored = self._manager.restore(step, args=ocp.args.Composite(
@@ -64,7 +74,29 @@ class Checkpoints:
     self._manager.close()
 
 
-def abstract_like(tree: Any, shardings: Any) -> Any:
-  """ShapeDtypeStructs of `tree` carrying `shardings`: a restore target."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      tree, shardings)
+class BestCheckpoint:
+  """The parameters of the best evaluation so far, by a metric where higher
+  is better, in `DIRECTORY/<step>` with their scores."""
+
+  def __init__(self, directory: str | os.PathLike, metric: str):
+    self.metric = metric
+    self._ckpts = Checkpoints(directory, keep=1, json_items=("metrics",))
+    self.step = self._ckpts.latest_step()
+    self.scores = None if self.step is None else self._ckpts.read_json(self.step, "metrics")
+
+  def offer(self, step: int, params: Any, scores: dict) -> None:
+    """Saves `params` when `scores[metric]` beats the best so far."""
+    if self.scores is None or scores[self.metric] > self.scores[self.metric]:
+      self.step, self.scores = step, scores
+      self._ckpts.save(step, {"params": params}, scores)
+
+  def params(self, abstract_params: Any) -> Any:
+    """The best parameters, in the shardings of `abstract_params`."""
+    self._ckpts.wait()
+    return self._ckpts.restore(self.step, {"params": abstract_params})[0]["params"]
+
+  def wait(self) -> None:
+    self._ckpts.wait()
+
+  def close(self) -> None:
+    self._ckpts.close()

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmjax.data import loader, pretraining
+from lmjax.data import instances, loader
 from lmjax.data.preview import batch_statistics
-from lmjax.data.tokenizer import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID
+from lmjax.data.tokenization import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID
 from lmjax.errors import UserError
 
 ROOT = Path(__file__).parents[1]
@@ -120,11 +120,11 @@ def test_short_sequences_appear_at_short_seq_prob(austen):
 
 
 def test_pairs_reject_bad_settings():
-  corpus = pretraining.TokenizedCorpus(np.arange(10, 20, dtype=np.int32),
+  corpus = instances.TokenizedCorpus(np.arange(10, 20, dtype=np.int32),
                                        np.array([0, 5, 10]), np.array([0, 2]))
   with pytest.raises(UserError, match="max_seq_length"):
-    pretraining.create_pairs(corpus, 4, 0.1, 0)
-  pairs = pretraining.create_pairs(corpus, 16, 0.0, 0)
+    instances.create_pairs(corpus, 4, 0.1, 0)
+  pairs = instances.create_pairs(corpus, 16, 0.0, 0)
   assert len(pairs) >= 1 and (pairs.b_starts >= 2).all()
 
 

@@ -1,31 +1,24 @@
-"""Labelled examples for fine-tuning: tasks, their sources, fixed-length encoding.
+"""Labelled tasks for fine-tuning: what a task is, its examples, and their
+fixed-length encoding.
 
 A task source is a string:
   rt_polarity                      the built-in Rotten Tomatoes sentiment task
   glue/NAME                        a GLUE task from tensorflow-datasets: cola, sst2,
                                    mrpc, qqp, stsb, mnli, qnli, rte, wnli
-  tsv:PATH  csv:PATH  jsonl:PATH   local files whose header (or JSON keys) names
-                                   the columns
-A local PATH may hold `{split}` to name one file per split (train, validation,
-test); without it, rows whose text hashes into bucket 0 of 10 are the test
-split, bucket 1 validation and the rest train. A split without a label column
-(a GLUE test split, a test file without labels) is for prediction only.
+  tsv:PATH  csv:PATH  jsonl:PATH   local files (lmjax.data.task_files)
+A split without labels (a GLUE test split, a test file without a label
+column) is for prediction only.
 """
 
-import csv
 import dataclasses
-import json
-import os
-from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from lmjax.data import builtin, sources
-from lmjax.data.tokenizer import CLS_ID, PAD_ID, SEP_ID, Tokenizer
+from lmjax.data import sources, task_files
+from lmjax.data.tokenization import CLS_ID, PAD_ID, SEP_ID, Tokenizer
 from lmjax.errors import ConfigError, UserError
 
 SPLITS = ("train", "validation", "test")
-LOCAL_FORMATS = ("tsv", "csv", "jsonl")
 
 # The columns a local file's text is taken from when the config names none,
 # the first that the header has: pairs first, then single texts.
@@ -39,7 +32,7 @@ class Task:
   """What a task's examples look like and how it is scored.
 
   `labels` are the class names in index order; None makes a regression task.
-  `metrics` come from lmjax.train.metrics.METRICS; the first is the main one.
+  `metrics` come from lmjax.train.task_metrics.METRICS; the first is the main one.
   `splits` maps train / validation / test to the source's own split names.
   """
   name: str
@@ -95,12 +88,6 @@ class Examples:
     return len(self.texts)
 
 
-def _local(source: str) -> tuple[str, str] | None:
-  """(format, path) of a local source, or None."""
-  fmt, sep, path = source.partition(":")
-  return (fmt, os.path.expanduser(path)) if sep and fmt in LOCAL_FORMATS else None
-
-
 def split_names(fields: str) -> tuple[str, ...]:
   return tuple(f.strip() for f in fields.split(",") if f.strip())
 
@@ -122,13 +109,13 @@ def resolve_task(config, data_dir: str | None = None) -> Task:
     splits = ({"train": "train", "validation": "validation_matched", "test": "test_matched"}
               if name == "mnli" else {s: s for s in SPLITS})
     return Task(source, fields, "label", labels, metrics or task_metrics, splits)
-  local = _local(source)
+  local = task_files.parse_source(source)
   if local is None:
     raise ConfigError(f"config.task.source {source!r} is not rt_polarity, glue/NAME, "
                       "tsv:PATH, csv:PATH or jsonl:PATH")
   fmt, path = local
   train_file = path.replace("{split}", "train")
-  header = _header(fmt, train_file)
+  header = task_files.header(fmt, train_file)
   text_fields = split_names(config.text_fields) or next(
       (f for f in _DEFAULT_TEXT_FIELDS if set(f) <= set(header)), None)
   if text_fields is None:
@@ -145,8 +132,8 @@ def resolve_task(config, data_dir: str | None = None) -> Task:
   elif config.labels:
     labels = split_names(config.labels)
   else:
-    labels = _sorted_labels({raw for _, _, raw in _rows(fmt, path, "train", text_fields,
-                                                          config.label_field, True)})
+    labels = _sorted_labels({raw for _, _, raw in task_files.rows(
+        fmt, path, "train", text_fields, config.label_field, True)})
   if labels is not None and len(labels) < 2:
     raise UserError(f"{train_file}: a classification task needs at least 2 labels, "
                     f"found {list(labels)}")
@@ -168,11 +155,12 @@ def load_split(task: Task, split: str, data_dir: str | None = None) -> Examples:
   Raises UserError naming the file and line of a label the task does not
   know, and for a missing, empty or unlabelled training file.
   """
-  local = _local(task.name)
+  local = task_files.parse_source(task.name)
   if local is not None:
     fmt, path = local
     texts, labels = [], []
-    rows = _rows(fmt, path, split, task.text_fields, task.label_field, split == "train")
+    rows = task_files.rows(fmt, path, split, task.text_fields, task.label_field,
+                           split == "train")
     for where, text, raw in rows:
       texts.append(text)
       labels.append(None if raw is None else _label_value(task, raw, where))
@@ -230,130 +218,9 @@ def _text(value) -> str:
   return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def local_split_of(texts: Sequence[str]) -> str:
-  """The split of a row of a single local file, by a hash of its text."""
-  b = builtin.bucket("\t".join(texts), 10)
-  return "test" if b == 0 else "validation" if b == 1 else "train"
-
-
-def _header(fmt: str, path: str) -> list[str]:
-  """The column names of a local file (a JSONL file's first object's keys)."""
-  if fmt == "jsonl":
-    for _, record in _records(fmt, path):
-      return list(record)
-  else:
-    for _, row in _csv_rows(fmt, path):
-      return [cell.strip() for cell in row]
-  raise UserError(f"{path}: empty file")
-
-
-def _rows(fmt: str, path: str, split: str | None, text_fields: tuple[str, ...],
-          label_field: str, need_labels: bool) -> Iterator[tuple[str, tuple, str | None]]:
-  """Yields (file:line, texts, raw label or None) for the rows of `split`
-  (None: every row of the file)."""
-  per_split = split is not None and "{split}" in path
-  file = path.replace("{split}", split) if per_split else path
-  if per_split and split != "train" and not os.path.exists(file):
-    return
-  header = _header(fmt, file)
-  has_labels = label_field in header or fmt == "jsonl"
-  if need_labels and label_field not in header:
-    raise UserError(f"{file}: no column {label_field!r} (columns: {', '.join(header)})")
-  for field in text_fields:
-    if field not in header:
-      raise UserError(f"{file}: no column {field!r} (columns: {', '.join(header)})")
-  count = 0
-  for line, record in _records(fmt, file):
-    where = f"{file}:{line}"
-    texts = []
-    for field in text_fields:
-      if field not in record:
-        raise UserError(f"{where}: no field {field!r}")
-      texts.append(str(record[field]))
-    texts = tuple(texts)
-    if split is not None and not per_split and local_split_of(texts) != split:
-      continue
-    count += 1
-    raw = record.get(label_field) if has_labels else None
-    if raw is None and need_labels:
-      raise UserError(f"{where}: no label (field {label_field!r})")
-    yield where, texts, None if raw is None else str(raw).strip()
-  if count == 0 and split in ("train", None):
-    raise UserError(f"{file}: no examples")
-
-
-def _records(fmt: str, path: str) -> Iterator[tuple[int, dict]]:
-  """Yields (line number, record) of a local file: tsv and csv rows keyed by
-  the header, JSONL objects."""
-  if fmt != "jsonl":
-    header = None
-    for line, row in _csv_rows(fmt, path):
-      if header is None:
-        header = [cell.strip() for cell in row]
-        continue
-      if len(row) != len(header):
-        raise UserError(f"{path}:{line}: {len(row)} columns, the header has {len(header)}")
-      yield line, dict(zip(header, row))
-    return
-  _check_file(path)
-  with open(path, encoding="utf-8") as f:
-    try:
-      for line, text in enumerate(f, 1):
-        if not text.strip():
-          continue
-        try:
-          record = json.loads(text)
-        except json.JSONDecodeError as e:
-          raise UserError(f"{path}:{line}: not JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-          raise UserError(f"{path}:{line}: not a JSON object")
-        yield line, record
-    except UnicodeDecodeError as e:
-      raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-
-
-def _csv_rows(fmt: str, path: str) -> Iterator[tuple[int, list[str]]]:
-  """Yields (line number, cells) of the non-blank rows of a tsv or csv file."""
-  _check_file(path)
-  with open(path, encoding="utf-8", newline="") as f:
-    reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" \
-        else csv.reader(f)
-    try:
-      for row in reader:
-        if any(cell.strip() for cell in row):
-          yield reader.line_num, row
-    except UnicodeDecodeError as e:
-      raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except csv.Error as e:
-      raise UserError(f"{path}: {e}") from None
-
-
-def _check_file(path: str) -> None:
-  if os.path.isdir(path) or not os.path.exists(path):
-    raise UserError(f"{path}: no such file")
-
-
 def read_texts(path: str, task: Task) -> list[tuple[str, ...]]:
-  """Texts to predict: a tsv:/csv:/jsonl: file with the task's text columns,
-  or a plain text file with one text a line (single-text tasks)."""
-  local = _local(path)
-  if local is not None:
-    fmt, file = local
-    return [texts for _, texts, _ in _rows(fmt, file, None, task.text_fields,
-                                           task.label_field, False)]
-  if len(task.text_fields) != 1:
-    raise UserError(f"{path}: a text-pair task reads its input from a tsv:, csv: or "
-                    "jsonl: file with columns " + ", ".join(task.text_fields))
-  if not os.path.isfile(path):
-    raise UserError(f"{path}: no such file")
-  try:
-    with open(path, encoding="utf-8") as f:
-      texts = [(line.rstrip("\n"),) for line in f if line.strip()]
-  except UnicodeDecodeError as e:
-    raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-  if not texts:
-    raise UserError(f"{path}: empty file")
-  return texts
+  """Texts to predict with `task`'s model (see task_files.read_texts)."""
+  return task_files.read_texts(path, task.text_fields, task.label_field)
 
 
 @dataclasses.dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from lmjax.data.sources import Corpus
-from lmjax.data.tokenizer import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID, Tokenizer
+from lmjax.data.tokenization import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID, Tokenizer
 from lmjax.errors import UserError
 
 _CACHE_VERSION = "1"

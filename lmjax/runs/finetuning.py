@@ -1,0 +1,229 @@
+"""The fine-tuning run `lmjax.finetune` starts: BertForSequenceClassification
+on a task with the classification objective, on the run scaffold.
+
+The encoder starts where `config.init.source` says (lmjax.runs.starts); the
+classifier on top starts from random weights drawn with `config.seed`. The
+validation split is scored at step 0 and every epoch, the best checkpoint by
+the task's main metric is kept in `DIR/best`, and the test split is scored
+with it at the end when it has labels.
+"""
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from lmjax import parallel
+from lmjax.data import tasks
+from lmjax.data.loader import evaluation_batches, examples_dataset
+from lmjax.data.sources import MissingSplitError
+from lmjax.errors import ConfigError, UserError, check_fields
+from lmjax.model import BertForSequenceClassification, flops_per_token
+from lmjax.model.config import check_section
+from lmjax.runs import scaffold, starts
+from lmjax.runs.checkpoints import BestCheckpoint
+from lmjax.runs.loop import Schedule
+from lmjax.runs.throughput import Throughput, peak_flops_per_device
+from lmjax.train import classification, optimizer, steps
+from lmjax.train.task_metrics import METRICS, REGRESSION_METRICS
+
+_MUST_MATCH = ("seed", "init", "task", "model", "train.batch_size", "train.epochs",
+               "train.steps", "train.grad_accum_steps", "train.learning_rate")
+
+
+def check_config(config) -> None:
+  """Raises ConfigError naming the first impossible field, before any work."""
+  if config.mode not in ("train", "predict"):
+    raise ConfigError(f"config.mode must be train or predict, got {config.mode!r}")
+  if config.mode == "predict" and not config.predict.input:
+    raise ConfigError("config.predict.input is required in predict mode (a text file, "
+                      "one text a line, or tsv:/csv:/jsonl:PATH)")
+  starts.parse_source(config.init.source)
+  for name in tasks.split_names(config.task.metrics):
+    if name not in METRICS:
+      raise ConfigError(f"config.task.metrics: unknown metric {name!r} (one of "
+                        f"{', '.join(METRICS)})")
+  check_fields("config.task", config.task, [
+      ("max_seq_length", config.task.max_seq_length >= 4, "at least 4")])
+  train = config.train
+  scaffold.check_train_fields(train)
+  optimizer.check_config(train)
+  check_fields("config.train", train, [
+      ("epochs", train.epochs > 0 or train.steps > 0, "positive (or set train.steps)"),
+      ("steps", train.steps >= 0, "at least 0"),
+      ("warmup_fraction", 0 <= train.warmup_fraction < 1, "in [0, 1)"),
+      *((f, train[f] >= 0, "at least 0") for f in ("eval_every", "checkpoint_every")),
+      ("eval_batch_size", train.eval_batch_size >= 1, "at least 1")])
+  check_section(config.model)
+
+
+def _check_task(task: tasks.Task) -> None:
+  if task.is_regression and not set(task.metrics) <= set(REGRESSION_METRICS):
+    raise ConfigError(f"config.task.metrics: {task.name} is a regression task; use "
+                      f"{' or '.join(REGRESSION_METRICS)}, not {', '.join(task.metrics)}")
+
+
+def _load_splits(task: tasks.Task, data_dir) -> dict[str, tasks.Examples]:
+  """train and validation (both needed), and test when it has labels."""
+  splits = {"train": tasks.load_split(task, "train", data_dir)}
+  try:
+    splits["validation"] = tasks.load_split(task, "validation", data_dir)
+  except MissingSplitError as e:
+    raise UserError(f"{e}; fine-tuning needs a validation split to choose the best "
+                    "checkpoint") from None
+  if splits["validation"].labels is None:
+    raise UserError(f"{task.name}: the validation split has no labels")
+  try:
+    test = tasks.load_split(task, "test", data_dir)
+  except MissingSplitError:
+    print(f"{task.name}: no test split; no test evaluation", flush=True)
+    return splits
+  if test.labels is None:
+    print(f"{task.name}: the test split has no labels; no test evaluation", flush=True)
+  else:
+    splits["test"] = test
+  return splits
+
+
+def _encoded_splits(task, config, start: starts.Start) -> dict[str, tasks.Encoded]:
+  length = config.task.max_seq_length
+  if length > start.config.max_position:
+    raise ConfigError(f"config.task.max_seq_length ({length}) exceeds the model's "
+                      f"{start.config.max_position} positions")
+  splits = _load_splits(task, config.task.data_dir or None)
+  encoded = {name: tasks.encode(ex, start.tokenizer, length) for name, ex in splits.items()}
+  print(f"{task.name}: {', '.join(f'{k} {len(e)}' for k, e in encoded.items())} examples; "
+        f"truncated to {length} tokens: "
+        f"{', '.join(f'{k} {e.truncated}' for k, e in encoded.items())}; "
+        f"encoder from {start.origin}", flush=True)
+  return encoded
+
+
+def device_batches(arrays: dict, batch_size: int, mesh) -> list[dict]:
+  """Every example once, as sharded global batches (the last one padded)."""
+  process = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  return [parallel.shard_batch(b, mesh)
+          for b in evaluation_batches(arrays, batch_size, **process)]
+
+
+def logits(eval_step, params, batches: list[dict], count: int) -> np.ndarray:
+  """The model's float64 logits [count, K] over `batches`, padding dropped."""
+  out = jax.device_get([eval_step(params, b) for b in batches])
+  return np.concatenate(out)[:count].astype(np.float64)
+
+
+@dataclasses.dataclass
+class _Scorer:
+  """A labelled split on device, scored with the task's metrics."""
+  eval_step: object
+  metrics: tuple[str, ...]
+  batches: list[dict]
+  labels: np.ndarray
+
+  def __call__(self, params, prefix: str) -> dict[str, float]:
+    out = logits(self.eval_step, params, self.batches, len(self.labels))
+    return classification.score(self.metrics, out, self.labels, prefix)
+
+
+def _schedule(config, train_size: int) -> tuple[Schedule, ml_collections.ConfigDict]:
+  """The loop's schedule, and the `train` section with `steps` and
+  `warmup_steps` resolved from epochs and the training set's size."""
+  train = config.train
+  total = train.steps or max(1, round(train.epochs * train_size / train.batch_size))
+  resolved = ml_collections.ConfigDict(train.to_dict())
+  resolved.steps, resolved.warmup_steps = total, int(train.warmup_fraction * total)
+  eval_every = train.eval_every or math.ceil(train_size / train.batch_size)
+  schedule = Schedule(total, train.log_every, eval_every,
+                      train.checkpoint_every or eval_every, eval_at_start=True,
+                      profile_steps=scaffold.profile_steps(train))
+  return schedule, resolved
+
+
+def _job(config, mesh, task, start: starts.Start, encoded, best: BestCheckpoint):
+  """(the job, the scorers of the evaluated splits)."""
+  train_arrays = encoded["train"].arrays
+  schedule, resolved = _schedule(config, len(encoded["train"]))
+  tx = optimizer.create_optimizer(resolved)
+  model = BertForSequenceClassification(start.config, task.num_labels)
+  init = classification.init_params(model, {k: v[:1] for k, v in train_arrays.items()})
+  state, shardings = steps.create_train_state(init, tx, mesh, jax.random.key(config.seed))
+  if start.params is not None:
+    state = starts.with_encoder(state, shardings, start.params)
+  eval_step = steps.jit_eval_step(classification.make_eval_step(model), shardings.params,
+                                  mesh)
+  scorers = {name: _Scorer(eval_step, task.metrics, device_batches(
+      encoded[name].arrays, config.train.eval_batch_size, mesh), encoded[name].arrays["labels"])
+             for name in ("validation", "test") if name in encoded}
+
+  def evaluate(state, step: int) -> dict:
+    scores = scorers["validation"](state.params, "eval")
+    best.offer(step, state.params, scores)
+    return scores
+
+  process = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  length = config.task.max_seq_length
+  job = scaffold.Job(
+      name="finetune", config=config, mesh=mesh, state=state, shardings=shardings,
+      train_step=steps.jit_train_step(classification.make_train_step(
+          model, tx, config.train.grad_accum_steps,
+          optimizer.learning_rate_schedule(resolved)), shardings, mesh),
+      train_data=examples_dataset(train_arrays, config.train.batch_size, config.seed,
+                                  **process),
+      evaluate=evaluate, schedule=schedule,
+      throughput=Throughput(config.train.batch_size * length,
+                            flops_per_token(start.config, length, 0),
+                            peak_flops_per_device(config.train.cpu_peak_tflops)),
+      files={"tokenizer.model": start.tokenizer.model_proto,
+             "task.json": json.dumps(task.to_json(), indent=2) + "\n",
+             "model.json": json.dumps(dataclasses.asdict(start.config), indent=2) + "\n"},
+      must_match=_MUST_MATCH, progress_keys=("loss", "accuracy"))
+  return job, scorers
+
+
+def _final_scores(task, encoded, scorers, best: BestCheckpoint, params) -> dict:
+  """Validation and test scores of the best checkpoint, next to the majority
+  class's."""
+  summary = {"best_step": best.step}
+  train_labels = encoded["train"].arrays["labels"]
+  for name, prefix in (("validation", "eval"), ("test", "test")):
+    if name in scorers:
+      summary.update(scorers[name](params, prefix))
+      if not task.is_regression:
+        summary.update(classification.majority(
+            task.metrics, task.num_labels, train_labels, encoded[name].arrays["labels"],
+            prefix))
+  return summary
+
+
+def finetune(config, workdir: str | os.PathLike) -> dict:
+  """Fine-tunes as `config` says; returns the summary (also DIR/summary.json)."""
+  check_config(config)
+  mesh = parallel.make_mesh(**config.mesh)
+  task = tasks.resolve_task(config.task, config.task.data_dir or None)
+  _check_task(task)
+  start = starts.load_start(config, mesh)
+  encoded = _encoded_splits(task, config, start)
+  best = BestCheckpoint(Path(workdir) / "best", f"eval_{task.metrics[0]}")
+  try:
+    job, scorers = _job(config, mesh, task, start, encoded, best)
+    with scaffold.Run(job, workdir, seed=config.seed + 1) as run:
+      result = run.train()
+      summary = dict(task=task.name, init=start.origin, step=result.step,
+                     stopped_by=result.stopped_by, main_metric=task.metrics[0],
+                     **{f"{k}_examples": len(e) for k, e in encoded.items()},
+                     **{f"{k}_truncated": e.truncated for k, e in encoded.items()})
+      if not result.stopped_by:
+        params = best.params(steps.abstract_like(result.state.params,
+                                                 job.shardings.params))
+        summary.update(_final_scores(task, encoded, scorers, best, params))
+        run.log(result.step, {k: v for k, v in summary.items() if k.startswith("test_")})
+      summary = {k: round(v, 5) if isinstance(v, float) else v for k, v in summary.items()}
+      run.write_summary(summary)
+  finally:
+    best.close()
+  return summary

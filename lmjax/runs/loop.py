@@ -1,0 +1,192 @@
+"""The one training loop: steps, evaluation, checkpoints, metrics, progress,
+profiling.
+
+`run_loop` drives any objective's jitted `train_step` from a loader. Started
+from a restored checkpoint, it repeats the uninterrupted run bit for bit: the
+train state, the loader position and the dropout keys (folded with the step)
+are all part of the checkpoint. SIGTERM or SIGINT saves a checkpoint at the
+current step and returns; a non-finite loss raises TrainingDiverged.
+"""
+
+import dataclasses
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from lmjax import parallel
+from lmjax.errors import UserError
+from lmjax.runs.checkpoints import Checkpoints
+from lmjax.runs.throughput import RateWindow
+from lmjax.runs.writer import MetricWriter
+
+
+class TrainingDiverged(UserError):
+  """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """When the loop logs, evaluates, saves and profiles, in steps."""
+  steps: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+  eval_at_start: bool = False  # evaluate before the first update of a fresh run
+  profile_steps: tuple[int, int] | None = None  # trace steps START..END
+
+  def is_due(self, step: int, every: int) -> bool:
+    return step % every == 0 or step == self.steps
+
+
+@dataclasses.dataclass
+class LoopResult:
+  state: Any
+  step: int
+  stopped_by: str | None  # the signal that stopped the run early, if any
+  last_eval: dict
+
+
+class StopRequest:
+  """Turns SIGTERM / SIGINT into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+class _Metrics:
+  """Step metrics held on device until a log step, then checked, written
+  with the throughput since the last write, and shown on the progress bar."""
+
+  def __init__(self, writer: MetricWriter, rate: RateWindow, ckpts: Checkpoints,
+               bar: tqdm, progress_keys: tuple[str, ...]):
+    self._writer, self._rate, self._ckpts = writer, rate, ckpts
+    self._bar, self._keys = bar, progress_keys
+    self._pending: list = []
+
+  def add(self, step: int, metrics: dict) -> None:
+    self._pending.append((step, metrics))
+
+  def flush(self, step: int) -> None:
+    if not self._pending:
+      return
+    fetched, self._pending = jax.device_get(self._pending), []
+    for s, m in fetched:
+      if not np.isfinite(m["loss"]):
+        self._diverged(s, m["loss"])
+    rate = self._rate.read(step)
+    for s, m in fetched:
+      self._writer.write(s, {**{k: float(v) for k, v in m.items()},
+                             **(rate if s == step else {})})
+    last = fetched[-1][1]
+    self._bar.set_postfix({**{k: f"{float(last[k]):.3f}" for k in self._keys if k in last},
+                           "tok_s": f"{rate.get('tokens_per_s', 0):,.0f}"}, refresh=False)
+
+  def _diverged(self, step: int, loss: float):
+    # The loss of step s comes from the state after s - 1 updates, so a
+    # checkpoint of step s - 1 holds a state known to be bad.
+    self._ckpts.wait()
+    if step - 1 in self._ckpts.all_steps():
+      self._ckpts.delete(step - 1)
+    raise TrainingDiverged(f"loss is {loss} at step {step}; stopped, the last good "
+                           f"checkpoint is step {self._ckpts.latest_step() or 'none'}")
+
+
+class _Profile:
+  """A jax.profiler trace of steps START..END into `directory`."""
+
+  def __init__(self, steps: tuple[int, int] | None, directory: str):
+    self._steps, self._directory, self._on = steps, directory, False
+
+  def before(self, step: int) -> None:
+    if self._steps and step == self._steps[0]:
+      jax.profiler.start_trace(self._directory, create_perfetto_trace=True)
+      self._on = True
+
+  def after(self, step: int, outputs) -> None:
+    if self._on and step == self._steps[1]:
+      jax.block_until_ready(outputs)
+      self.stop()
+      print(f"\nwrote a profile of steps {self._steps[0]}-{step} to {self._directory}",
+            flush=True)
+
+  def stop(self) -> None:
+    if self._on:
+      jax.profiler.stop_trace()
+      self._on = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+  """What the loop calls out to: `evaluate(state, step) -> scalars`, and
+  `saved_items() -> (loader state, config)`, the JSON items of a checkpoint."""
+  evaluate: Callable[[Any, int], dict]
+  saved_items: Callable[[], tuple[dict, ...]]
+
+
+def _stop_signal(stop: StopRequest, ckpts: Checkpoints, step: int) -> str | None:
+  # Read once: a signal may land at any moment. Several processes agree on
+  # the step through JAX's preemption sync point instead.
+  if jax.process_count() == 1:
+    return stop.signal
+  return "SIGTERM" if ckpts.reached_preemption(step) else None
+
+
+def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
+             schedule: Schedule, ckpts: Checkpoints, writer: MetricWriter, hooks: Hooks,
+             rate: RateWindow, start: int = 0, desc: str = "train",
+             progress_keys: tuple[str, ...] = ("loss",), profile_dir: str = "") -> LoopResult:
+  """Trains from step `start` to `schedule.steps`; evaluates every
+  `eval_every` steps and at the end, and saves every `checkpoint_every`
+  steps, at the end and when stopped."""
+  bar = tqdm(total=schedule.steps, initial=start, disable=jax.process_index() != 0,
+             unit="step", dynamic_ncols=True, desc=desc)
+  metrics, profile = _Metrics(writer, rate, ckpts, bar, progress_keys), _Profile(
+      schedule.profile_steps, profile_dir)
+  step, stopping, last_eval = start, None, {}
+  if start == 0 and schedule.eval_at_start:
+    writer.write(0, hooks.evaluate(state, 0))
+  with StopRequest() as stop:
+    try:
+      while step < schedule.steps:
+        profile.before(step + 1)
+        state, step_metrics = train_step(state, parallel.shard_batch(next(loader), mesh), rng)
+        step += 1
+        profile.after(step, (state, step_metrics))
+        metrics.add(step, step_metrics)
+        bar.update(1)
+        stopping = _stop_signal(stop, ckpts, step)
+        saving = stopping or schedule.is_due(step, schedule.checkpoint_every)
+        if saving or step == start + 1 or step % schedule.log_every == 0:
+          metrics.flush(step)  # the first step alone: compilation stays out of rates
+        if schedule.is_due(step, schedule.eval_every):
+          last_eval = hooks.evaluate(state, step)
+          writer.write(step, last_eval)
+        if saving:
+          ckpts.save(step, state, *hooks.saved_items())
+        if stopping:
+          print(f"\n{stopping}: saved a checkpoint at step {step}; exiting", flush=True)
+          break
+    finally:
+      profile.stop()
+      bar.close()
+      ckpts.wait()
+      writer.flush()
+  return LoopResult(state, step, stopping, last_eval)

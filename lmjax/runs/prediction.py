@@ -1,0 +1,84 @@
+"""Predict mode of `lmjax.finetune`: the labels and class probabilities (or
+scores) of a fine-tuned workdir's best checkpoint for new texts, as JSONL.
+
+Only the best parameters are read; no optimizer exists in predict mode.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import scipy.special
+
+from lmjax import parallel
+from lmjax.data import tasks
+from lmjax.data.tokenization import Tokenizer
+from lmjax.errors import UserError
+from lmjax.model import BertConfig, BertForSequenceClassification
+from lmjax.runs import scaffold
+from lmjax.runs.checkpoints import Checkpoints
+from lmjax.runs.finetuning import check_config, device_batches, logits
+from lmjax.train import classification, steps
+
+_NEEDED = ("task.json", "model.json", "tokenizer.model", "config.json", "best")
+
+
+def _best_params(workdir: Path, model, example: dict, mesh):
+  """(step, parameters) of DIR/best, in the shardings `mesh` gives them."""
+  abstract = steps.abstract_params(classification.init_params(model, example), mesh)
+  best = Checkpoints(workdir / "best", keep=1, json_items=("metrics",))
+  try:
+    step = best.latest_step()
+    if step is None:
+      raise UserError(f"{workdir}: no best checkpoint yet")
+    return step, best.restore_part(step, {"params": abstract})["params"]
+  finally:
+    best.close()
+
+
+def _record(texts: tuple[str, ...], row: np.ndarray, task: tasks.Task) -> dict:
+  record = dict(zip(("text", "text_pair"), texts))
+  if task.is_regression:
+    record["score"] = round(float(row[0]), 6)
+  else:
+    probabilities = scipy.special.softmax(row)
+    record["label"] = task.labels[int(row.argmax())]
+    record["probabilities"] = {name: round(float(p), 6)
+                               for name, p in zip(task.labels, probabilities)}
+  return record
+
+
+def predict(config, workdir: str | os.PathLike) -> dict:
+  """Writes the predictions of DIR's best checkpoint for `config.predict.input`;
+  returns a summary (count, truncated, output, checkpoint step)."""
+  check_config(config)
+  workdir = Path(workdir)
+  if not all((workdir / name).exists() for name in _NEEDED):
+    raise UserError(f"{workdir}: no fine-tuned model (run python -m lmjax.finetune "
+                    f"--workdir={workdir} first)")
+  task = tasks.Task.from_json(json.loads((workdir / "task.json").read_text()))
+  model_cfg = BertConfig(**json.loads((workdir / "model.json").read_text()))
+  saved = json.loads((workdir / "config.json").read_text())
+  texts = tasks.read_texts(config.predict.input, task)
+  encoded = tasks.encode(tasks.Examples(texts, None),
+                         Tokenizer.load(workdir / "tokenizer.model"),
+                         saved["task"]["max_seq_length"])
+  mesh = parallel.make_mesh(**config.mesh)
+  model = BertForSequenceClassification(model_cfg, task.num_labels)
+  step, params = _best_params(workdir, model, {k: v[:1] for k, v in encoded.arrays.items()},
+                              mesh)
+  eval_step = steps.jit_eval_step(classification.make_eval_step(model),
+                                  jax.tree.map(lambda x: x.sharding, params), mesh)
+  out = logits(eval_step, params, device_batches(encoded.arrays,
+                                                 config.train.eval_batch_size, mesh),
+               len(texts))
+  output = Path(config.predict.output or workdir / "predictions.jsonl").expanduser()
+  if scaffold.is_lead():
+    output.parent.mkdir(parents=True, exist_ok=True)
+    scaffold.write_file(output, "".join(
+        json.dumps(_record(pair, row, task), ensure_ascii=False) + "\n"
+        for pair, row in zip(texts, out)))
+  return dict(predictions=len(texts), truncated=encoded.truncated, output=str(output),
+              checkpoint_step=step)

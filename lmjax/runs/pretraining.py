@@ -1,0 +1,111 @@
+"""The pretraining run `lmjax.pretrain` starts: BertForPreTraining on a
+corpus with the MLM + NSP objective, on the run scaffold.
+
+Starting in a workdir that holds a checkpoint resumes from it exactly (see
+lmjax.runs.loop).
+"""
+
+import os
+
+import jax
+
+from lmjax import parallel
+from lmjax.data.loader import check_data_config, pretraining_input
+from lmjax.data.sources import MissingSplitError
+from lmjax.errors import ConfigError, check_fields
+from lmjax.model import BertConfig, BertForPreTraining, flops_per_token
+from lmjax.model.config import check_section
+from lmjax.runs import scaffold
+from lmjax.runs.loop import Schedule, TrainingDiverged
+from lmjax.runs.throughput import Throughput, peak_flops_per_device
+from lmjax.train import mlm_nsp, optimizer, steps
+
+__all__ = ["check_config", "train_and_evaluate", "TrainingDiverged"]
+
+# Config fields a resumed run must share with the run that wrote the checkpoint:
+# those that shape the model or the stream of batches.
+_MUST_MATCH = ("seed", "model", "train.batch_size", "train.grad_accum_steps",
+               "data.source", "data.text_field", "data.tokenizer", "data.max_seq_length",
+               "data.max_predictions_per_seq", "data.masked_lm_prob",
+               "data.short_seq_prob", "data.whole_word_masking")
+
+
+def check_config(config) -> None:
+  """Raises ConfigError naming the first impossible field, before any work."""
+  train = config.train
+  scaffold.check_train_fields(train)
+  optimizer.check_config(train)
+  check_fields("config.train", train, [
+      ("steps", train.steps >= 1, "at least 1"),
+      ("warmup_steps", 0 <= train.warmup_steps <= train.steps, "in [0, steps]"),
+      *((f, train[f] >= 1, "at least 1") for f in ("eval_every", "eval_batches",
+                                                   "checkpoint_every"))])
+  check_data_config(config.data)
+  check_section(config.model)
+  if config.data.max_seq_length > config.model.max_position:
+    raise ConfigError(f"config.data.max_seq_length ({config.data.max_seq_length}) "
+                      f"exceeds config.model.max_position ({config.model.max_position})")
+
+
+def _inputs(config):
+  """(train dataset, evaluation host batches, tokenizer, corpus sizes)."""
+  process = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  batch = config.train.batch_size
+  train_data, tokenizer, info = pretraining_input(config.data, batch, config.seed, "train",
+                                                  **process)
+  try:
+    eval_data, _, _ = pretraining_input(config.data, batch, config.seed, "validation",
+                                        **process)
+  except MissingSplitError as e:
+    print(f"{e}; evaluating on training batches instead", flush=True)
+    eval_data = train_data
+  host_eval = [eval_data[k] for k in range(config.train.eval_batches)]
+  sizes = {f"train_{k}": info[k] for k in ("documents", "tokens", "pairs")}
+  return train_data, host_eval, tokenizer, sizes
+
+
+def _job(config, mesh, model_cfg, train_data, host_eval, tokenizer) -> scaffold.Job:
+  train, data = config.train, config.data
+  model = BertForPreTraining(model_cfg)
+  tx = optimizer.create_optimizer(train)
+  init = mlm_nsp.init_params(model, {k: v[:1] for k, v in train_data[0].items()})
+  state, shardings = steps.create_train_state(init, tx, mesh, jax.random.key(config.seed))
+  train_step = steps.jit_train_step(
+      mlm_nsp.make_train_step(model, tx, mlm_nsp.LossWeights(train.mlm_weight,
+                                                             train.nsp_weight),
+                              train.grad_accum_steps, optimizer.learning_rate_schedule(train)),
+      shardings, mesh)
+  eval_step = steps.jit_eval_step(mlm_nsp.make_eval_step(model), shardings.params, mesh)
+  eval_batches = [parallel.shard_batch(b, mesh) for b in host_eval]
+  flops = flops_per_token(model_cfg, data.max_seq_length, data.max_predictions_per_seq)
+  return scaffold.Job(
+      name="pretrain", config=config, mesh=mesh, state=state, shardings=shardings,
+      train_step=train_step, train_data=train_data,
+      evaluate=lambda state, step: mlm_nsp.evaluate(eval_step, state.params, eval_batches),
+      schedule=Schedule(train.steps, train.log_every, train.eval_every,
+                        train.checkpoint_every,
+                        profile_steps=scaffold.profile_steps(train)),
+      throughput=Throughput(train.batch_size * data.max_seq_length, flops,
+                            peak_flops_per_device(train.cpu_peak_tflops)),
+      files={"tokenizer.model": tokenizer.model_proto}, must_match=_MUST_MATCH,
+      progress_keys=("loss", "mlm_accuracy"), num_threads=data.num_threads)
+
+
+def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
+  """Pretrains BertForPreTraining as `config` says; returns the summary
+  (also DIR/summary.json)."""
+  check_config(config)
+  mesh = parallel.make_mesh(**config.mesh)
+  train_data, host_eval, tokenizer, sizes = _inputs(config)
+  model_cfg = BertConfig.from_section(config.model, vocab_size=tokenizer.vocab_size)
+  job = _job(config, mesh, model_cfg, train_data, host_eval, tokenizer)
+  with scaffold.Run(job, workdir, seed=config.seed + 1) as run:
+    result = run.train()
+    last_eval = result.last_eval
+    if not last_eval and not result.stopped_by:  # the workdir held a finished run
+      last_eval = job.evaluate(result.state, result.step)
+    summary = dict(step=result.step, stopped_by=result.stopped_by, **sizes,
+                   **{k: round(float(v), 5) for k, v in last_eval.items()},
+                   **mlm_nsp.baselines(host_eval))
+    run.write_summary(summary)
+  return summary

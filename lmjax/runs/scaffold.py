@@ -1,0 +1,192 @@
+"""What every run shares: its workdir's files, checkpoints with restore and
+the resume check, the metric writer, the loop's lifetime and the summary.
+
+A run kind (lmjax.runs.pretraining, lmjax.runs.finetuning) builds a `Job`,
+its objective plugged in: the model's state and jitted step, the batches,
+the evaluation and the files that describe it. `Run(job, workdir, seed)`
+does the rest the same way for every kind:
+
+  DIR/config.json, tokenizer.model, ...   written by process 0 on a fresh start
+  DIR/checkpoints/<step>/                 state + loader position + config
+  DIR/metrics.jsonl, DIR/tensorboard/     one line per logged step
+  DIR/profile/                            a jax.profiler trace, when asked for
+  DIR/summary.json                        the run's final figures
+"""
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+
+from lmjax import parallel
+from lmjax.data.loader import Loader
+from lmjax.errors import ConfigError, UserError, check_fields
+from lmjax.runs.checkpoints import Checkpoints
+from lmjax.runs.loop import Hooks, LoopResult, Schedule, run_loop
+from lmjax.runs.throughput import RateWindow, Throughput
+from lmjax.runs.writer import MetricWriter
+from lmjax.train import steps
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One run's objective, plugged into the scaffold."""
+  name: str  # shown on the progress bar
+  config: Any  # the whole ml_collections config, saved with every checkpoint
+  mesh: jax.sharding.Mesh
+  state: steps.TrainState  # the fresh state, before any resume
+  shardings: Any  # of the state
+  train_step: Callable  # jitted `train_step(state, batch, rng)`
+  train_data: grain.MapDataset  # this process's share of global batch k at [k]
+  evaluate: Callable[[Any, int], dict]  # (state, step) -> scalars to log
+  schedule: Schedule
+  throughput: Throughput
+  files: dict[str, bytes]  # written into a fresh workdir
+  must_match: tuple[str, ...]  # config fields a resumed run must share
+  progress_keys: tuple[str, ...] = ("loss",)
+  num_threads: int = 2  # host threads that prepare batches
+
+
+def check_resumable(saved: dict, config, keys: tuple[str, ...]) -> None:
+  """Raises UserError when the config a checkpoint was saved with differs
+  from `config` on one of `keys` (dotted paths)."""
+  now = json.loads(config.to_json())
+  for key in keys:
+    a, b = saved, now
+    for part in key.split("."):
+      a, b = (a or {}).get(part), (b or {}).get(part)
+    if a != b:
+      raise UserError(f"the workdir's checkpoint was made with another config.{key} "
+                      f"({json.dumps(a)[:80]}, now {json.dumps(b)[:80]}); use a new "
+                      "--workdir or the same config")
+
+
+def is_lead() -> bool:
+  """Process 0 writes the workdir's files; every process writes checkpoints."""
+  return jax.process_index() == 0
+
+
+def write_file(path: Path, content: bytes | str) -> None:
+  """Writes `content` to `path` whole or not at all (through a temporary)."""
+  data = content.encode() if isinstance(content, str) else content
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_bytes(data)
+  os.replace(tmp, path)
+
+
+def _resume(job: Job, workdir: Path, ckpts: Checkpoints) -> tuple[Any, int, int]:
+  """(state, step, loader position) of the newest checkpoint; or the fresh
+  state at 0, and the workdir's files are written."""
+  start = ckpts.latest_step()
+  if start:
+    abstract = steps.abstract_like(job.state, job.shardings)
+    state, loader, saved = ckpts.restore(start, abstract)
+    check_resumable(saved, job.config, job.must_match)
+    print(f"resuming from the checkpoint of step {start} in {workdir}", flush=True)
+    return state, start, loader["step"]
+  if is_lead():
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name, content in {"config.json": job.config.to_json(indent=2) + "\n",
+                          **job.files}.items():
+      write_file(workdir / name, content)
+  return job.state, 0, 0
+
+
+def compile_step(job: Job, state, batch: dict, rng: jax.Array):
+  """The train step compiled ahead of time for these inputs; logs the model's
+  parameter count and what the compiled step needs in device memory."""
+  compiled = job.train_step.jitted.lower(state, batch, rng).compile()
+  params = sum(x.size for x in jax.tree.leaves(state.params))
+  line = f"{job.name}: {params:,} parameters"
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    sizes = dict(arguments=memory.argument_size_in_bytes, outputs=memory.output_size_in_bytes,
+                 temporaries=memory.temp_size_in_bytes, code=memory.generated_code_size_in_bytes)
+    line += "; compiled step per device: " + ", ".join(
+        f"{k} {v / 2**20:,.1f} MiB" for k, v in sizes.items())
+  if is_lead():
+    print(line, flush=True)
+  return compiled
+
+
+class Run:
+  """A job running in a workdir; a context manager that owns the run's
+  checkpoints and metric writer and closes them however the run ends.
+
+    with Run(job, workdir, seed) as run:
+      result = run.train()
+      run.log(result.step, final_scores)
+      run.write_summary(summary)
+  """
+
+  def __init__(self, job: Job, workdir: str | os.PathLike, seed: int):
+    self.job, self.workdir, self._seed = job, Path(workdir), seed
+    self._ckpts: Checkpoints | None = None
+    self._writer: MetricWriter | None = None
+
+  def __enter__(self) -> "Run":
+    self._ckpts = Checkpoints(self.workdir / "checkpoints",
+                              keep=self.job.config.train.keep_checkpoints)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._ckpts.close()
+    if self._writer is not None:
+      self._writer.close()
+
+  def train(self) -> LoopResult:
+    """Resumes from the newest checkpoint or starts fresh, then trains to the
+    end of the schedule (see lmjax.runs.loop)."""
+    job = self.job
+    state, start, position = _resume(job, self.workdir, self._ckpts)
+    self._writer = MetricWriter(self.workdir, enabled=is_lead())
+    self._writer.truncate_after(start)
+    loader = Loader(job.train_data, start=position, num_threads=job.num_threads)
+    rng = jax.device_put(jax.random.key(self._seed), parallel.replicated(job.mesh))
+    first = parallel.shard_batch(job.train_data[0], job.mesh)
+    config_json = json.loads(job.config.to_json())
+    return run_loop(state, compile_step(job, state, first, rng), loader, rng=rng,
+                    mesh=job.mesh, schedule=job.schedule, ckpts=self._ckpts,
+                    writer=self._writer,
+                    hooks=Hooks(job.evaluate, lambda: (loader.state(), config_json)),
+                    rate=RateWindow(job.throughput), start=start, desc=job.name,
+                    progress_keys=job.progress_keys,
+                    profile_dir=os.fspath(self.workdir.absolute() / "profile"))
+
+  def log(self, step: int, scalars: dict) -> None:
+    """Appends scalars to the run's metrics (after `train`)."""
+    self._writer.write(step, scalars)
+
+  def write_summary(self, summary: dict) -> None:
+    """DIR/summary.json, by process 0."""
+    if is_lead():
+      write_file(self.workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def profile_steps(train) -> tuple[int, int] | None:
+  """`train.profile_steps` ('START,END', steps counted from 1) as a pair."""
+  value = str(train.profile_steps).strip()
+  if not value:
+    return None
+  try:
+    first, last = (int(v) for v in value.split(","))
+  except ValueError:
+    first = last = 0
+  if not 1 <= first <= last:
+    raise ConfigError(f"config.train.profile_steps must be START,END with "
+                      f"1 <= START <= END, got {value!r}")
+  return first, last
+
+
+def check_train_fields(train) -> None:
+  """Raises ConfigError naming the first impossible field of the `train`
+  section that every run kind has."""
+  check_fields("config.train", train, [
+      (f, train[f] >= 1, "at least 1") for f in ("batch_size", "log_every",
+                                                 "keep_checkpoints")])
+  profile_steps(train)

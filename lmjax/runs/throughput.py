@@ -1,0 +1,55 @@
+"""Tokens per second and model FLOPs utilisation (MFU) of a running loop."""
+
+import dataclasses
+import time
+
+import jax
+
+# Dense bf16 peak FLOP/s per chip, from the vendors' datasheets.
+PEAK_FLOPS = {
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+    "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12,
+    "NVIDIA L4": 121e12, "NVIDIA B200": 2250e12,
+}
+
+
+def peak_flops_per_device(cpu_peak_tflops: float) -> float | None:
+  """Peak FLOP/s of one local device: a known accelerator's, or on CPU the
+  configured figure for the whole host shared among its devices."""
+  device = jax.local_devices()[0]
+  if device.platform == "cpu":
+    return cpu_peak_tflops * 1e12 / jax.local_device_count() if cpu_peak_tflops else None
+  for name, flops in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
+    if device.device_kind.startswith(name):
+      return flops
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+  """What turns steps per second into tokens/s and MFU."""
+  tokens_per_step: int
+  flops_per_token: float
+  peak_flops_per_device: float | None
+
+
+class RateWindow:
+  """Tokens/s and MFU over the steps since the last reading. The first
+  reading only opens the window, so compilation stays out of every rate."""
+
+  def __init__(self, throughput: Throughput, clock=time.perf_counter):
+    self._throughput, self._clock = throughput, clock
+    self._start: tuple[float, int] | None = None
+
+  def read(self, step: int) -> dict:
+    """{tokens_per_s, mfu} since the previous reading ({} for the first)."""
+    now, previous = self._clock(), self._start
+    self._start = (now, step)
+    if previous is None:
+      return {}
+    t = self._throughput
+    rate = (step - previous[1]) * t.tokens_per_step / max(now - previous[0], 1e-9)
+    peak = t.peak_flops_per_device
+    mfu = rate * t.flops_per_token / (peak * jax.device_count()) if peak else None
+    return dict(tokens_per_s=round(rate, 1), mfu=None if mfu is None else round(mfu, 5))

@@ -1,0 +1,88 @@
+"""The fine-tuning objective: classification (cross-entropy over K classes)
+or regression (squared error of one score) on BertForSequenceClassification.
+
+Pure functions on device: the losses, `train_step(state, batch, rng)` and
+`eval_step(params, batch) -> logits`; on the host, the loss and task metrics
+of those logits, and the metrics of always answering the majority class.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import scipy.special
+
+from lmjax.train import steps
+from lmjax.train.task_metrics import task_metrics
+
+MODEL_INPUTS = ("input_ids", "segment_ids", "input_mask")
+
+
+def model_inputs(batch: steps.Batch) -> list:
+  return [batch[k] for k in MODEL_INPUTS]
+
+
+def init_params(model: nn.Module, example_batch: steps.Batch) -> steps.InitParams:
+  """`rng -> params` of `model` (a BertForSequenceClassification)."""
+  return lambda rng: model.init(rng, *model_inputs(example_batch))["params"]
+
+
+def losses(logits_BxK: jax.Array, labels_B: jax.Array) -> jax.Array:
+  """Per-example loss [B]: cross-entropy over K > 1 classes, or the squared
+  error of a regressor's single output (K = 1)."""
+  if logits_BxK.shape[-1] == 1:
+    return jnp.square(logits_BxK[:, 0] - labels_B.astype(logits_BxK.dtype))
+  log_probs_BxK = jax.nn.log_softmax(logits_BxK)
+  return -jnp.take_along_axis(log_probs_BxK, labels_B[:, None].astype(jnp.int32), -1)[:, 0]
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    accum_steps: int = 1, schedule=None):
+  """Returns `train_step(state, batch, rng) -> (state, metrics)`: the mean
+  loss over the batch, and accuracy for a classifier."""
+
+  def loss_fn(params, batch, rng):
+    logits_BxK = model.apply({"params": params}, *model_inputs(batch),
+                             deterministic=False, rngs={"dropout": rng})
+    loss_B = losses(logits_BxK, batch["labels"])
+    parts = dict(count=jnp.float32(loss_B.shape[0]))
+    if logits_BxK.shape[-1] > 1:
+      correct = logits_BxK.argmax(-1) == batch["labels"]
+      parts["correct"] = correct.sum().astype(jnp.float32)
+    return loss_B.mean(), parts
+
+  def summarize(parts):
+    return {"accuracy": parts["correct"] / parts["count"]} if "correct" in parts else {}
+
+  return steps.make_step(loss_fn, tx, accum_steps, schedule, summarize)
+
+
+def make_eval_step(model: nn.Module):
+  """Returns `eval_step(params, batch) -> logits [B, K]` with no dropout."""
+
+  def eval_step(params, batch: steps.Batch):
+    return model.apply({"params": params}, *model_inputs(batch))
+
+  return eval_step
+
+
+def score(metrics: tuple[str, ...], logits_NxK: np.ndarray, labels_N: np.ndarray,
+          prefix: str) -> dict[str, float]:
+  """`{prefix}_loss` and the task's metrics of float64 logits on the host."""
+  if logits_NxK.shape[1] == 1:
+    loss = np.mean((logits_NxK[:, 0] - labels_N) ** 2)
+  else:
+    log_probs = scipy.special.log_softmax(logits_NxK, axis=1)
+    loss = -np.mean(log_probs[np.arange(len(labels_N)), labels_N])
+  scores = task_metrics(metrics, logits_NxK, labels_N)
+  return {f"{prefix}_loss": float(loss), **{f"{prefix}_{k}": v for k, v in scores.items()}}
+
+
+def majority(metrics: tuple[str, ...], num_labels: int, train_labels: np.ndarray,
+             labels: np.ndarray, prefix: str) -> dict[str, float]:
+  """The metrics of always answering the most frequent training label."""
+  logits = np.zeros((len(labels), num_labels))
+  logits[:, np.bincount(train_labels, minlength=num_labels).argmax()] = 1
+  return {f"{prefix}_majority_{k}": v
+          for k, v in task_metrics(metrics, logits, labels).items()}

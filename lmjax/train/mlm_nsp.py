@@ -1,0 +1,112 @@
+"""The pretraining objective: masked language modelling (MLM) and
+next-sentence prediction (NSP) on BertForPreTraining.
+
+Pure functions of (params, batch): the losses, `train_step(state, batch,
+rng)`, an `eval_step(params, batch)` whose sums add up over an evaluation
+set, and the accuracies those sums give.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lmjax.train import steps
+
+MODEL_INPUTS = ("input_ids", "segment_ids", "input_mask", "masked_positions")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+  mlm: float = 1.0
+  nsp: float = 1.0
+
+
+def model_inputs(batch: steps.Batch) -> dict:
+  return {k: batch[k] for k in MODEL_INPUTS}
+
+
+def init_params(model: nn.Module, example_batch: steps.Batch) -> steps.InitParams:
+  """`rng -> params` of `model` (a BertForPreTraining) for batches like this."""
+  return lambda rng: model.init(rng, **model_inputs(example_batch))["params"]
+
+
+def losses(outputs: dict, batch: steps.Batch) -> dict[str, jax.Array]:
+  """MLM loss (averaged over real predictions, by `masked_weights`) and NSP
+  loss, with the counts that make accuracies; all float32 scalars."""
+  logits_BxPxV = outputs["mlm_logits"]
+  weights_BxP = batch["masked_weights"].astype(jnp.float32)
+  log_probs_BxPxV = jax.nn.log_softmax(logits_BxPxV)
+  target_logp_BxP = jnp.take_along_axis(log_probs_BxPxV, batch["masked_ids"][..., None],
+                                        -1)[..., 0]
+  weight_sum = jnp.maximum(weights_BxP.sum(), 1.0)
+  mlm_correct = ((logits_BxPxV.argmax(-1) == batch["masked_ids"]) * weights_BxP).sum()
+  nsp_log_probs_Bx2 = jax.nn.log_softmax(outputs["nsp_logits"])
+  nsp_logp_B = jnp.take_along_axis(nsp_log_probs_Bx2, batch["nsp_labels"][:, None], -1)[:, 0]
+  nsp_correct = (outputs["nsp_logits"].argmax(-1) == batch["nsp_labels"]).sum()
+  return dict(mlm_loss=-(target_logp_BxP * weights_BxP).sum() / weight_sum,
+              nsp_loss=-nsp_logp_B.mean(),
+              mlm_correct=mlm_correct.astype(jnp.float32), mlm_count=weights_BxP.sum(),
+              nsp_correct=nsp_correct.astype(jnp.float32),
+              nsp_count=jnp.float32(batch["nsp_labels"].shape[0]))
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    weights: LossWeights = LossWeights(), accum_steps: int = 1,
+                    schedule=None):
+  """Returns `train_step(state, batch, rng) -> (state, metrics)`: MLM and NSP
+  losses, weighted, with their accuracies."""
+
+  def loss_fn(params, batch, rng):
+    outputs = model.apply({"params": params}, **model_inputs(batch),
+                          deterministic=False, rngs={"dropout": rng})
+    parts = losses(outputs, batch)
+    return weights.mlm * parts["mlm_loss"] + weights.nsp * parts["nsp_loss"], parts
+
+  def summarize(parts):
+    return dict(mlm_loss=parts["mlm_loss"], nsp_loss=parts["nsp_loss"],
+                mlm_accuracy=parts["mlm_correct"] / jnp.maximum(parts["mlm_count"], 1),
+                nsp_accuracy=parts["nsp_correct"] / parts["nsp_count"])
+
+  return steps.make_step(loss_fn, tx, accum_steps, schedule, summarize)
+
+
+def make_eval_step(model: nn.Module):
+  """Returns `eval_step(params, batch) -> sums` (losses weighted by counts,
+  correct predictions and counts), to be added over an evaluation set."""
+
+  def eval_step(params, batch: steps.Batch):
+    parts = losses(model.apply({"params": params}, **model_inputs(batch)), batch)
+    return dict(mlm_loss_sum=parts["mlm_loss"] * parts["mlm_count"],
+                nsp_loss_sum=parts["nsp_loss"] * parts["nsp_count"],
+                **{k: parts[k] for k in ("mlm_correct", "mlm_count",
+                                         "nsp_correct", "nsp_count")})
+
+  return eval_step
+
+
+def evaluate(eval_step, params, batches) -> dict[str, float]:
+  """`eval_` losses and accuracies of `params` over `batches`."""
+  sums = None
+  for batch in batches:
+    out = eval_step(params, batch)
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  sums = jax.device_get(sums)
+  mlm_count, nsp_count = max(sums["mlm_count"], 1.0), max(sums["nsp_count"], 1.0)
+  mlm_loss, nsp_loss = sums["mlm_loss_sum"] / mlm_count, sums["nsp_loss_sum"] / nsp_count
+  return dict(eval_mlm_loss=float(mlm_loss), eval_nsp_loss=float(nsp_loss),
+              eval_loss=float(mlm_loss + nsp_loss),
+              eval_mlm_accuracy=float(sums["mlm_correct"] / mlm_count),
+              eval_nsp_accuracy=float(sums["nsp_correct"] / nsp_count))
+
+
+def baselines(host_batches: list[dict]) -> dict[str, float]:
+  """Accuracy of always predicting the most frequent target token, and of
+  always answering the more common NSP label, on host batches."""
+  targets = np.concatenate([b["masked_ids"][b["masked_weights"] > 0] for b in host_batches])
+  labels = np.concatenate([b["nsp_labels"] for b in host_batches])
+  return dict(baseline_mlm_accuracy=float(np.bincount(targets).max() / len(targets)),
+              baseline_nsp_accuracy=float(max(labels.mean(), 1 - labels.mean())))
