@@ -4,12 +4,58 @@ A mistake the user can fix (bad flag, unknown config key, missing file) ends
 with one line on stderr naming the cause and exit status 2, no traceback.
 """
 
+import json
 import sys
+import time
 from collections.abc import Callable
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 
 from lmjax.errors import UserError
+
+
+def define_config(example: str) -> Callable[[], object]:
+  """Defines --config (an ml_collections config file, whose fields can be
+  overridden as --config.section.field=value); returns a getter that raises
+  UserError while --config is not given."""
+  holder = config_flags.DEFINE_config_file("config", None, f"config file, e.g. {example}",
+                                           lock_config=True)
+
+  def config():
+    if holder.value is None:
+      raise UserError(f"--config is required (e.g. --config={example})")
+    return holder.value
+
+  return config
+
+
+def define_workdir() -> flags.FlagHolder:
+  return flags.DEFINE_string("workdir", None, "where checkpoints and metrics go",
+                             required=True)
+
+
+def run_in_workdir(run_fn: Callable[[object, str], dict],
+                   report: Callable[[dict, float], str | None], example: str) -> None:
+  """The whole of an entry point that runs a config in a workdir
+  (--config, --workdir): starts JAX's distributed runtime when this is one
+  process of several, runs `run_fn(config, workdir) -> summary`, prints
+  `report(summary, seconds)` and the summary as one JSON line."""
+  get_config, workdir = define_config(example), define_workdir()
+
+  def main(argv):
+    del argv
+    config = get_config()
+    from lmjax import parallel  # pylint: disable=import-outside-toplevel
+    parallel.initialize_distributed()
+    start = time.perf_counter()
+    summary = run_fn(config, workdir.value)
+    line = report(summary, time.perf_counter() - start)
+    if line:
+      print(line, flush=True)
+    print(json.dumps(summary), flush=True)
+
+  run(main)
 
 
 def _fail(message: str) -> None:

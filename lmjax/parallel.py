@@ -15,7 +15,8 @@ import contextlib
 import math
 import os
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import jax
 import numpy as np

@@ -84,7 +84,7 @@ def config(source, **train):
 
 
 def metric_lines(workdir):
-  return [json.loads(l) for l in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def tree_digest(directory: Path) -> dict:
@@ -108,14 +108,14 @@ def test_random_start_learns_the_task_beyond_the_majority_class(trained):
   assert summary["eval_accuracy"] > summary["eval_majority_accuracy"] + 0.15
   assert 0.5 < summary["test_majority_accuracy"] < 0.7
   lines = metric_lines(workdir)
-  evals = {l["step"]: l["eval_accuracy"] for l in lines if "eval_accuracy" in l}
+  evals = {line["step"]: line["eval_accuracy"] for line in lines if "eval_accuracy" in line}
   assert sorted(evals) == [0, 40, 80, 120]
-  losses = [l["loss"] for l in lines if "loss" in l]
+  losses = [line["loss"] for line in lines if "loss" in line]
   assert np.mean(losses[-2:]) < 0.7 * losses[0]
   assert summary["best_step"] == max(evals, key=lambda s: (evals[s], -s))
   assert (workdir / "best" / str(summary["best_step"])).is_dir()
   assert json.loads((workdir / "summary.json").read_text()) == summary
-  assert any("test_accuracy" in l for l in lines)
+  assert any("test_accuracy" in line for line in lines)
 
 
 @pytest.mark.slow
@@ -129,7 +129,7 @@ def test_predict_writes_labels_and_probabilities(trained, tmp_path):
   c.predict.output = str(tmp_path / "out" / "predictions.jsonl")
   out = prediction.predict(c, workdir)
   assert out["predictions"] == 40 and out["checkpoint_step"] == summary["best_step"]
-  rows = [json.loads(l) for l in Path(c.predict.output).read_text().splitlines()]
+  rows = [json.loads(line) for line in Path(c.predict.output).read_text().splitlines()]
   assert [r["text"] for r in rows] == texts
   for r in rows:
     assert set(r["probabilities"]) == {"neg", "pos"}
@@ -170,7 +170,7 @@ def test_a_hugging_face_start_is_exactly_those_weights(tmp_path, reviews_tsv):
   c = config(reviews_tsv, steps=2)
   c.init.source = f"hf:{hf_dir}"
   finetuning.finetune(c, tmp_path / "w")
-  first = next(l for l in metric_lines(tmp_path / "w") if l["step"] == 0)
+  first = next(line for line in metric_lines(tmp_path / "w") if line["step"] == 0)
 
   task = cls.resolve_task(c.task)
   validation = cls.load_split(task, "validation")
@@ -199,7 +199,7 @@ def test_a_pretraining_run_starts_with_its_encoder(tmp_path, reviews_tsv, monkey
   c.init.source = "pretrain:pretrain"  # relative, like the default runs/pretrain
   c.model.scan_layers = False  # the run used scanned layers: re-laid out on load
   finetuning.finetune(c, tmp_path / "w")
-  first = next(l for l in metric_lines(tmp_path / "w") if l["step"] == 0)
+  first = next(line for line in metric_lines(tmp_path / "w") if line["step"] == 0)
 
   from lmjax.runs.checkpoints import Checkpoints  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel

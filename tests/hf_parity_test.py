@@ -11,10 +11,10 @@ import flax.linen as nn
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from lmjax.errors import CheckpointError  # pylint: disable=wrong-import-position
-from lmjax.interop import tensor_files  # pylint: disable=wrong-import-position
-from lmjax.interop.hf import load_hf_bert, save_hf_bert  # pylint: disable=wrong-import-position
-from lmjax.model import BertForPreTraining, param_count  # pylint: disable=wrong-import-position
+from lmjax.errors import CheckpointError  # noqa: E402 (after the importorskips)
+from lmjax.interop import tensor_files  # noqa: E402 (after the importorskips)
+from lmjax.interop.hf import load_hf_bert, save_hf_bert  # noqa: E402 (after the importorskips)
+from lmjax.model import BertForPreTraining, param_count  # noqa: E402 (after the importorskips)
 
 TOL = 1e-5
 

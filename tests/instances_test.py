@@ -94,7 +94,8 @@ def test_whole_word_masking_masks_all_pieces_of_a_word(dirs):
   multi_piece_words = 0
   for batch in batches:
     for ids, pos, tgt, w in zip(batch["input_ids"], batch["masked_positions"],
-                                batch["masked_ids"], batch["masked_weights"]):
+                                batch["masked_ids"], batch["masked_weights"],
+                                strict=True):
       original = ids.copy()
       original[pos[w > 0]] = tgt[w > 0]
       n = int((ids > 0).sum())

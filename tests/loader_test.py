@@ -52,7 +52,7 @@ def test_masks_change_every_epoch_but_pairs_stay(config):
     out = set()
     for b in batches:
       for ids, pos, tgt, w in zip(b["input_ids"], b["masked_positions"],
-                                  b["masked_ids"], b["masked_weights"]):
+                                  b["masked_ids"], b["masked_weights"], strict=True):
         ids = ids.copy()
         ids[pos[w > 0]] = tgt[w > 0]
         out.add((ids.tobytes(), pos.tobytes()))  # (pair text, where it was masked)

@@ -124,7 +124,8 @@ def test_mlm_logits_use_the_tied_word_embeddings():
   out = _apply(CFG, params, batch)
   bumped = jax.tree_util.tree_map(lambda x: x, params)
   table = bumped["bert"]["embeddings"]["word_embeddings"]["embedding"]
-  bumped["bert"]["embeddings"]["word_embeddings"]["embedding"] = table.at[7].add(jnp.linspace(-1.0, 1.0, CFG.hidden_size) ** 2)
+  bump = jnp.linspace(-1.0, 1.0, CFG.hidden_size) ** 2
+  bumped["bert"]["embeddings"]["word_embeddings"]["embedding"] = table.at[7].add(bump)
   # token 7 is absent from the inputs, so only its decoder row changed
   batch = dict(batch, input_ids=jnp.where(batch["input_ids"] == 7, 8, batch["input_ids"]))
   out = _apply(CFG, params, batch)

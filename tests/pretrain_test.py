@@ -43,8 +43,8 @@ def run(env, workdir, *extra, check=True):
 
 
 def train_lines(workdir):
-  lines = [json.loads(l) for l in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-  return {l["step"]: {k: l[k] for k in METRICS} for l in lines if "loss" in l}
+  lines = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  return {line["step"]: {k: line[k] for k in METRICS} for line in lines if "loss" in line}
 
 
 def wait_for_step(workdir, step, process, timeout=300):
@@ -52,8 +52,8 @@ def wait_for_step(workdir, step, process, timeout=300):
   deadline = time.time() + timeout
   while time.time() < deadline:
     assert process.poll() is None, "the run ended before it was interrupted"
-    if path.exists() and any(json.loads(l).get("step", 0) >= step and "loss" in l
-                             for l in path.read_text().splitlines() if l.strip()):
+    if path.exists() and any(json.loads(line).get("step", 0) >= step and "loss" in line
+                             for line in path.read_text().splitlines() if line.strip()):
       return
     time.sleep(0.05)
   raise TimeoutError(step)
@@ -72,9 +72,9 @@ def test_run_writes_metrics_checkpoints_and_summary(uninterrupted):
   steps = train_lines(workdir)
   assert sorted(steps) == list(range(1, 31))
   assert steps[30]["loss"] < steps[1]["loss"]
-  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert any("tokens_per_s" in l and "mfu" in l for l in lines)
-  assert any(l["step"] == 30 and "eval_mlm_accuracy" in l for l in lines)
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert any("tokens_per_s" in line and "mfu" in line for line in lines)
+  assert any(line["step"] == 30 and "eval_mlm_accuracy" in line for line in lines)
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
                 if p.name.isdigit()) == [20, 25, 30]
   assert list((workdir / "tensorboard").iterdir())

@@ -65,7 +65,7 @@ def test_a_local_file_is_split_by_hash_with_sorted_labels(tmp_path):
   texts = [t for s in splits.values() for t in s.texts]
   assert len(set(texts)) == 300  # every row in exactly one split
   for split in splits.values():
-    for (text,), label in zip(split.texts, split.labels):
+    for (text,), label in zip(split.texts, split.labels, strict=True):
       assert task.labels[label] == ("pos" if "good" in text else "neg")
   again = tasks.load_split(task, "test")
   assert again.texts == splits["test"].texts  # stable
@@ -102,7 +102,8 @@ def test_csv_and_jsonl_sources(tmp_path):
   assert task.is_regression and task.metrics == ("pearson", "spearman")
   train = tasks.load_split(task, "train")
   assert train.labels.dtype == np.float32
-  assert all(abs(l - int(t[0][1:]) / 10) < 1e-6 for t, l in zip(train.texts, train.labels))
+  assert all(abs(score - int(t[0][1:]) / 10) < 1e-6
+             for t, score in zip(train.texts, train.labels, strict=True))
 
 
 @pytest.mark.parametrize("content,config,message", [

@@ -11,15 +11,12 @@ import time
 
 from absl import flags
 import numpy as np
-from ml_collections import config_flags
 
 from lmjax import cli
 from lmjax.data.loader import Loader, pretraining_input
 from lmjax.data.tokenization import MASK_ID, NUM_SPECIAL, Tokenizer
-from lmjax.errors import UserError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "pretraining config file",
-                                          lock_config=True)
+_CONFIG = cli.define_config("configs/pretrain.py")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 100, "batches to gather statistics over")
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 3, "instances to print")
 _SPLIT = flags.DEFINE_enum("split", "train", ["train", "validation"], "which split")
@@ -59,7 +56,7 @@ def render(example: dict, tokenizer: Tokenizer) -> str:
   n = int(example["input_mask"].sum())
   pieces = tokenizer.pieces(example["input_ids"][:n])
   for pos, target, w in zip(example["masked_positions"], example["masked_ids"],
-                            example["masked_weights"]):
+                            example["masked_weights"], strict=True):
     if w:
       shown = tokenizer.pieces([target])[0]
       pieces[pos] = (f"{pieces[pos]}<{shown}>" if example["input_ids"][pos] != MASK_ID
@@ -70,9 +67,7 @@ def render(example: dict, tokenizer: Tokenizer) -> str:
 
 def main(argv):
   del argv
-  config = _CONFIG.value
-  if config is None:
-    raise UserError("--config is required (e.g. --config=configs/pretrain.py)")
+  config = _CONFIG()
   dataset, tokenizer, info = pretraining_input(config.data, config.train.batch_size,
                                                config.seed, _SPLIT.value)
   print(f"{info['source']} [{info['split']}]: {info['documents']:,} documents, "

@@ -89,7 +89,7 @@ def _records(fmt: str, path: str) -> Iterator[tuple[int, dict]]:
       continue
     if len(row) != len(columns):
       raise UserError(f"{path}:{line}: {len(row)} columns, the header has {len(columns)}")
-    yield line, dict(zip(columns, row))
+    yield line, dict(zip(columns, row, strict=True))
 
 
 def _json_records(path: str) -> Iterator[tuple[int, dict]]:

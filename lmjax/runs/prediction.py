@@ -39,14 +39,14 @@ def _best_params(workdir: Path, model, example: dict, mesh):
 
 
 def _record(texts: tuple[str, ...], row: np.ndarray, task: tasks.Task) -> dict:
-  record = dict(zip(("text", "text_pair"), texts))
+  record = dict(zip(("text", "text_pair"), texts, strict=False))
   if task.is_regression:
     record["score"] = round(float(row[0]), 6)
   else:
     probabilities = scipy.special.softmax(row)
     record["label"] = task.labels[int(row.argmax())]
     record["probabilities"] = {name: round(float(p), 6)
-                               for name, p in zip(task.labels, probabilities)}
+                               for name, p in zip(task.labels, probabilities, strict=True)}
   return record
 
 
@@ -79,6 +79,6 @@ def predict(config, workdir: str | os.PathLike) -> dict:
     output.parent.mkdir(parents=True, exist_ok=True)
     scaffold.write_file(output, "".join(
         json.dumps(_record(pair, row, task), ensure_ascii=False) + "\n"
-        for pair, row in zip(texts, out)))
+        for pair, row in zip(texts, out, strict=True)))
   return dict(predictions=len(texts), truncated=encoded.truncated, output=str(output),
               checkpoint_step=step)

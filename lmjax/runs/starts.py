@@ -138,7 +138,7 @@ def with_encoder(state, shardings, params: dict):
   target = state.params["bert"]
   if (jax.tree.structure(target) != jax.tree.structure(params["bert"]) or
       any(a.shape != b.shape for a, b in zip(jax.tree.leaves(target),
-                                             jax.tree.leaves(params["bert"])))):
+                                             jax.tree.leaves(params["bert"]), strict=False))):
     raise CheckpointError("the checkpoint's encoder does not fit the model its config "
                           "describes")
   bert = jax.tree.map(lambda x, t, s: jax.device_put(x, s).astype(t.dtype),

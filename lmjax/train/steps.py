@@ -7,7 +7,8 @@ flags and no files.
 """
 
 import functools
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import flax
 import flax.linen as nn

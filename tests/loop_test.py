@@ -1,0 +1,189 @@
+"""The loop and the run scaffold with a fake step: cadence of logs,
+evaluations and checkpoints, the stop signal, the NaN stop, the resume
+position and the profile trace."""
+
+import json
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from lmjax import parallel
+from lmjax.errors import UserError
+from lmjax.data.loader import examples_dataset
+from lmjax.runs import scaffold
+from lmjax.runs.checkpoints import Checkpoints
+from lmjax.runs.loop import Hooks, Schedule, TrainingDiverged, run_loop
+from lmjax.runs.throughput import RateWindow, Throughput
+from lmjax.runs.writer import MetricWriter
+from lmjax.train import steps
+
+THROUGHPUT = Throughput(tokens_per_step=8, flops_per_token=1.0, peak_flops_per_device=None)
+
+
+class FakeLoader:
+  """Batch k is a column of k's; the state is the position, as Loader's."""
+
+  def __init__(self, start=0):
+    self.step = start
+
+  def __next__(self):
+    self.step += 1
+    return {"x": np.full((8, 1), self.step, np.float32)}
+
+  def state(self):
+    return {"step": self.step}
+
+
+def fake_step(nan_at=None, on_step=None):
+  """A host-side step: the state counts steps and sums the batches; the loss
+  is the step number (NaN at `nan_at`)."""
+
+  def step(state, batch, rng):
+    del rng
+    count = int(state["count"]) + 1
+    if on_step:
+      on_step(count)
+    state = {"count": jnp.int32(count), "total": state["total"] + batch["x"].sum()}
+    loss = np.nan if count == nan_at else float(count)
+    return state, {"loss": jnp.float32(loss)}
+
+  return step
+
+
+def run(tmp_path, schedule, step, start=0, evaluate=None):
+  mesh = parallel.make_mesh()
+  ckpts = Checkpoints(tmp_path / "checkpoints", keep=10)
+  writer = MetricWriter(tmp_path)
+  loader = FakeLoader(start)
+  evaluations = []
+
+  def record(state, s):
+    evaluations.append(s)
+    return (evaluate or (lambda state, s: {"eval_loss": float(s)}))(state, s)
+
+  state = {"count": jnp.int32(start), "total": jnp.float32(0)}
+  try:
+    result = run_loop(state, step, loader, rng=jax.random.key(0), mesh=mesh,
+                      schedule=schedule, ckpts=ckpts, writer=writer,
+                      hooks=Hooks(record, lambda: (loader.state(), {"fake": True})),
+                      rate=RateWindow(THROUGHPUT), start=start, desc="test")
+  finally:
+    saved = ckpts.all_steps()
+    ckpts.close()
+    writer.close()
+  return result, evaluations, sorted(saved)
+
+
+def lines(tmp_path):
+  return [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_logs_evaluations_and_checkpoints_come_at_their_steps(tmp_path):
+  schedule = Schedule(steps=10, log_every=3, eval_every=4, checkpoint_every=5)
+  result, evaluations, saved = run(tmp_path, schedule, fake_step())
+  assert (result.step, result.stopped_by, int(result.state["count"])) == (10, None, 10)
+  assert evaluations == [4, 8, 10] and result.last_eval == {"eval_loss": 10.0}
+  assert saved == [5, 10]
+  logged = lines(tmp_path)
+  assert [line["step"] for line in logged if "loss" in line] == list(range(1, 11))
+  assert [line["step"] for line in logged if "eval_loss" in line] == [4, 8, 10]
+  # Rates start after the first step (compilation) and come with each write.
+  assert [line["step"] for line in logged if "tokens_per_s" in line] == [3, 5, 6, 9, 10]
+  assert all(line["loss"] == line["step"] for line in logged if "loss" in line)
+
+
+def test_a_fresh_run_can_evaluate_before_the_first_update(tmp_path):
+  schedule = Schedule(steps=4, log_every=1, eval_every=2, checkpoint_every=4,
+                      eval_at_start=True)
+  _, evaluations, _ = run(tmp_path, schedule, fake_step())
+  assert evaluations == [0, 2, 4]
+  _, evaluations, _ = run(tmp_path / "resumed", schedule, fake_step(), start=2)
+  assert evaluations == [4]  # a resumed run has evaluated its start already
+
+
+def test_sigterm_saves_the_current_step_and_stops(tmp_path, capsys):
+  kill = lambda count: count == 4 and os.kill(os.getpid(), signal.SIGTERM)
+  schedule = Schedule(steps=100, log_every=50, eval_every=50, checkpoint_every=50)
+  result, _, saved = run(tmp_path, schedule, fake_step(on_step=kill))
+  assert (result.step, result.stopped_by) == (4, "SIGTERM")
+  assert saved == [4]
+  assert [line["step"] for line in lines(tmp_path)] == [1, 2, 3, 4]
+  assert "SIGTERM: saved a checkpoint at step 4; exiting" in capsys.readouterr().out
+  assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handler given back
+
+
+def test_a_nan_loss_stops_and_drops_the_checkpoint_that_made_it(tmp_path):
+  schedule = Schedule(steps=20, log_every=1, eval_every=100, checkpoint_every=1)
+  with pytest.raises(TrainingDiverged, match="loss is nan at step 7; stopped, the last "
+                                             "good checkpoint is step 5"):
+    run(tmp_path, schedule, fake_step(nan_at=7))
+  assert Checkpoints(tmp_path / "checkpoints").all_steps() == [1, 2, 3, 4, 5]
+
+
+def test_a_profile_trace_lands_where_tensorboard_looks(tmp_path, capsys):
+  schedule = Schedule(steps=6, log_every=2, eval_every=10, checkpoint_every=10,
+                      profile_steps=(2, 4))
+  mesh = parallel.make_mesh()
+  ckpts, writer = Checkpoints(tmp_path / "checkpoints"), MetricWriter(tmp_path)
+  loader = FakeLoader()
+  state = {"count": jnp.int32(0), "total": jnp.float32(0)}
+  run_loop(state, fake_step(), loader, rng=jax.random.key(0), mesh=mesh,
+           schedule=schedule, ckpts=ckpts, writer=writer,
+           hooks=Hooks(lambda s, k: {}, lambda: (loader.state(), {})),
+           rate=RateWindow(THROUGHPUT), profile_dir=str(tmp_path / "profile"))
+  ckpts.close()
+  writer.close()
+  (run_dir,) = (tmp_path / "profile" / "plugins" / "profile").iterdir()
+  names = [p.name for p in run_dir.iterdir()]
+  assert any(n.endswith(".xplane.pb") for n in names)  # TensorBoard's profile plugin
+  assert "perfetto_trace.json.gz" in names  # ui.perfetto.dev
+  assert "wrote a profile of steps 2-4" in capsys.readouterr().out
+
+
+def job(config, mesh, steps_total):
+  """A jitted step that adds each batch's mean to a parameter: the state
+  after k steps depends on every batch the loader handed out."""
+  init = lambda rng: {"w": jnp.zeros((), jnp.float32)}
+  tx = optax.sgd(0.0)
+  state, shardings = steps.create_train_state(init, tx, mesh, jax.random.key(0))
+
+  def train_step(state, batch, rng):
+    noise = jax.random.uniform(jax.random.fold_in(rng, state.step))
+    w = state.params["w"] * 0.5 + batch["x"].mean() + noise
+    return state.replace(step=state.step + 1, params={"w": w}), {"loss": w}
+
+  data = examples_dataset({"x": np.arange(40, dtype=np.float32)[:, None]}, 8, seed=3)
+  return scaffold.Job(
+      name="fake", config=config, mesh=mesh, state=state, shardings=shardings,
+      train_step=steps.jit_train_step(train_step, shardings, mesh), train_data=data,
+      evaluate=lambda state, step: {"eval_w": float(state.params["w"])},
+      schedule=Schedule(steps_total, 1, 1000, 3), throughput=THROUGHPUT,
+      files={"note.txt": b"fake"}, must_match=("seed",), num_threads=0)
+
+
+def test_a_resumed_run_continues_at_its_checkpoint_exactly(tmp_path):
+  config = ml_collections.ConfigDict(dict(seed=0, train=dict(keep_checkpoints=5)))
+  mesh = parallel.make_mesh()
+  with scaffold.Run(job(config, mesh, 9), tmp_path / "whole", seed=1) as run_:
+    whole = run_.train()
+  with scaffold.Run(job(config, mesh, 5), tmp_path / "parts", seed=1) as run_:
+    run_.train()  # ends at 5 with a checkpoint of 5
+  with scaffold.Run(job(config, mesh, 9), tmp_path / "parts", seed=1) as run_:
+    resumed = run_.train()
+  assert float(resumed.state.params["w"]) == float(whole.state.params["w"])
+  train_lines = lambda p: {line["step"]: line["loss"] for line in lines(p) if "loss" in line}
+  assert train_lines(tmp_path / "parts") == train_lines(tmp_path / "whole")
+  assert sorted(train_lines(tmp_path / "whole")) == list(range(1, 10))
+  assert (tmp_path / "parts" / "note.txt").read_bytes() == b"fake"
+  assert json.loads((tmp_path / "parts" / "config.json").read_text())["seed"] == 0
+
+  config.seed = 1
+  with (pytest.raises(UserError, match="another config.seed"),
+        scaffold.Run(job(config, mesh, 9), tmp_path / "parts", seed=1) as run_):
+    run_.train()
