@@ -31,6 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       max_seq_length=128,  # longer examples are truncated (and counted)
       tokenizer="",  # only for init.source=random, or a checkpoint without tokenizer.model
       data_dir="",  # tfds data directory; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+      num_threads=2,  # host threads that prepare batches
   ))
 
   # Architecture fields (size, max_position) apply to init.source=random only; the

@@ -53,6 +53,12 @@ def initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+def process_share() -> dict[str, int]:
+  """This process's index and the number of processes: which slice of every
+  global batch it reads (keyword arguments of lmjax.data.loader's datasets)."""
+  return dict(process_index=jax.process_index(), process_count=jax.process_count())
+
+
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   """Returns a (data, fsdp, tensor) mesh with Auto axes over `devices`.

@@ -47,3 +47,31 @@ def test_layers_import_only_downwards():
         if any(name == p or name.startswith(p + ".") for p in prefixes):
           wrong.append(f"{path.relative_to(PACKAGE.parent)} imports {name}")
   assert not wrong, wrong
+
+
+def readme_layout() -> dict[str, set[str]]:
+  """The modules README.md's layout tree names: {package dir: {file.py}}."""
+  text = (PACKAGE.parent / "README.md").read_text()
+  tree = text.split("## Layout", 1)[1].split("```", 2)[1]
+  listed: dict[str, set[str]] = {}
+  folder = ""
+  for line in tree.splitlines():
+    words = line.split()
+    if not words:
+      continue
+    depth = (len(line) - len(line.lstrip())) // 2
+    if depth == 1 and words[0].endswith("/"):
+      folder = words[0].rstrip("/")
+    elif depth == 1:
+      folder = ""
+    files = [w for w in words if w.endswith(".py")]
+    if depth >= 1 and files:
+      listed.setdefault(folder if depth == 2 else "", set()).update(files)
+  return listed
+
+
+def test_the_readme_layout_names_every_module_and_only_those():
+  listed = readme_layout()
+  for folder in ("", "model", "data", "train", "runs", "interop"):
+    actual = {p.name for p in (PACKAGE / folder).glob("*.py") if p.name != "__init__.py"}
+    assert listed[folder] == actual, (folder, listed[folder] ^ actual)

@@ -135,5 +135,5 @@ def test_pairs_reject_bad_settings():
 def test_bad_data_config_values_name_the_field(dirs, field, value):
   config = pretrain_config(**dirs)
   config.data[field] = value
-  with pytest.raises(UserError, match=field):
-    loader.pretraining_input(config.data, 8, seed=0)
+  with pytest.raises(UserError, match=f"config.data.{field}"):
+    loader.check_data_config(config.data)

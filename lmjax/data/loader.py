@@ -149,12 +149,12 @@ def check_data_config(data) -> None:
 
 def pretraining_input(data, global_batch: int, seed: int, split: str = "train",
                       process_index: int = 0, process_count: int = 1):
-  """Builds the pretraining dataset of a config's `data` section.
+  """Builds the pretraining dataset of a config's `data` section (checked
+  by `check_data_config` first).
 
   Returns (dataset of this process's batches, tokenizer, info) where info
   holds the corpus sizes, the cache outcome and the start-up time.
   """
-  check_data_config(data)
   start = time.perf_counter()
   tokenizer = load_tokenizer(data)
   cache_dir = data.cache_dir or os.environ.get("LMJAX_CACHE") or str(

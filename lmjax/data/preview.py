@@ -13,7 +13,7 @@ from absl import flags
 import numpy as np
 
 from lmjax import cli
-from lmjax.data.loader import Loader, pretraining_input
+from lmjax.data.loader import Loader, check_data_config, pretraining_input
 from lmjax.data.tokenization import MASK_ID, NUM_SPECIAL, Tokenizer
 
 _CONFIG = cli.define_config("configs/pretrain.py")
@@ -68,6 +68,7 @@ def render(example: dict, tokenizer: Tokenizer) -> str:
 def main(argv):
   del argv
   config = _CONFIG()
+  check_data_config(config.data)
   dataset, tokenizer, info = pretraining_input(config.data, config.train.batch_size,
                                                config.seed, _SPLIT.value)
   print(f"{info['source']} [{info['split']}]: {info['documents']:,} documents, "

@@ -49,7 +49,8 @@ def check_config(config) -> None:
       raise ConfigError(f"config.task.metrics: unknown metric {name!r} (one of "
                         f"{', '.join(METRICS)})")
   check_fields("config.task", config.task, [
-      ("max_seq_length", config.task.max_seq_length >= 4, "at least 4")])
+      ("max_seq_length", config.task.max_seq_length >= 4, "at least 4"),
+      ("num_threads", config.task.num_threads >= 0, "at least 0")])
   train = config.train
   scaffold.check_train_fields(train)
   optimizer.check_config(train)
@@ -106,9 +107,8 @@ def _encoded_splits(task, config, start: starts.Start) -> dict[str, tasks.Encode
 
 def device_batches(arrays: dict, batch_size: int, mesh) -> list[dict]:
   """Every example once, as sharded global batches (the last one padded)."""
-  process = dict(process_index=jax.process_index(), process_count=jax.process_count())
   return [parallel.shard_batch(b, mesh)
-          for b in evaluation_batches(arrays, batch_size, **process)]
+          for b in evaluation_batches(arrays, batch_size, **parallel.process_share())]
 
 
 def logits(eval_step, params, batches: list[dict], count: int) -> np.ndarray:
@@ -165,7 +165,6 @@ def _job(config, mesh, task, start: starts.Start, encoded, best: BestCheckpoint)
     best.offer(step, state.params, scores)
     return scores
 
-  process = dict(process_index=jax.process_index(), process_count=jax.process_count())
   length = config.task.max_seq_length
   job = scaffold.Job(
       name="finetune", config=config, mesh=mesh, state=state, shardings=shardings,
@@ -173,7 +172,7 @@ def _job(config, mesh, task, start: starts.Start, encoded, best: BestCheckpoint)
           model, tx, config.train.grad_accum_steps,
           optimizer.learning_rate_schedule(resolved)), shardings, mesh),
       train_data=examples_dataset(train_arrays, config.train.batch_size, config.seed,
-                                  **process),
+                                  **parallel.process_share()),
       evaluate=evaluate, schedule=schedule,
       throughput=Throughput(config.train.batch_size * length,
                             flops_per_token(start.config, length, 0),
@@ -181,7 +180,8 @@ def _job(config, mesh, task, start: starts.Start, encoded, best: BestCheckpoint)
       files={"tokenizer.model": start.tokenizer.model_proto,
              "task.json": json.dumps(task.to_json(), indent=2) + "\n",
              "model.json": json.dumps(dataclasses.asdict(start.config), indent=2) + "\n"},
-      must_match=_MUST_MATCH, progress_keys=("loss", "accuracy"))
+      must_match=_MUST_MATCH, progress_keys=("loss", "accuracy"),
+      num_threads=config.task.num_threads)
   return job, scorers
 
 

@@ -49,13 +49,12 @@ def check_config(config) -> None:
 
 def _inputs(config):
   """(train dataset, evaluation host batches, tokenizer, corpus sizes)."""
-  process = dict(process_index=jax.process_index(), process_count=jax.process_count())
-  batch = config.train.batch_size
+  batch, share = config.train.batch_size, parallel.process_share()
   train_data, tokenizer, info = pretraining_input(config.data, batch, config.seed, "train",
-                                                  **process)
+                                                  **share)
   try:
     eval_data, _, _ = pretraining_input(config.data, batch, config.seed, "validation",
-                                        **process)
+                                        **share)
   except MissingSplitError as e:
     print(f"{e}; evaluating on training batches instead", flush=True)
     eval_data = train_data

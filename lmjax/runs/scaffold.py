@@ -48,8 +48,8 @@ class Job:
   throughput: Throughput
   files: dict[str, bytes]  # written into a fresh workdir
   must_match: tuple[str, ...]  # config fields a resumed run must share
+  num_threads: int  # host threads that prepare batches
   progress_keys: tuple[str, ...] = ("loss",)
-  num_threads: int = 2  # host threads that prepare batches
 
 
 def check_resumable(saved: dict, config, keys: tuple[str, ...]) -> None:
