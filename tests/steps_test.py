@@ -82,3 +82,15 @@ def test_state_is_sharded_and_steps_match_on_a_mesh():
     s1, m1 = step1(s1, parallel.shard_batch(_batch(), single), jax.random.key(2))
     s8, m8 = step8(s8, parallel.shard_batch(_batch(), mesh), jax.random.key(2))
     np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
+
+
+def test_lowering_ahead_of_time_keeps_the_models_sharding_constraints():
+  # The run scaffold compiles the step with .lower(...).compile() to read its
+  # memory analysis; the logical constraints must be in that program too.
+  mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
+  _, state, _, step = _setup(mesh)
+  lowered = step.lower(state, parallel.shard_batch(_batch(), mesh), jax.random.key(1))
+  text = lowered.as_text()
+  assert text.count("sharding_constraint") >= 10, "logical constraints were dropped"
+  compiled = lowered.compile()
+  assert compiled.memory_analysis().temp_size_in_bytes > 0

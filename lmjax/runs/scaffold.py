@@ -100,7 +100,7 @@ def _resume(job: Job, workdir: Path, ckpts: Checkpoints) -> tuple[Any, int, int]
 def compile_step(job: Job, state, batch: dict, rng: jax.Array):
   """The train step compiled ahead of time for these inputs; logs the model's
   parameter count and what the compiled step needs in device memory."""
-  compiled = job.train_step.jitted.lower(state, batch, rng).compile()
+  compiled = job.train_step.lower(state, batch, rng).compile()
   params = sum(x.size for x in jax.tree.leaves(state.params))
   line = f"{job.name}: {params:,} parameters"
   memory = compiled.memory_analysis()

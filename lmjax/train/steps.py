@@ -122,10 +122,18 @@ def jit_eval_step(eval_step, params_shardings, mesh, rules=parallel.RULES):
   return _with_rules(step, mesh, rules)
 
 
-def _with_rules(fn, mesh, rules):
-  @functools.wraps(fn)
+def _with_rules(jitted, mesh, rules):
+  """`jitted`, called and lowered where the model's logical axes map to
+  `mesh` by `rules` (they are read while tracing)."""
+
+  @functools.wraps(jitted)
   def wrapped(*args):
     with parallel.sharding_context(mesh, rules):
-      return fn(*args)
-  wrapped.jitted = fn  # for .lower(...) (memory analysis, profiling)
+      return jitted(*args)
+
+  def lower(*args):
+    with parallel.sharding_context(mesh, rules):
+      return jitted.lower(*args)
+
+  wrapped.lower = lower  # ahead-of-time compilation, as jax.jit's
   return wrapped
