@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from lmjax.data import builtin
 from lmjax.data import tasks as cls
 from lmjax.data import tokenization
 from lmjax.data.tokenization import Tokenizer
-from lmjax.errors import UserError
+from lmjax.errors import ConfigError, UserError
 from lmjax.interop.hf import load_hf_bert, save_hf_bert
 from lmjax.model import BertConfig, BertForPreTraining, BertForSequenceClassification
 from lmjax.runs import finetuning, prediction
@@ -295,3 +296,29 @@ def test_the_entry_point_exits_2_with_one_line(tmp_path, reviews_tsv):
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
     assert message in line
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("init.source", "nope:x", "config.init.source must be pretrain:DIR, hf:DIR or random"),
+    ("init.source", "pretrain:", "config.init.source must be pretrain:DIR"),
+    ("mode", "serve", "config.mode must be train or predict"),
+    ("task.metrics", "accuracy,bleu", "config.task.metrics: unknown metric 'bleu'"),
+    ("task.max_seq_length", 2, "config.task.max_seq_length must be at least 4"),
+    ("task.num_threads", -1, "config.task.num_threads must be at least 0"),
+    ("train.epochs", 0.0, "config.train.epochs must be positive"),
+    ("train.warmup_fraction", 1.0, "config.train.warmup_fraction must be in [0, 1)"),
+    ("train.profile_steps", "3", "config.train.profile_steps must be START,END"),
+    ("train.learning_rate", -1.0, "config.train.learning_rate must be positive"),
+    ("model.remat_policy", "all", "config.model.remat_policy must be one of"),
+])
+def test_the_whole_config_is_checked_in_one_place(field, value, message):
+  c = finetune_config.get_config()
+  section, _, name = field.rpartition(".")
+  (c[section] if section else c)[name] = value
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    finetuning.check_config(c)
+  c = finetune_config.get_config()
+  c.mode = "predict"
+  with pytest.raises(ConfigError, match="config.predict.input is required"):
+    finetuning.check_config(c)
+  finetuning.check_config(finetune_config.get_config())  # the defaults pass

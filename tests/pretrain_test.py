@@ -1,9 +1,11 @@
 """`python -m lmjax.pretrain` end to end: sharding, exact resume, preemption,
 divergence and bad configs, on a tiny model and the built-in corpus."""
 
+import importlib.util
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from lmjax.errors import ConfigError
+from lmjax.runs import pretraining
 
 ROOT = Path(__file__).parents[1]
 TINY = ["--config.model.size=tiny", "--config.data.max_seq_length=32",
@@ -172,3 +177,30 @@ def test_bad_configs_fail_before_any_work(env, tmp_path, override, message):
   assert done.returncode == 2, done.stderr[-2000:]
   assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
   assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("train.profile_steps", "8,5", "config.train.profile_steps must be START,END"),
+    ("train.profile_steps", "five", "config.train.profile_steps must be START,END"),
+    ("train.batch_size", 0, "config.train.batch_size must be at least 1"),
+    ("train.warmup_steps", 5000, "config.train.warmup_steps must be in [0, steps]"),
+    ("train.eval_batches", 0, "config.train.eval_batches must be at least 1"),
+    ("model.dropout_rate", 1.5, "config.model.dropout_rate must be in [0, 1)"),
+    ("model.size", "huge", "config.model.size must be one of"),
+    ("data.max_seq_length", 1024, "exceeds config.model.max_position (512)"),
+    ("data.masked_lm_prob", 0.0, "config.data.masked_lm_prob must be in (0, 1)"),
+])
+def test_the_whole_config_is_checked_in_one_place(field, value, message):
+  config = _pretrain_config()
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    pretraining.check_config(config)
+  pretraining.check_config(_pretrain_config())  # the defaults pass
+
+
+def _pretrain_config():
+  spec = importlib.util.spec_from_file_location("pretrain_cfg", ROOT / "configs" / "pretrain.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

@@ -46,7 +46,7 @@ class Job:
   evaluate: Callable[[Any, int], dict]  # (state, step) -> scalars to log
   schedule: Schedule
   throughput: Throughput
-  files: dict[str, bytes]  # written into a fresh workdir
+  files: dict[str, bytes | str]  # name -> content, written into a fresh workdir
   must_match: tuple[str, ...]  # config fields a resumed run must share
   num_threads: int  # host threads that prepare batches
   progress_keys: tuple[str, ...] = ("loss",)
