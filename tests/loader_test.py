@@ -84,19 +84,25 @@ def test_uneven_process_split_is_an_error(config):
     loader.pretraining_input(config.data, 10, seed=0, process_count=4)
 
 
-def test_tokenization_is_cached(tmp_path, config):
+def test_the_corpus_is_prepared_once_into_the_cache(tmp_path, config):
   config = pretrain_config(data_dir=config.data.data_dir, cache_dir=str(tmp_path))
   _, _, first = loader.pretraining_input(config.data, 8, seed=0)
   _, _, second = loader.pretraining_input(config.data, 8, seed=0)
   assert first["cache"] == "miss" and second["cache"] == "hit"
-  assert first["tokens"] == second["tokens"]
-  assert len(list(tmp_path.glob("tokens-*.npz"))) == 1
+  assert first["tokens"] == second["tokens"] and first["pairs"] == second["pairs"]
+  (directory,) = tmp_path.glob("prepared-*")
+  assert sorted(p.name for p in directory.iterdir()) == [
+      "metadata.json", "train-00000-of-00001.array_record",
+      "validation-00000-of-00001.array_record"]
+  _, _, other_seed = loader.pretraining_input(config.data, 8, seed=1)
+  assert other_seed["cache"] == "miss" and len(list(tmp_path.glob("prepared-*"))) == 2
 
 
 def test_damaged_cache_is_rebuilt(tmp_path, config):
   config = pretrain_config(data_dir=config.data.data_dir, cache_dir=str(tmp_path))
-  _, _, first = loader.pretraining_input(config.data, 8, seed=0)
-  (cache,) = tmp_path.glob("tokens-*.npz")
-  cache.write_bytes(cache.read_bytes()[:100])
-  _, _, again = loader.pretraining_input(config.data, 8, seed=0)
+  dataset, _, first = loader.pretraining_input(config.data, 8, seed=0)
+  (shard,) = tmp_path.glob("prepared-*/train-*")
+  shard.write_bytes(shard.read_bytes()[:1000])
+  again_dataset, _, again = loader.pretraining_input(config.data, 8, seed=0)
   assert again["cache"] == "miss" and again["tokens"] == first["tokens"]
+  np.testing.assert_array_equal(again_dataset[3]["input_ids"], dataset[3]["input_ids"])

@@ -8,12 +8,7 @@ from (seed, epoch, example), so masks are new every epoch yet reproducible.
 """
 
 import dataclasses
-import hashlib
-import os
 import random
-import time
-import zipfile
-from pathlib import Path
 
 import numpy as np
 
@@ -21,7 +16,6 @@ from lmjax.data.sources import Corpus
 from lmjax.data.tokenization import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID, Tokenizer
 from lmjax.errors import UserError
 
-_CACHE_VERSION = "1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,39 +54,6 @@ def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer) -> TokenizedCorpus:
                          doc_offsets.astype(np.int64))
 
 
-def cached_tokenized_corpus(corpus_key: str, load, tokenizer: Tokenizer,
-                            cache_dir: str | os.PathLike) -> tuple[TokenizedCorpus, dict]:
-  """Returns the tokenized corpus, from `cache_dir` when it was made before.
-
-  `corpus_key` names the corpus and its version (paths with sizes and
-  mtimes, say); `load()` returns its Corpus when the cache misses. Returns
-  (corpus, info) where info says whether the cache hit and what was skipped.
-  """
-  key = hashlib.sha256(f"{_CACHE_VERSION}|{corpus_key}|{tokenizer.fingerprint}"
-                       .encode()).hexdigest()[:20]
-  path = Path(cache_dir) / f"tokens-{key}.npz"
-  if path.is_file():
-    try:
-      with np.load(path) as f:
-        info = {"cache": "hit", "undecodable_lines": int(f["undecodable_lines"])}
-        return TokenizedCorpus(f["tokens"], f["sentence_offsets"], f["doc_offsets"]), info
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-      pass  # a damaged cache file is rebuilt below
-  start = time.perf_counter()
-  corpus = load()
-  tokenized = tokenize_corpus(corpus, tokenizer)
-  if tokenized.num_documents == 0:
-    raise UserError(f"{corpus.name}: no sentence has any token")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp.npz")
-  np.savez(tmp, tokens=tokenized.tokens, sentence_offsets=tokenized.sentence_offsets,
-           doc_offsets=tokenized.doc_offsets,
-           undecodable_lines=np.int64(corpus.undecodable_lines))
-  os.replace(tmp, path)
-  return tokenized, {"cache": "miss", "undecodable_lines": corpus.undecodable_lines,
-                     "tokenize_s": round(time.perf_counter() - start, 2)}
-
-
 @dataclasses.dataclass(frozen=True)
 class Pairs:
   """Sentence-pair sequences [CLS] A [SEP] B [SEP], flat.
@@ -124,22 +85,30 @@ def create_pairs(corpus: TokenizedCorpus, max_seq_length: int,
   BERT's tool, a one-sentence chunk is paired with its neighbouring sentence
   when the coin says "actual next", so the labels stay balanced.
   """
-  if max_seq_length < 5:
-    raise UserError(f"max_seq_length must be at least 5, got {max_seq_length}")
-  rng = random.Random(seed)
   documents = [corpus.document(d) for d in range(corpus.num_documents)]
   out_tokens, b_starts, labels = [], [], []
-  for d in range(len(documents)):
-    for tokens, b_start, label in _document_pairs(documents, d, max_seq_length,
-                                                  short_seq_prob, rng):
-      out_tokens.append(tokens)
-      b_starts.append(b_start)
-      labels.append(label)
+  for tokens, b_start, label in document_pairs(documents, max_seq_length, short_seq_prob,
+                                               seed):
+    out_tokens.append(tokens)
+    b_starts.append(b_start)
+    labels.append(label)
   if not out_tokens:
     raise UserError("the corpus yields no sentence pairs")
   offsets = np.concatenate([[0], np.cumsum([len(t) for t in out_tokens])])
   return Pairs(np.concatenate(out_tokens).astype(np.int32), offsets.astype(np.int64),
                np.array(b_starts, np.int32), np.array(labels, np.int32))
+
+
+def document_pairs(documents: list[list[np.ndarray]], max_seq_length: int,
+                   short_seq_prob: float, seed: int):
+  """Yields (tokens, b_start, is_random_next) of every document's pairs, in
+  order; a random B comes from among `documents` (BERT's tool draws it from
+  the same input file). See create_pairs."""
+  if max_seq_length < 5:
+    raise UserError(f"max_seq_length must be at least 5, got {max_seq_length}")
+  rng = random.Random(seed)
+  for d in range(len(documents)):
+    yield from _document_pairs(documents, d, max_seq_length, short_seq_prob, rng)
 
 
 def _document_pairs(documents, d, max_seq_length, short_seq_prob, rng):

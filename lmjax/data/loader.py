@@ -16,9 +16,8 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from lmjax.data import builtin, sources
-from lmjax.data.instances import (Masking, Pairs, cached_tokenized_corpus,
-                                    create_pairs, mask_pair)
+from lmjax.data import builtin, preparation, prepared
+from lmjax.data.instances import Masking, mask_pair
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError, check_fields
 
@@ -37,11 +36,13 @@ def _stack(examples):
   return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
-def pretraining_dataset(pairs: Pairs, masking: Masking, word_start_V: np.ndarray,
+def pretraining_dataset(pairs, masking: Masking, word_start_V: np.ndarray,
                         global_batch: int, seed: int, process_index: int = 0,
                         process_count: int = 1) -> grain.MapDataset:
   """Returns this process's batches as a random-access grain dataset:
-  `ds[k]` is its share of global batch k, over endless epochs."""
+  `ds[k]` is its share of global batch k, over endless epochs. `pairs` is
+  any random-access source of pair dicts (prepared.PreparedPairs,
+  instances.Pairs)."""
   dataset = (grain.MapDataset.source(pairs)
              .shuffle(seed=seed)
              .repeat(None)
@@ -147,6 +148,33 @@ def check_data_config(data) -> None:
   check_fields("config.data", data, checks)
 
 
+def prepared_pairs(data, seed: int, tokenizer: Tokenizer,
+                   split: str) -> tuple[prepared.PreparedPairs, dict]:
+  """The pairs of `split` of a config's `data` source: a `prepared:DIR`, or
+  any other source prepared in-process into the cache on first use."""
+  if data.source.startswith("prepared:"):
+    directory, info = Path(data.source[len("prepared:"):]).expanduser(), {"cache": "prepared"}
+  else:
+    cache_dir = data.cache_dir or os.environ.get("LMJAX_CACHE") or str(
+        Path.home() / ".cache" / "lmjax")
+    directory, info = preparation.cached(data, seed, tokenizer, cache_dir)
+  pairs = prepared.PreparedPairs(directory, split)
+  meta = pairs.metadata
+  if (meta.tokenizer_fingerprint, meta.max_seq_length) != (tokenizer.fingerprint,
+                                                          data.max_seq_length):
+    raise UserError(
+        f"{data.source} was prepared with tokenizer {meta.tokenizer_fingerprint} and "
+        f"max_seq_length {meta.max_seq_length}, but the config has tokenizer "
+        f"{tokenizer.fingerprint} ({data.tokenizer or 'built-in'}) and max_seq_length "
+        f"{data.max_seq_length}; set --config.data.tokenizer and "
+        "--config.data.max_seq_length to the prepared ones, or prepare it again")
+  entry = meta.splits[split]
+  return pairs, dict(info, documents=entry["documents"], tokens=entry["tokens"],
+                     pairs=entry["pairs"],
+                     undecodable_lines=meta.splits.get("train", entry).get(
+                         "undecodable_lines", 0))
+
+
 def pretraining_input(data, global_batch: int, seed: int, split: str = "train",
                       process_index: int = 0, process_count: int = 1):
   """Builds the pretraining dataset of a config's `data` section (checked
@@ -157,14 +185,7 @@ def pretraining_input(data, global_batch: int, seed: int, split: str = "train",
   """
   start = time.perf_counter()
   tokenizer = load_tokenizer(data)
-  cache_dir = data.cache_dir or os.environ.get("LMJAX_CACHE") or str(
-      Path.home() / ".cache" / "lmjax")
-  key = sources.corpus_key(data.source, split, data.data_dir or None, data.text_field)
-  corpus, info = cached_tokenized_corpus(
-      key, lambda: sources.load_corpus(data.source, split, data.data_dir or None,
-                                       data.text_field),
-      tokenizer, cache_dir)
-  pairs = create_pairs(corpus, data.max_seq_length, data.short_seq_prob, seed)
+  pairs, info = prepared_pairs(data, seed, tokenizer, split)
   masking = Masking(max_seq_length=data.max_seq_length,
                     max_predictions=data.max_predictions_per_seq,
                     masked_lm_prob=data.masked_lm_prob,
@@ -173,6 +194,5 @@ def pretraining_input(data, global_batch: int, seed: int, split: str = "train",
   dataset = pretraining_dataset(pairs, masking, tokenizer.word_start_V,
                                 global_batch, seed, process_index, process_count)
   info = dict(info, source=data.source, split=split,
-              documents=corpus.num_documents, tokens=int(len(corpus.tokens)),
-              pairs=len(pairs), startup_s=round(time.perf_counter() - start, 2))
+              startup_s=round(time.perf_counter() - start, 2))
   return dataset, tokenizer, info

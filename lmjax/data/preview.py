@@ -73,7 +73,7 @@ def main(argv):
                                                config.seed, _SPLIT.value)
   print(f"{info['source']} [{info['split']}]: {info['documents']:,} documents, "
         f"{info['tokens']:,} tokens, {info['pairs']:,} sentence pairs "
-        f"(tokenization cache {info['cache']}, ready in {info['startup_s']}s)",
+        f"(prepared data: {info['cache']}, ready in {info['startup_s']}s)",
         flush=True)
   loader = Loader(dataset, num_threads=config.data.num_threads)
   first = next(loader)

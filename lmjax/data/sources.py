@@ -77,6 +77,14 @@ def _text_paths(pattern: str) -> list[str]:
   return sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
 
 
+def text_split(document: list[str], total_documents: int) -> str:
+  """The split of a document of local text files: validation for 5 of 100
+  hash buckets, but only in corpora of at least 20 documents."""
+  if total_documents < _MIN_DOCUMENTS_TO_SPLIT:
+    return "train"
+  return documents.hash_split("\n".join(document), *documents.DOCUMENT_SPLITS)
+
+
 def _read_text_files(pattern: str, split: str) -> Corpus:
   paths = _text_paths(pattern)
   if not paths:
@@ -94,11 +102,7 @@ def _read_text_files(pattern: str, split: str) -> Corpus:
     raise UserError(f"text:{pattern}: empty corpus (no text in {len(paths)} file(s))")
   if not read.documents:
     raise UserError(f"text:{pattern}: no sentences (every line was undecodable)")
-  if len(read.documents) < _MIN_DOCUMENTS_TO_SPLIT:  # all train, no validation
-    chosen = read.documents if split == "train" else []
-  else:
-    chosen = [d for d in read.documents
-              if documents.hash_split("\n".join(d), *documents.DOCUMENT_SPLITS) == split]
+  chosen = [d for d in read.documents if text_split(d, len(read.documents)) == split]
   if not chosen:
     raise MissingSplitError(f"text:{pattern}: {len(read.documents)} documents are too few "
                             f"for a {split} split (need {_MIN_DOCUMENTS_TO_SPLIT})")

@@ -1,0 +1,160 @@
+"""Preparing pretraining data: documents -> tokenized NSP pairs in shards
+(lmjax.data.prepared), the same way in-process and on Apache Beam.
+
+Documents go to shard `bucket(text) % num_shards` of their split; a shard's
+documents, in corpus order, make its pairs with `Random(seed + shard)`, and
+a random B comes from the same shard (BERT's tool draws it from the same
+input file). One shard therefore gives exactly the pairs of the whole
+corpus that `instances.create_pairs(..., seed)` gives.
+"""
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from lmjax.data import documents, instances, prepared, sources
+from lmjax.data.tokenization import Tokenizer
+from lmjax.errors import UserError
+
+CACHE_VERSION = "2"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What shapes the pairs; picklable, so Beam workers can carry it."""
+  tokenizer_proto: bytes
+  max_seq_length: int = 128
+  short_seq_prob: float = 0.1
+  seed: int = 0
+  num_shards: int = 1
+
+  def check(self) -> None:
+    if self.max_seq_length < 5:
+      raise UserError(f"max_seq_length must be at least 5, got {self.max_seq_length}")
+    if not 0 <= self.short_seq_prob <= 1:
+      raise UserError(f"short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
+    if self.num_shards < 1:
+      raise UserError(f"num_shards must be at least 1, got {self.num_shards}")
+
+
+def tokenize(sentences: list[str], tokenizer: Tokenizer) -> list[np.ndarray]:
+  """A document's sentences as token ids; sentences with no token dropped."""
+  return [ids for ids in tokenizer.encode(sentences) if len(ids)]
+
+
+def shard_of(sentences: list[str], num_shards: int) -> int:
+  return documents.bucket("\n".join(sentences), num_shards)
+
+
+def shard_records(docs: list[list[np.ndarray]], shard: int,
+                  settings: Settings) -> tuple[list[bytes], dict]:
+  """The records of one shard's pairs, and its counts."""
+  records, random_next = [], 0
+  for tokens, b_start, label in instances.document_pairs(
+      docs, settings.max_seq_length, settings.short_seq_prob, settings.seed + shard):
+    records.append(prepared.encode_pair(tokens, b_start, label))
+    random_next += label
+  tokens = sum(len(s) for d in docs for s in d)
+  return records, dict(documents=len(docs), tokens=int(tokens), pairs=len(records),
+                       random_next=random_next)
+
+
+def write_split(directory: Path, split: str, shards: list[list[list[np.ndarray]]],
+                settings: Settings) -> dict:
+  """Writes a split's shards (documents grouped by shard, in order); returns
+  its metadata entry."""
+  entry = dict(shards=[], documents=0, tokens=0, pairs=0, random_next=0)
+  for index, docs in enumerate(shards):
+    records, counts = shard_records(docs, index, settings)
+    name = prepared.shard_name(split, index, len(shards))
+    prepared.write_shard(directory / name, records)
+    entry["shards"].append(dict(file=name, pairs=counts["pairs"],
+                                bytes=(directory / name).stat().st_size))
+    for key in ("documents", "tokens", "pairs", "random_next"):
+      entry[key] += counts[key]
+  return entry
+
+
+def metadata(source: str, settings: Settings, splits: dict) -> prepared.Metadata:
+  tokenizer = Tokenizer(settings.tokenizer_proto)
+  if not any(entry["pairs"] for entry in splits.values()):
+    raise UserError(f"{source}: the corpus yields no sentence pairs")
+  return prepared.Metadata(source=source, tokenizer_fingerprint=tokenizer.fingerprint,
+                           vocab_size=tokenizer.vocab_size,
+                           max_seq_length=settings.max_seq_length,
+                           short_seq_prob=settings.short_seq_prob, seed=settings.seed,
+                           splits=splits)
+
+
+def _grouped(docs: Iterable[list[str]], tokenizer: Tokenizer,
+             num_shards: int) -> list[list[list[np.ndarray]]]:
+  shards = [[] for _ in range(num_shards)]
+  for sentences in docs:
+    tokenized = tokenize(sentences, tokenizer)
+    if tokenized:
+      shards[shard_of(sentences, num_shards)].append(tokenized)
+  return shards
+
+
+def prepare_in_process(source: str, settings: Settings, output: Path,
+                       data_dir: str | None = None, text_field: str = "text") -> None:
+  """Prepares `source` into `output` in this process (a temporary directory
+  renamed into place when complete)."""
+  settings.check()
+  tokenizer = Tokenizer(settings.tokenizer_proto)
+  tmp = output.with_name(f"{output.name}.tmp-{os.getpid()}")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  splits = {}
+  try:
+    for split in prepared.SPLITS:
+      try:
+        corpus = sources.load_corpus(source, split, data_dir, text_field)
+      except sources.MissingSplitError:
+        continue
+      shards = _grouped(corpus.documents, tokenizer, settings.num_shards)
+      if any(shards):
+        splits[split] = write_split(tmp, split, shards, settings)
+        splits[split]["undecodable_lines"] = corpus.undecodable_lines
+    metadata(source, settings, splits).write(tmp)
+    _commit(tmp, output)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _commit(tmp: Path, output: Path) -> None:
+  """Renames the finished directory into place; another process that got
+  there first wins (the contents are the same)."""
+  try:
+    os.replace(tmp, output)
+  except OSError:
+    if not (output / prepared.METADATA).is_file():
+      raise
+
+
+def cached(data, seed: int, tokenizer: Tokenizer, cache_dir: str) -> tuple[Path, dict]:
+  """The prepared directory of a config's `data` source (not `prepared:`),
+  made in `cache_dir` on first use. Returns (directory, info)."""
+  key = "|".join([CACHE_VERSION, sources.corpus_key(data.source, "train", data.data_dir or None,
+                                                    data.text_field),
+                  tokenizer.fingerprint, str(data.max_seq_length), str(data.short_seq_prob),
+                  str(seed)])
+  directory = Path(cache_dir) / f"prepared-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
+  if directory.exists():
+    try:
+      prepared.check(directory)
+      return directory, {"cache": "hit"}
+    except UserError:
+      shutil.rmtree(directory, ignore_errors=True)  # damaged: made again below
+  start = time.perf_counter()
+  settings = Settings(tokenizer.model_proto, data.max_seq_length, data.short_seq_prob, seed)
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  prepare_in_process(data.source, settings, directory, data.data_dir or None,
+                     data.text_field)
+  return directory, {"cache": "miss", "prepare_s": round(time.perf_counter() - start, 2)}
