@@ -63,9 +63,9 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def _parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(argv, known_only=known_only)
   except flags.Error as e:
     _fail(str(e).splitlines()[0])
   except (KeyError, AttributeError, ValueError, TypeError) as e:
@@ -73,8 +73,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
   raise AssertionError("unreachable")
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-  """Runs `main` under absl with lmjax's handling of user errors."""
+def run(main: Callable[[list[str]], None], known_only: bool = False) -> None:
+  """Runs `main` under absl with lmjax's handling of user errors; with
+  `known_only`, flags absl does not know reach `main` in its argv."""
 
   def guarded(argv):
     if not flags.FLAGS["verbosity"].present:  # keep library INFO logs quiet
@@ -84,4 +85,4 @@ def run(main: Callable[[list[str]], None]) -> None:
     except UserError as e:
       _fail(str(e))
 
-  app.run(guarded, flags_parser=_parse_flags)
+  app.run(guarded, flags_parser=lambda argv: _parse_flags(argv, known_only))

@@ -114,7 +114,7 @@ class PreparedPairs:
     paths = [Path(directory) / s["file"] for s in shards]
     for path, shard in zip(paths, shards, strict=True):
       _check_shard(path, shard)
-    self._source = _open_source(paths, sum(s["pairs"] for s in shards))
+    self._source = _open_source(paths, [s["pairs"] for s in shards])
 
   def __len__(self) -> int:
     return len(self._source)
@@ -145,15 +145,21 @@ def _check_shard(path: Path, shard: dict) -> None:
                     "(a truncated or foreign shard); prepare the directory again")
 
 
-def _open_source(paths: list[Path], expected: int):
+def _open_source(paths: list[Path], counts: list[int]):
+  """grain's random-access source over the shards, whose record counts
+  must be the metadata's."""
   import grain  # pylint: disable=import-outside-toplevel
   try:
     source = grain.sources.ArrayRecordDataSource([os.fspath(p) for p in paths])
-    count = len(source)
+    total = len(source)
   except Exception as e:  # array_record raises RuntimeError / ValueError on a bad file
     raise UserError(f"{paths[0].parent}: a shard is not a readable ArrayRecord file "
                     f"({str(e).splitlines()[0][:200]})") from None
-  if count != expected:
-    raise UserError(f"{paths[0].parent}: its shards hold {count:,} records, its "
-                    f"metadata says {expected:,} (a foreign shard); prepare it again")
+  if total != sum(counts):
+    from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+    for path, count in zip(paths, counts, strict=True):
+      found = array_record_module.ArrayRecordReader(os.fspath(path)).num_records()
+      if found != count:
+        raise UserError(f"{path}: {found:,} records, its metadata says {count:,} (a "
+                        "foreign shard); prepare the directory again")
   return source

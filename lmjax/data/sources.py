@@ -67,8 +67,12 @@ def load_corpus(source: str, split: str, data_dir: str | None = None,
                   sum(p.undecodable_lines for p in parts))
   if source.startswith("text:"):
     return _read_text_files(source[len("text:"):], split)
-  name = source[len("tfds:"):] if source.startswith("tfds:") else source
-  return _read_tfds(name, split, data_dir_or_default(data_dir), text_field)
+  return _read_tfds(tfds_name(source), split, data_dir_or_default(data_dir), text_field)
+
+
+def tfds_name(source: str) -> str:
+  """The dataset name of a tfds or built-in source."""
+  return source[len("tfds:"):] if source.startswith("tfds:") else source
 
 
 def _text_paths(pattern: str) -> list[str]:
@@ -131,21 +135,33 @@ def tfds_builder(name: str, data_dir: str):
   return builder
 
 
-def _read_tfds(name: str, split: str, data_dir: str, text_field: str) -> Corpus:
+def checked_tfds_builder(name: str, split: str, data_dir: str, text_field: str):
+  """The prepared builder of `name`, which has `split` and `text_field`."""
   builder = tfds_builder(name, data_dir)
   if split not in builder.info.splits:
-    raise UserError(f"tfds:{name} has no split {split!r} (it has "
-                    f"{', '.join(builder.info.splits)})")
+    raise MissingSplitError(f"tfds:{name} has no split {split!r} (it has "
+                            f"{', '.join(builder.info.splits)})")
   if text_field not in builder.info.features:
     raise UserError(f"tfds:{name} has no field {text_field!r} (it has "
                     f"{', '.join(builder.info.features)})")
+  return builder
+
+
+def example_sentences(example: dict, name: str, text_field: str) -> list[str]:
+  """The sentences of a tfds example's text field: the built-ins are stored
+  a sentence a line; other text is split at sentence ends."""
+  text = example[text_field]
+  text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+  if name in builtin.VERSIONS:
+    return [s.strip() for s in text.splitlines() if s.strip()]
+  return split_sentences(text)
+
+
+def _read_tfds(name: str, split: str, data_dir: str, text_field: str) -> Corpus:
+  builder = checked_tfds_builder(name, split, data_dir, text_field)
   documents = []
   for example in split_examples(builder, name, split):
-    text = example[text_field]
-    text = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
-    # The built-ins are stored a sentence a line already.
-    sentences = ([s.strip() for s in text.splitlines() if s.strip()]
-                 if name in builtin.VERSIONS else split_sentences(text))
+    sentences = example_sentences(example, name, text_field)
     if sentences:
       documents.append(sentences)
   if not documents:
@@ -174,6 +190,6 @@ def corpus_key(source: str, split: str, data_dir: str | None = None,
     stamps = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns)
               for p in _text_paths(source[len("text:"):]) if os.path.isfile(p)]
     return f"{source}|{split}|{stamps}"
-  name = source[len("tfds:"):] if source.startswith("tfds:") else source
+  name = tfds_name(source)
   version = builtin.VERSIONS.get(name, "")
   return f"tfds:{name}|{version}|{split}|{data_dir_or_default(data_dir)}|{text_field}"

@@ -1,0 +1,174 @@
+"""Prepares pretraining data once, on Apache Beam: documents -> tokenized NSP
+pairs in ArrayRecord shards + metadata.json, which every host then streams.
+
+  python -m lmjax.data.prepare --source=text:corpus/*.txt --output=DIR \\
+      [--tokenizer=corpus.model --max_seq_length=128 --num_shards=64]
+
+Locally it runs on Beam's DirectRunner, one worker per core. Any other
+flag is a Beam pipeline option, e.g. --runner=DataflowRunner --project=P
+--region=R --temp_location=gs://BUCKET/tmp with --output=gs://BUCKET/DIR.
+Train with --config.data.source=prepared:DIR.
+"""
+
+import json
+import logging
+import os
+import shutil
+import time
+
+from absl import flags
+
+from lmjax import cli
+from lmjax.data import builtin, prepared
+from lmjax.data.preparation import Settings, metadata
+from lmjax.data.tokenization import Tokenizer
+from lmjax.errors import UserError
+
+_SOURCE = flags.DEFINE_string("source", None, "austen | tfds:NAME[/CONFIG] | "
+                              "text:PATH_OR_GLOB (local or gs://), joined by +", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "the prepared directory (local or gs://)",
+                              required=True)
+_TOKENIZER = flags.DEFINE_string("tokenizer", "", "sentencepiece .model; '' = built-in")
+_MAX_SEQ_LENGTH = flags.DEFINE_integer("max_seq_length", 128, "tokens per pair")
+_SHORT_SEQ_PROB = flags.DEFINE_float("short_seq_prob", 0.1, "share of shorter targets")
+_SEED = flags.DEFINE_integer("seed", 0, "seed of the pairs (shard k uses seed + k)")
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", 8, "shards per split")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data directory")
+_TEXT_FIELD = flags.DEFINE_string("text_field", "text", "text field of a tfds source")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace a non-empty --output")
+
+
+def pipeline_options(args: list[str]):
+  """Beam's options from the flags absl did not know; an unknown one is a
+  UserError (Beam itself would drop it with a warning)."""
+  from apache_beam.options import pipeline_options as po  # pylint: disable=import-outside-toplevel
+  parser = po._BeamArgumentParser(allow_abbrev=False)  # pylint: disable=protected-access
+  for cls in po.PipelineOptions.__subclasses__():
+    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  _, unknown = parser.parse_known_args(args)
+  if unknown:
+    raise UserError(f"unknown flag {unknown[0]} (neither lmjax's nor a Beam pipeline "
+                    "option; see --helpfull)")
+  given = {a.split("=")[0] for a in args}
+  defaults = []  # locally: the DirectRunner with one worker process per core
+  if "--direct_num_workers" not in given:
+    defaults.append(f"--direct_num_workers={os.cpu_count() or 1}")
+  if "--direct_running_mode" not in given:
+    defaults.append("--direct_running_mode=multi_processing")
+  return po.PipelineOptions(defaults + args)
+
+
+def _is_remote(path: str) -> bool:
+  return "://" in path
+
+
+def _staging(output: str, overwrite: bool) -> str:
+  """Where the shards are written: a fresh local DIR.tmp-PID (renamed into
+  place at the end), or the bucket directory itself (metadata last)."""
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+  if _is_remote(output):
+    meta = FileSystems.join(output, prepared.METADATA)
+    if FileSystems.exists(meta):
+      if not overwrite:
+        raise UserError(f"{output} holds a prepared directory; use --overwrite")
+      FileSystems.delete([meta])
+    return output
+  occupied = os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output))
+  if occupied and not overwrite:
+    raise UserError(f"{output} is not empty; use --overwrite to replace it")
+  staging = f"{output.rstrip('/')}.tmp-{os.getpid()}"
+  shutil.rmtree(staging, ignore_errors=True)
+  os.makedirs(staging)
+  return staging
+
+
+def _finish(staging: str, output: str, source: str, settings: Settings) -> prepared.Metadata:
+  """Writes missing (empty) shards and metadata.json, then puts the
+  directory in place."""
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+  from lmjax.data import prepare_pipeline  # pylint: disable=import-outside-toplevel
+  counts_path = FileSystems.join(staging, prepare_pipeline.SHARDS_FILE)
+  with FileSystems.open(counts_path) as f:
+    shards = json.loads(f.read())
+  FileSystems.delete([counts_path])
+  splits = {}
+  for split in sorted({s["split"] for s in shards}, key=prepared.SPLITS.index):
+    found = {s["shard"]: s for s in shards if s["split"] == split}
+    entry = dict(shards=[], documents=0, tokens=0, pairs=0, random_next=0)
+    for index in range(settings.num_shards):
+      shard = found.get(index) or _empty_shard(staging, split, index, settings.num_shards)
+      entry["shards"].append({k: shard[k] for k in ("file", "pairs", "bytes")})
+      for key in ("documents", "tokens", "pairs", "random_next"):
+        entry[key] += shard.get(key, 0)
+    splits[split] = entry
+  meta = metadata(source, settings, splits)
+  if _is_remote(output):
+    with FileSystems.create(FileSystems.join(output, prepared.METADATA)) as f:
+      f.write((json.dumps(meta.to_json(), indent=2) + "\n").encode())
+    return meta
+  meta.write(staging)
+  if os.path.exists(output):
+    shutil.rmtree(output) if os.path.isdir(output) else os.remove(output)
+  os.replace(staging, output)
+  return meta
+
+
+def _empty_shard(directory: str, split: str, index: int, count: int) -> dict:
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+  name = prepared.shard_name(split, index, count)
+  if _is_remote(directory):
+    raise UserError(f"{directory}: shard {name} was not written")
+  path = FileSystems.join(directory, name)
+  prepared.write_shard(path, [])
+  return dict(file=name, pairs=0, bytes=os.path.getsize(path))
+
+
+def run(source: str, output: str, settings: Settings, args: list[str],
+        data_dir: str | None = None, text_field: str = "text",
+        overwrite: bool = False) -> dict:
+  """Prepares `source` into `output` on Beam; returns the summary."""
+  import apache_beam as beam  # pylint: disable=import-outside-toplevel
+  from apache_beam.metrics.metric import MetricsFilter  # pylint: disable=import-outside-toplevel
+  from lmjax.data import prepare_pipeline  # pylint: disable=import-outside-toplevel
+  settings.check()
+  options = pipeline_options(args)
+  staging = _staging(output, overwrite)
+  start = time.perf_counter()
+  try:
+    with beam.Pipeline(options=options) as pipeline:
+      prepare_pipeline.build(pipeline, source, staging, settings, data_dir, text_field)
+    result = pipeline.result
+    counters = {c.key.metric.name: c.committed
+                for c in result.metrics().query(MetricsFilter())["counters"]}
+    if not counters.get("documents"):
+      raise UserError(f"{source}: empty corpus (no document with any text)")
+    meta = _finish(staging, output, source, settings)
+  finally:
+    if staging != output:
+      shutil.rmtree(staging, ignore_errors=True)
+  seconds = time.perf_counter() - start
+  megabytes = counters.get("bytes", 0) / 1e6
+  return dict(output=output, seconds=round(seconds, 1), text_mb=round(megabytes, 2),
+              mb_per_s=round(megabytes / seconds, 2),
+              undecodable_lines=counters.get("undecodable_lines", 0),
+              **{split: meta.counts(split) for split in meta.splits})
+
+
+def main(argv):
+  args = argv[1:]
+  logging.getLogger("apache_beam").setLevel(logging.WARNING)
+  tokenizer = Tokenizer.load(_TOKENIZER.value or builtin.TOKENIZER_FILE)
+  settings = Settings(tokenizer.model_proto, _MAX_SEQ_LENGTH.value, _SHORT_SEQ_PROB.value,
+                      _SEED.value, _NUM_SHARDS.value)
+  summary = run(_SOURCE.value, _OUTPUT.value, settings, args, _DATA_DIR.value,
+                _TEXT_FIELD.value, _OVERWRITE.value)
+  splits = "; ".join(f"{s} {summary[s]['pairs']:,} pairs from {summary[s]['documents']:,} "
+                     f"documents" for s in prepared.SPLITS if s in summary)
+  print(f"prepared {_SOURCE.value} into {summary['output']}: {splits}; "
+        f"{summary['text_mb']:,} MB of text in {summary['seconds']}s "
+        f"({summary['mb_per_s']} MB/s)", flush=True)
+  print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+  cli.run(main, known_only=True)
