@@ -1,10 +1,10 @@
-"""BERT pretraining instances, with the semantics of google-research/bert's
-create_pretraining_data.py: document-aware sentence pairs for next-sentence
-prediction, and 80/10/10 masking (optionally of whole words) for MLM.
+"""BERT's sentence pairs for next-sentence prediction, with the semantics of
+google-research/bert's create_pretraining_data.py: document-aware chunks,
+A a random prefix, B the rest or a random document's span.
 
-Two stages. `create_pairs` builds [CLS] A [SEP] B [SEP] token sequences once
-per seed. `mask_pair` masks one of them with a generator the loader derives
-from (seed, epoch, example), so masks are new every epoch yet reproducible.
+`document_pairs` makes [CLS] A [SEP] B [SEP] token sequences once per seed
+(lmjax.data.preparation writes them to shards); lmjax.data.masking masks
+them anew every epoch.
 """
 
 import dataclasses
@@ -13,7 +13,7 @@ import random
 import numpy as np
 
 from lmjax.data.sources import Corpus
-from lmjax.data.tokenization import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID, Tokenizer
+from lmjax.data.tokenization import CLS_ID, SEP_ID, Tokenizer
 from lmjax.errors import UserError
 
 
@@ -176,64 +176,3 @@ def _truncate_pair(a, b, max_tokens, rng):
     else:
       b_hi -= 1
   return a[a_lo:a_hi], b[b_lo:b_hi]
-
-
-@dataclasses.dataclass(frozen=True)
-class Masking:
-  """How one pair becomes a fixed-size MLM + NSP example."""
-  max_seq_length: int = 128
-  max_predictions: int = 20  # P: BERT's max_predictions_per_seq
-  masked_lm_prob: float = 0.15
-  whole_word_masking: bool = False
-  vocab_size: int = 8000
-
-
-def mask_pair(pair: dict, masking: Masking, word_start_V: np.ndarray,
-              rng: np.random.Generator) -> dict:
-  """Masks one pair; returns the example as fixed-size numpy arrays.
-
-  Picks round(15%) of the non-special tokens (at least one, at most P), as
-  whole words when asked; of those 80% become [MASK], 10% a random
-  non-special token, 10% stay. `masked_weights` is 1 on real predictions,
-  0 on padding.
-  """
-  tokens = pair["tokens"]
-  n, big_l, big_p = len(tokens), masking.max_seq_length, masking.max_predictions
-  eligible = np.flatnonzero(tokens >= NUM_SPECIAL)
-  num_to_predict = min(big_p, max(1, int(round(len(eligible) * masking.masked_lm_prob))))
-  if masking.whole_word_masking:
-    starts = word_start_V[tokens[eligible]] | (np.diff(eligible, prepend=-2) != 1)
-    groups = np.split(eligible, np.flatnonzero(starts)[1:])
-    chosen = []
-    for g in rng.permutation(len(groups)):
-      if len(chosen) >= num_to_predict:
-        break
-      if len(chosen) + len(groups[g]) <= num_to_predict:
-        chosen.extend(groups[g])
-    positions = np.sort(np.asarray(chosen, np.int64))
-  else:
-    positions = np.sort(rng.permutation(eligible)[:num_to_predict])
-
-  k = len(positions)
-  draw = rng.random(k)
-  replacement = np.where(draw < 0.8, MASK_ID,
-                         np.where(draw < 0.9, tokens[positions],
-                                  rng.integers(NUM_SPECIAL, masking.vocab_size, k)))
-  input_ids = np.zeros(big_l, np.int32)
-  input_ids[:n] = tokens
-  input_ids[positions] = replacement
-  segment_ids = np.zeros(big_l, np.int32)
-  segment_ids[pair["b_start"]:n] = 1
-  input_mask = np.zeros(big_l, np.int32)
-  input_mask[:n] = 1
-
-  def pad(values, dtype):
-    out = np.zeros(big_p, dtype)
-    out[:k] = values
-    return out
-
-  return dict(input_ids=input_ids, segment_ids=segment_ids, input_mask=input_mask,
-              masked_positions=pad(positions, np.int32),
-              masked_ids=pad(tokens[positions], np.int32),
-              masked_weights=pad(np.ones(k), np.float32),
-              nsp_labels=np.int32(pair["is_random_next"]))

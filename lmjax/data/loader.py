@@ -1,8 +1,8 @@
 """The pretraining input pipeline, on grain: deterministic, sharded, resumable.
 
 Element i of the global stream is pair `perm_e[i mod N]` of epoch e = i // N,
-masked with a generator seeded from (seed, i): a pure function of the seed,
-the epoch and the example. Global batch b is elements [b*G, (b+1)*G); process
+masked with random numbers hashed from (seed, i) (lmjax.data.masking): a pure
+function of the seed, the epoch and the example. Global batch b is elements [b*G, (b+1)*G); process
 p of P takes the p-th of its P equal slices. The loader's state is only the
 number of batches it has handed out, so a restored loader continues exactly.
 """
@@ -17,19 +17,29 @@ import grain
 import numpy as np
 
 from lmjax.data import builtin, preparation, prepared
-from lmjax.data.instances import Masking, mask_pair
+from lmjax.data.masking import Masking, mask_batch, pad_pairs
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError, check_fields
 
 
 @dataclasses.dataclass(frozen=True)
-class _MaskFn:
-  """Picklable so grain may run it in worker processes."""
+class _ReadAndMask:
+  """Reads the pairs of batch m (stream elements [m*b, (m+1)*b), by their
+  pair indices) and masks them. Picklable, for grain's worker processes."""
+  pairs: object
   masking: Masking
   word_start_V: np.ndarray
+  seed: int
+  batch: int
 
-  def __call__(self, pair, rng):
-    return mask_pair(pair, self.masking, self.word_start_V, rng)
+  def __call__(self, m, indices):
+    if hasattr(self.pairs, "get_many"):
+      pairs = self.pairs.get_many(indices)
+    else:
+      pairs = [self.pairs[int(i)] for i in indices]
+    examples = np.arange(m * self.batch, (m + 1) * self.batch, dtype=np.int64)
+    return mask_batch(pad_pairs(pairs, self.masking.max_seq_length), self.masking,
+                      self.word_start_V, self.seed, examples)
 
 
 def _stack(examples):
@@ -43,23 +53,31 @@ def pretraining_dataset(pairs, masking: Masking, word_start_V: np.ndarray,
   `ds[k]` is its share of global batch k, over endless epochs. `pairs` is
   any random-access source of pair dicts (prepared.PreparedPairs,
   instances.Pairs)."""
-  dataset = (grain.MapDataset.source(pairs)
+  local = _local_batch(global_batch, process_index, process_count)
+  batches = (grain.MapDataset.range(len(pairs))
              .shuffle(seed=seed)
              .repeat(None)
-             .random_map(_MaskFn(masking, word_start_V), seed=seed + 1))
-  return _process_batches(dataset, global_batch, process_index, process_count)
+             .batch(local, drop_remainder=True)
+             .map_with_index(_ReadAndMask(pairs, masking, word_start_V, seed + 1, local)))
+  return batches.slice(slice(process_index, None, process_count))
 
 
-def _process_batches(dataset: grain.MapDataset, global_batch: int, process_index: int,
-                     process_count: int) -> grain.MapDataset:
-  """Batches of global_batch // process_count elements; process p takes every
-  P-th, so together the processes read consecutive global batches."""
+def _local_batch(global_batch: int, process_index: int, process_count: int) -> int:
+  """global_batch // process_count: the batches of one process. Process p
+  takes every P-th, so together the processes read consecutive global
+  batches."""
   if global_batch % process_count:
     raise UserError(f"global batch {global_batch} does not split evenly over "
                     f"{process_count} processes")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-  return (dataset.batch(global_batch // process_count, drop_remainder=True, batch_fn=_stack)
+  return global_batch // process_count
+
+
+def _process_batches(dataset: grain.MapDataset, global_batch: int, process_index: int,
+                     process_count: int) -> grain.MapDataset:
+  local = _local_batch(global_batch, process_index, process_count)
+  return (dataset.batch(local, drop_remainder=True, batch_fn=_stack)
           .slice(slice(process_index, None, process_count)))
 
 

@@ -111,19 +111,40 @@ class PreparedPairs:
       raise MissingSplitError(f"{self.metadata.source}: no {split} split (prepared in "
                               f"{directory}: {', '.join(self.metadata.splits)})")
     shards = self.metadata.splits[split]["shards"]
-    paths = [Path(directory) / s["file"] for s in shards]
-    for path, shard in zip(paths, shards, strict=True):
-      _check_shard(path, shard)
-    self._source = _open_source(paths, [s["pairs"] for s in shards])
+    self._paths = [os.fspath(Path(directory) / s["file"]) for s in shards]
+    counts = [s["pairs"] for s in shards]
+    for path, shard in zip(self._paths, shards, strict=True):
+      _check_shard(Path(path), shard)
+    self._readers = [_open_reader(path, count) for path, count in
+                     zip(self._paths, counts, strict=True)]
+    self._ends = np.cumsum(counts)
 
   def __len__(self) -> int:
-    return len(self._source)
+    return int(self._ends[-1]) if len(self._ends) else 0
 
   def __getitem__(self, i: int) -> dict:
-    return decode_pair(self._source[i])
+    return self.get_many([i])[0]
+
+  def get_many(self, indices) -> list[dict]:
+    """Pairs `indices`, each shard's records read in one call."""
+    indices = np.asarray(indices, np.int64)
+    shards = np.searchsorted(self._ends, indices, side="right")
+    records = [None] * len(indices)
+    for shard in np.unique(shards):
+      rows = np.flatnonzero(shards == shard)
+      start = self._ends[shard - 1] if shard else 0
+      positions = (indices[rows] - start).tolist()
+      for row, record in zip(rows, self._reader(shard).read(positions), strict=True):
+        records[row] = record
+    return [decode_pair(r) for r in records]
+
+  def _reader(self, shard: int):
+    if self._readers[shard] is None:  # after unpickling in a worker process
+      self._readers[shard] = _open_reader(self._paths[shard], None)
+    return self._readers[shard]
 
   def __getstate__(self):  # grain may pickle the source into worker processes
-    return self.__dict__
+    return {**self.__dict__, "_readers": [None] * len(self._readers)}
 
 
 def check(directory: str | os.PathLike) -> Metadata:
@@ -145,21 +166,17 @@ def _check_shard(path: Path, shard: dict) -> None:
                     "(a truncated or foreign shard); prepare the directory again")
 
 
-def _open_source(paths: list[Path], counts: list[int]):
-  """grain's random-access source over the shards, whose record counts
-  must be the metadata's."""
-  import grain  # pylint: disable=import-outside-toplevel
+def _open_reader(path: str, expected: int | None):
+  """A random-access reader of one shard, which must hold `expected` records."""
+  from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
   try:
-    source = grain.sources.ArrayRecordDataSource([os.fspath(p) for p in paths])
-    total = len(source)
+    reader = array_record_module.ArrayRecordReader(
+        path, "readahead_buffer_size:0,max_parallelism:1")
+    found = reader.num_records()
   except Exception as e:  # array_record raises RuntimeError / ValueError on a bad file
-    raise UserError(f"{paths[0].parent}: a shard is not a readable ArrayRecord file "
+    raise UserError(f"{path}: not a readable ArrayRecord file "
                     f"({str(e).splitlines()[0][:200]})") from None
-  if total != sum(counts):
-    from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
-    for path, count in zip(paths, counts, strict=True):
-      found = array_record_module.ArrayRecordReader(os.fspath(path)).num_records()
-      if found != count:
-        raise UserError(f"{path}: {found:,} records, its metadata says {count:,} (a "
-                        "foreign shard); prepare the directory again")
-  return source
+  if expected is not None and found != expected:
+    raise UserError(f"{path}: {found:,} records, its metadata says {expected:,} (a "
+                    "foreign shard); prepare the directory again")
+  return reader
