@@ -18,6 +18,7 @@ import tempfile
 import time
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -137,8 +138,9 @@ class _Tokenize(beam.DoFn):
   def process(self, element):
     place, split, sentences = element
     tokens = tokenize(sentences, self._tokenizer)
-    if tokens:
-      yield (split, shard_of(sentences, self._settings.num_shards)), (place, tokens)
+    if tokens:  # one flat array and the lengths: cheap to move between workers
+      yield ((split, shard_of(sentences, self._settings.num_shards)),
+             (place, np.concatenate(tokens), np.array([len(t) for t in tokens], np.int32)))
 
 
 class _WriteShard(beam.DoFn):
@@ -150,7 +152,8 @@ class _WriteShard(beam.DoFn):
 
   def process(self, element):
     (split, shard), docs = element
-    docs = [tokens for _, tokens in sorted(docs, key=lambda d: d[0])]
+    docs = [np.split(flat, np.cumsum(lengths)[:-1])
+            for _, flat, lengths in sorted(docs, key=lambda d: d[0])]
     records, counts = shard_records(docs, shard, self._settings)
     name = prepared.shard_name(split, shard, self._settings.num_shards)
     target = FileSystems.join(self._directory, name)
