@@ -156,7 +156,7 @@ def run(source: str, output: str, settings: Settings, args: list[str],
 
 def main(argv):
   args = argv[1:]
-  logging.getLogger("apache_beam").setLevel(logging.WARNING)
+  logging.getLogger("apache_beam").setLevel(logging.ERROR)  # workers' notices are noise here
   tokenizer = Tokenizer.load(_TOKENIZER.value or builtin.TOKENIZER_FILE)
   settings = Settings(tokenizer.model_proto, _MAX_SEQ_LENGTH.value, _SHORT_SEQ_PROB.value,
                       _SEED.value, _NUM_SHARDS.value)

@@ -42,10 +42,11 @@ def decode_pair(record: bytes) -> dict:
 
 
 def write_shard(path: str | os.PathLike, records: Iterable[bytes]) -> int:
-  """Writes one ArrayRecord shard (random access: one record a chunk);
+  """Writes one ArrayRecord shard (random access: one record a chunk,
+  snappy, which decodes fastest);
   returns the number of records."""
   from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
-  writer = array_record_module.ArrayRecordWriter(os.fspath(path), "group_size:1")
+  writer = array_record_module.ArrayRecordWriter(os.fspath(path), "group_size:1,snappy")
   count = 0
   try:
     for record in records:
