@@ -183,3 +183,15 @@ def test_bad_input_is_one_line_with_status_2(tmp_path):
         (args, done.stderr[-1500:])
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob("out.tmp-*"))
+
+
+def test_beam_reads_a_tfds_source_as_the_in_process_path_does(tmp_path):
+  """The built-in corpus through tfds: both splits, the same pairs."""
+  data_dir = str(tmp_path / "tfds")
+  prepare.run("austen", str(tmp_path / "beam"), settings(num_shards=2, max_seq_length=64),
+              IN_MEMORY, data_dir=data_dir)
+  prepare_in_process("austen", settings(num_shards=2, max_seq_length=64), tmp_path / "local",
+                     data_dir=data_dir)
+  for split in ("train", "validation"):
+    assert all_pairs(tmp_path / "beam", split) == all_pairs(tmp_path / "local", split)
+  assert prepared.check(tmp_path / "beam").counts("train")["documents"] == 253

@@ -153,6 +153,8 @@ def cached(data, seed: int, tokenizer: Tokenizer, cache_dir: str) -> tuple[Path,
     except UserError:
       shutil.rmtree(directory, ignore_errors=True)  # damaged: made again below
   start = time.perf_counter()
+  print(f"preparing {data.source} into {directory} (once; for big corpora use "
+        "python -m lmjax.data.prepare)", flush=True)
   settings = Settings(tokenizer.model_proto, data.max_seq_length, data.short_seq_prob, seed)
   directory.parent.mkdir(parents=True, exist_ok=True)
   prepare_in_process(data.source, settings, directory, data.data_dir or None,

@@ -61,6 +61,9 @@ def load_corpus(source: str, split: str, data_dir: str | None = None,
                 text_field: str = "text") -> Corpus:
   """Returns the documents of `split` ('train' or 'validation') of `source`;
   sources joined by '+' give all their documents, in that order."""
+  if source.startswith("prepared:"):
+    raise UserError(f"{source} holds token ids, not text; use the source it was "
+                    "prepared from")
   if "+" in source:
     parts = [load_corpus(s, split, data_dir, text_field) for s in source.split("+")]
     return Corpus(source, [d for p in parts for d in p.documents],
