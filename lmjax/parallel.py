@@ -41,16 +41,49 @@ RULES: Rules = (
 )
 
 
-def initialize_distributed() -> None:
-  """Starts JAX's distributed runtime when this is one process of several:
-  a multi-host TPU slice, a SLURM job of several tasks, or an explicit
-  JAX_COORDINATOR_ADDRESS. jax.distributed.initialize reads the rest from
-  the environment. A single process does nothing."""
-  multi = (os.environ.get("JAX_COORDINATOR_ADDRESS")
-           or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-           or int(os.environ.get("SLURM_NTASKS", "1")) > 1)
-  if multi:
-    jax.distributed.initialize()
+def initialize_distributed(environ=os.environ) -> None:
+  """Starts JAX's distributed runtime when this is one process of several.
+
+  Explicitly, from JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES
+  and JAX_PROCESS_ID, all three or none; or detected by JAX on a multi-host
+  TPU slice or a SLURM job of several tasks. CPU processes exchange data
+  through gloo. A single process does nothing.
+  """
+  names = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+  given = {n: environ.get(n, "") for n in names}
+  detected = ("," in environ.get("TPU_WORKER_HOSTNAMES", "")
+              or _int(environ.get("SLURM_NTASKS", "1"), "SLURM_NTASKS") > 1)
+  if not any(given.values()) and not detected:
+    return
+  explicit = ()
+  if any(given.values()):
+    missing = [n for n, v in given.items() if not v]
+    if missing:
+      raise ConfigError(f"{', '.join(n for n in names if given[n])} set but not "
+                        f"{', '.join(missing)}: set all three, or none")
+    count = _int(given["JAX_NUM_PROCESSES"], "JAX_NUM_PROCESSES")
+    index = _int(given["JAX_PROCESS_ID"], "JAX_PROCESS_ID")
+    if not 0 <= index < count:
+      raise ConfigError(f"JAX_PROCESS_ID must be in [0, JAX_NUM_PROCESSES={count}), "
+                        f"got {index}")
+    explicit = (given["JAX_COORDINATOR_ADDRESS"], count, index)
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(*explicit)  # () : JAX detects the TPU slice or SLURM job
+
+
+def _int(value: str, name: str) -> int:
+  try:
+    return int(value)
+  except ValueError:
+    raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+
+
+def sum_over_processes(x: np.ndarray) -> np.ndarray:
+  """`x` summed over every process's value (itself in a single process)."""
+  if jax.process_count() == 1:
+    return x
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.process_allgather(x)).sum(0)
 
 
 def process_share() -> dict[str, int]:

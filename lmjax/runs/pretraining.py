@@ -105,6 +105,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
       last_eval = job.evaluate(result.state, result.step)
     summary = dict(step=result.step, stopped_by=result.stopped_by, **sizes,
                    **{k: round(float(v), 5) for k, v in last_eval.items()},
-                   **mlm_nsp.baselines(host_eval))
+                   **mlm_nsp.baselines(parallel.sum_over_processes(
+                       mlm_nsp.target_counts(host_eval, tokenizer.vocab_size))))
     run.write_summary(summary)
   return summary

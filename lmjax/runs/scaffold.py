@@ -147,7 +147,10 @@ class Run:
     self._writer = MetricWriter(self.workdir, enabled=is_lead())
     self._writer.truncate_after(start)
     loader = Loader(job.train_data, start=position, num_threads=job.num_threads)
-    rng = jax.device_put(jax.random.key(self._seed), parallel.replicated(job.mesh))
+    # Made by a jitted function: device_put cannot place a host value on
+    # another process's devices.
+    rng = jax.jit(lambda: jax.random.key(self._seed),
+                  out_shardings=parallel.replicated(job.mesh))()
     first = parallel.shard_batch(job.train_data[0], job.mesh)
     config_json = json.loads(job.config.to_json())
     return run_loop(state, compile_step(job, state, first, rng), loader, rng=rng,

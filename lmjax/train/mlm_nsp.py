@@ -103,10 +103,18 @@ def evaluate(eval_step, params, batches) -> dict[str, float]:
               eval_nsp_accuracy=float(sums["nsp_correct"] / nsp_count))
 
 
-def baselines(host_batches: list[dict]) -> dict[str, float]:
-  """Accuracy of always predicting the most frequent target token, and of
-  always answering the more common NSP label, on host batches."""
+def target_counts(host_batches: list[dict], vocab_size: int) -> np.ndarray:
+  """How often each token is an MLM target [V], then each NSP label [2], in
+  host batches: counts that add up over processes."""
   targets = np.concatenate([b["masked_ids"][b["masked_weights"] > 0] for b in host_batches])
   labels = np.concatenate([b["nsp_labels"] for b in host_batches])
-  return dict(baseline_mlm_accuracy=float(np.bincount(targets).max() / len(targets)),
-              baseline_nsp_accuracy=float(max(labels.mean(), 1 - labels.mean())))
+  return np.concatenate([np.bincount(targets, minlength=vocab_size),
+                         np.bincount(labels, minlength=2)]).astype(np.int32)
+
+
+def baselines(counts: np.ndarray) -> dict[str, float]:
+  """Accuracy of always predicting the most frequent target token, and of
+  always answering the more common NSP label, from `target_counts`."""
+  tokens, labels = counts[:-2], counts[-2:]
+  return dict(baseline_mlm_accuracy=float(tokens.max() / max(tokens.sum(), 1)),
+              baseline_nsp_accuracy=float(labels.max() / max(labels.sum(), 1)))

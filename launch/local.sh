@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Starts N processes of COMMAND on this machine as one JAX job, each with its
+# own share of simulated CPU devices; prefixes their output with "[index] ";
+# exits with the first non-zero status (killing the rest), else 0.
+#
+#   launch/local.sh [--dry-run] [--devices=K] [--port=P] N COMMAND...
+#
+# Each process gets JAX_COORDINATOR_ADDRESS=localhost:P, JAX_NUM_PROCESSES=N,
+# JAX_PROCESS_ID=i, JAX_PLATFORMS=cpu and
+# XLA_FLAGS=--xla_force_host_platform_device_count=K (default 4); lmjax's
+# entry points start JAX's distributed runtime from them.
+set -euo pipefail
+
+dry_run=0 devices=4 port=""
+while [[ $# -gt 0 && "$1" == --* ]]; do
+  case "$1" in
+    --dry-run) dry_run=1 ;;
+    --devices=*) devices="${1#--devices=}" ;;
+    --port=*) port="${1#--port=}" ;;
+    *) echo "error: unknown option $1 (usage: launch/local.sh [--dry-run] [--devices=K] [--port=P] N COMMAND...)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [[ $# -lt 2 || ! "$1" =~ ^[1-9][0-9]*$ || ! "$devices" =~ ^[1-9][0-9]*$ ]]; then
+  echo "error: usage: launch/local.sh [--dry-run] [--devices=K] [--port=P] N COMMAND... (N, K positive)" >&2
+  exit 2
+fi
+count="$1"; shift
+if [[ -z "$port" ]]; then
+  port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')"
+fi
+
+environment() {  # the variables of process $1
+  echo "JAX_COORDINATOR_ADDRESS=localhost:$port JAX_NUM_PROCESSES=$count JAX_PROCESS_ID=$1" \
+       "JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=$devices"
+}
+
+if [[ $dry_run == 1 ]]; then
+  for ((i = 0; i < count; i++)); do
+    printf '%s' "$(environment "$i")"; printf ' %q' "$@"; echo
+  done
+  exit 0
+fi
+
+pids=()
+stop() { kill -TERM "${pids[@]}" 2>/dev/null || true; }
+trap 'stop; exit 143' TERM INT
+for ((i = 0; i < count; i++)); do
+  # shellcheck disable=SC2046  # the variables are words by design
+  env $(environment "$i") "$@" > >(sed -u "s/^/[$i] /") 2>&1 &
+  pids+=("$!")
+done
+status=0 remaining=("${pids[@]}")
+while [[ ${#remaining[@]} -gt 0 ]]; do
+  for index in "${!remaining[@]}"; do
+    pid="${remaining[$index]}"
+    kill -0 "$pid" 2>/dev/null && continue
+    set +e; wait "$pid"; code=$?; set -e
+    unset 'remaining[index]'
+    if [[ $code -ne 0 && $status -eq 0 ]]; then
+      status=$code
+      echo "[launch] process $pid exited with status $code; stopping the others" >&2
+      stop
+    fi
+  done
+  sleep 0.1
+done
+wait
+exit "$status"

@@ -1,0 +1,106 @@
+"""Several JAX processes on this machine: launch/local.sh, the distributed
+start, and a 2-process run that is the 1-process run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmjax import parallel
+from lmjax.errors import ConfigError
+
+ROOT = Path(__file__).parents[1]
+LAUNCH = str(ROOT / "launch" / "local.sh")
+
+
+def launch(*args, env=None, timeout=300):
+  return subprocess.run([LAUNCH, *args], capture_output=True, text=True, cwd=ROOT,
+                        env=env, timeout=timeout, check=False)
+
+
+def test_dry_run_prints_each_process_command():
+  done = launch("--dry-run", "--port=4321", "--devices=2", "3", "python", "-m",
+                "lmjax.pretrain", "--workdir=/tmp/a b")
+  assert done.returncode == 0
+  assert done.stdout.splitlines() == [
+      f"JAX_COORDINATOR_ADDRESS=localhost:4321 JAX_NUM_PROCESSES=3 JAX_PROCESS_ID={i} "
+      "JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=2 "
+      "python -m lmjax.pretrain --workdir=/tmp/a\\ b" for i in range(3)]
+
+
+def test_output_is_prefixed_and_the_first_failure_stops_the_rest():
+  done = launch("2", sys.executable, "-c",
+                "import os; print('process', os.environ['JAX_PROCESS_ID'])")
+  assert done.returncode == 0
+  assert sorted(done.stdout.splitlines()) == ["[0] process 0", "[1] process 1"]
+  done = launch("2", sys.executable, "-c",
+                "import os, sys, time; i = os.environ['JAX_PROCESS_ID']; "
+                "time.sleep(120) if i == '0' else sys.exit(3)", timeout=60)
+  assert done.returncode == 3
+  assert "exited with status 3; stopping the others" in done.stderr
+
+
+@pytest.mark.parametrize("args", [["0", "true"], ["2"], ["--devices=0", "2", "true"],
+                                  ["--nodes=2", "2", "true"]])
+def test_bad_usage_is_one_line_with_status_2(args):
+  done = launch(*args)
+  assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+  assert done.stderr.startswith("error:")
+
+
+@pytest.mark.parametrize("environ,message", [
+    (dict(JAX_COORDINATOR_ADDRESS="localhost:1"), "set but not JAX_NUM_PROCESSES, "
+                                                  "JAX_PROCESS_ID"),
+    (dict(JAX_COORDINATOR_ADDRESS="localhost:1", JAX_NUM_PROCESSES="2",
+          JAX_PROCESS_ID="2"), "JAX_PROCESS_ID must be in [0, JAX_NUM_PROCESSES=2)"),
+    (dict(JAX_COORDINATOR_ADDRESS="localhost:1", JAX_NUM_PROCESSES="two",
+          JAX_PROCESS_ID="0"), "JAX_NUM_PROCESSES must be a whole number"),
+])
+def test_incomplete_distributed_settings_are_one_line(environ, message):
+  with pytest.raises(ConfigError) as e:
+    parallel.initialize_distributed(environ)
+  assert message in str(e.value) and "\n" not in str(e.value)
+  parallel.initialize_distributed({})  # a single process: nothing to start
+
+
+TINY = ["--config.data.max_seq_length=32", "--config.data.max_predictions_per_seq=5",
+        "--config.train.batch_size=8", "--config.train.steps=30",
+        "--config.train.warmup_steps=5", "--config.train.log_every=1",
+        "--config.train.eval_every=15", "--config.train.eval_batches=2",
+        "--config.train.checkpoint_every=10"]
+
+
+def train_lines(workdir):
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {line["step"]: line for line in lines if "loss" in line}
+
+
+@pytest.mark.slow
+def test_two_processes_of_four_devices_train_as_one_of_eight(tmp_path):
+  env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / "tfds"),
+             LMJAX_CACHE=str(tmp_path / "cache"))
+  command = [sys.executable, "-m", "lmjax.pretrain", f"--config={ROOT}/configs/pretrain.py",
+             *TINY]
+  one = subprocess.run([*command, f"--workdir={tmp_path / 'one'}"], capture_output=True,
+                       text=True, cwd=ROOT, check=False,
+                       env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+  assert one.returncode == 0, one.stderr[-2000:]
+  two = launch("2", *command, f"--workdir={tmp_path / 'two'}", env=env)
+  assert two.returncode == 0, two.stderr[-3000:]
+  single, double = train_lines(tmp_path / "one"), train_lines(tmp_path / "two")
+  assert sorted(single) == sorted(double) == list(range(1, 31))
+  for step, line in single.items():
+    assert abs(double[step]["loss"] - line["loss"]) <= 1e-6 * abs(line["loss"]), step
+  summaries = [json.loads(line.split("] ", 1)[1]) for line in two.stdout.splitlines()
+               if line.split("] ", 1)[-1].startswith("{")]
+  expected = json.loads(one.stdout.strip().splitlines()[-1])
+  assert len(summaries) == 2
+  for summary in summaries:  # every process agrees on the evaluation and baselines
+    assert summary == expected
+  assert json.loads((tmp_path / "two" / "summary.json").read_text()) == expected
+  steps = sorted(int(p.name) for p in (tmp_path / "two" / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert steps == [10, 20, 30]
