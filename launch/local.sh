@@ -5,6 +5,9 @@
 #
 #   launch/local.sh [--dry-run] [--devices=K] [--port=P] N COMMAND...
 #
+# When one process fails the others get SIGTERM, then SIGKILL after
+# $LMJAX_LAUNCH_GRACE_S seconds (default 20).
+#
 # Each process gets JAX_COORDINATOR_ADDRESS=localhost:P, JAX_NUM_PROCESSES=N,
 # JAX_PROCESS_ID=i, JAX_PLATFORMS=cpu and
 # XLA_FLAGS=--xla_force_host_platform_device_count=K (default 4); lmjax's
@@ -42,8 +45,11 @@ if [[ $dry_run == 1 ]]; then
   exit 0
 fi
 
-pids=()
-stop() { kill -TERM "${pids[@]}" 2>/dev/null || true; }
+pids=() stopped_at=0
+# SIGTERM lets the others save and exit; one stuck in a collective with a dead
+# peer cannot, so SIGKILL follows after a grace period.
+stop() { kill -TERM "${pids[@]}" 2>/dev/null || true; stopped_at=$SECONDS; }
+grace=${LMJAX_LAUNCH_GRACE_S:-20}
 trap 'stop; exit 143' TERM INT
 for ((i = 0; i < count; i++)); do
   # shellcheck disable=SC2046  # the variables are words by design
@@ -63,6 +69,9 @@ while [[ ${#remaining[@]} -gt 0 ]]; do
       stop
     fi
   done
+  if [[ $stopped_at -gt 0 && $((SECONDS - stopped_at)) -ge $grace ]]; then
+    kill -KILL "${remaining[@]}" 2>/dev/null || true
+  fi
   sleep 0.1
 done
 wait

@@ -43,6 +43,15 @@ def test_output_is_prefixed_and_the_first_failure_stops_the_rest():
   assert "exited with status 3; stopping the others" in done.stderr
 
 
+def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_period():
+  env = dict(os.environ, LMJAX_LAUNCH_GRACE_S="2")
+  done = launch("2", sys.executable, "-c",
+                "import os, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "time.sleep(120) if os.environ['JAX_PROCESS_ID'] == '0' else "
+                "(time.sleep(1), sys.exit(4))", env=env, timeout=30)
+  assert done.returncode == 4
+
+
 @pytest.mark.parametrize("args", [["0", "true"], ["2"], ["--devices=0", "2", "true"],
                                   ["--nodes=2", "2", "true"]])
 def test_bad_usage_is_one_line_with_status_2(args):
@@ -104,3 +113,40 @@ def test_two_processes_of_four_devices_train_as_one_of_eight(tmp_path):
   steps = sorted(int(p.name) for p in (tmp_path / "two" / "checkpoints").iterdir()
                  if p.name.isdigit())
   assert steps == [10, 20, 30]
+
+
+def wait_for_step(workdir: Path, step: int, process, timeout=240):
+  import time  # pylint: disable=import-outside-toplevel
+  deadline = time.time() + timeout
+  path = workdir / "metrics.jsonl"
+  while time.time() < deadline:
+    assert process.poll() is None, "the run ended before it was interrupted"
+    if path.exists() and max(train_lines(workdir), default=0) >= step:
+      return
+    time.sleep(0.1)
+  raise TimeoutError(step)
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_saves_one_step_and_exits_zero(tmp_path):
+  env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / "tfds"),
+             LMJAX_CACHE=str(tmp_path / "cache"))
+  workdir = tmp_path / "run"
+  command = [LAUNCH, "2", sys.executable, "-m", "lmjax.pretrain",
+             f"--config={ROOT}/configs/pretrain.py", f"--workdir={workdir}", *TINY,
+             "--config.train.steps=100000", "--config.train.checkpoint_every=100000"]
+  process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+  wait_for_step(workdir, 5, process)
+  children = subprocess.run(["pgrep", "-f", f"lmjax.pretrain.*--workdir={workdir}"],
+                            capture_output=True, text=True, check=False).stdout.split()
+  workers = [int(p) for p in children if int(p) != process.pid]
+  for pid in workers:
+    os.kill(pid, 15)
+  out, _ = process.communicate(timeout=120)
+  assert process.returncode == 0, out[-3000:]
+  saved = [line for line in out.splitlines() if "SIGTERM: saved a checkpoint at step" in line]
+  assert len(saved) == 2 and len({line.split("step ")[1] for line in saved}) == 1, saved
+  step = int(saved[0].split("step ")[1].split(";")[0])
+  assert [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()] \
+      == [step]

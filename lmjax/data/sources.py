@@ -123,7 +123,10 @@ def tfds_builder(name: str, data_dir: str):
     builder = builtin.builder(name, data_dir)
     if not builder.is_prepared():
       print(f"preparing built-in dataset {name} in {data_dir} (once)", flush=True)
-      builder.download_and_prepare(file_format="array_record")
+      try:
+        builder.download_and_prepare(file_format="array_record")
+      except FileExistsError:  # another process of the job prepared it first
+        builder = builtin.builder(name, data_dir)
     return builder
   try:
     builder = tfds.builder(name, data_dir=data_dir)

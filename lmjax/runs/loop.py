@@ -142,11 +142,16 @@ class Hooks:
 
 
 def _stop_signal(stop: StopRequest, ckpts: Checkpoints, step: int) -> str | None:
-  # Read once: a signal may land at any moment. Several processes agree on
-  # the step through JAX's preemption sync point instead.
+  """The signal that stops the run at this step, if any. Read once: a
+  signal may land at any moment. Several processes agree on the step: each
+  shares whether it got one, and JAX's preemption notice counts too."""
+  signal_name = stop.signal
   if jax.process_count() == 1:
-    return stop.signal
-  return "SIGTERM" if ckpts.reached_preemption(step) else None
+    return signal_name
+  got = parallel.sum_over_processes(np.array([signal_name is not None], np.int32))
+  if got[0] or ckpts.reached_preemption(step):
+    return signal_name or "SIGTERM"
+  return None
 
 
 def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
