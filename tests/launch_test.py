@@ -87,19 +87,34 @@ def train_lines(workdir):
   return {line["step"]: line for line in lines if "loss" in line}
 
 
+def pretrain_command(workdir, *extra):
+  return [sys.executable, "-m", "lmjax.pretrain", f"--config={ROOT}/configs/pretrain.py",
+          f"--workdir={workdir}", *TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  return dict(os.environ, TFDS_DATA_DIR=str(tmp_path_factory.mktemp("tfds")),
+              LMJAX_CACHE=str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="module")
+def two_process_run(env, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("two") / "run"
+  done = launch("2", *pretrain_command(workdir), env=env)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return workdir, done
+
+
 @pytest.mark.slow
-def test_two_processes_of_four_devices_train_as_one_of_eight(tmp_path):
-  env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / "tfds"),
-             LMJAX_CACHE=str(tmp_path / "cache"))
-  command = [sys.executable, "-m", "lmjax.pretrain", f"--config={ROOT}/configs/pretrain.py",
-             *TINY]
-  one = subprocess.run([*command, f"--workdir={tmp_path / 'one'}"], capture_output=True,
-                       text=True, cwd=ROOT, check=False,
+def test_two_processes_of_four_devices_train_as_one_of_eight(env, tmp_path,
+                                                             two_process_run):
+  workdir, two = two_process_run
+  one = subprocess.run(pretrain_command(tmp_path / "one"), capture_output=True, text=True,
+                       cwd=ROOT, check=False,
                        env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
   assert one.returncode == 0, one.stderr[-2000:]
-  two = launch("2", *command, f"--workdir={tmp_path / 'two'}", env=env)
-  assert two.returncode == 0, two.stderr[-3000:]
-  single, double = train_lines(tmp_path / "one"), train_lines(tmp_path / "two")
+  single, double = train_lines(tmp_path / "one"), train_lines(workdir)
   assert sorted(single) == sorted(double) == list(range(1, 31))
   for step, line in single.items():
     assert abs(double[step]["loss"] - line["loss"]) <= 1e-6 * abs(line["loss"]), step
@@ -109,10 +124,57 @@ def test_two_processes_of_four_devices_train_as_one_of_eight(tmp_path):
   assert len(summaries) == 2
   for summary in summaries:  # every process agrees on the evaluation and baselines
     assert summary == expected
-  assert json.loads((tmp_path / "two" / "summary.json").read_text()) == expected
-  steps = sorted(int(p.name) for p in (tmp_path / "two" / "checkpoints").iterdir()
-                 if p.name.isdigit())
+  assert json.loads((workdir / "summary.json").read_text()) == expected
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert steps == [10, 20, 30]
+
+
+@pytest.mark.slow
+def test_both_processes_killed_then_restarted_repeat_the_run(env, tmp_path, two_process_run):
+  workdir = tmp_path / "killed"
+  process = subprocess.Popen([LAUNCH, "2", *pretrain_command(workdir)], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  wait_for_step(workdir, 14, process)
+  for pid in workers(workdir, process):
+    os.kill(pid, 9)
+  process.wait(timeout=60)
+  assert process.returncode != 0
+  done = launch("2", *pretrain_command(workdir), env=env)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "resuming from the checkpoint of step 10" in done.stdout
+  expected = {s: line["loss"] for s, line in train_lines(two_process_run[0]).items()}
+  assert {s: line["loss"] for s, line in train_lines(workdir).items()} == expected
+
+
+@pytest.mark.slow
+def test_fine_tuning_on_two_processes_is_fine_tuning_on_one(env, tmp_path):
+  rows = [f"{'a fine film' if i % 3 else 'a dull film'} number {i}\t"
+          f"{'pos' if i % 3 else 'neg'}" for i in range(300)]
+  (tmp_path / "task.tsv").write_text("text\tlabel\n" + "\n".join(rows) + "\n")
+  command = [sys.executable, "-m", "lmjax.finetune", f"--config={ROOT}/configs/finetune.py",
+             f"--config.task.source=tsv:{tmp_path / 'task.tsv'}", "--config.init.source=random",
+             "--config.task.max_seq_length=16", "--config.train.batch_size=16",
+             "--config.train.steps=20", "--config.train.log_every=1",
+             "--config.train.eval_every=10"]
+  one = subprocess.run([*command, f"--workdir={tmp_path / 'one'}"], capture_output=True,
+                       text=True, cwd=ROOT, check=False,
+                       env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+  assert one.returncode == 0, one.stderr[-2000:]
+  two = launch("2", *command, f"--workdir={tmp_path / 'two'}", env=env)
+  assert two.returncode == 0, two.stderr[-3000:]
+  single, double = train_lines(tmp_path / "one"), train_lines(tmp_path / "two")
+  assert sorted(single) == sorted(double) == list(range(1, 21))
+  for step, line in single.items():
+    assert abs(double[step]["loss"] - line["loss"]) <= 1e-6 * abs(line["loss"]), step
+  summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+  assert summary == json.loads((tmp_path / "one" / "summary.json").read_text())
+
+
+def workers(workdir, launcher) -> list[int]:
+  """The pids of the processes the launcher started for `workdir`."""
+  found = subprocess.run(["pgrep", "-f", f"lmjax\\..*--workdir={workdir}"],
+                         capture_output=True, text=True, check=False).stdout.split()
+  return [int(p) for p in found if int(p) != launcher.pid]
 
 
 def wait_for_step(workdir: Path, step: int, process, timeout=240):
@@ -128,9 +190,7 @@ def wait_for_step(workdir: Path, step: int, process, timeout=240):
 
 
 @pytest.mark.slow
-def test_sigterm_to_every_process_saves_one_step_and_exits_zero(tmp_path):
-  env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / "tfds"),
-             LMJAX_CACHE=str(tmp_path / "cache"))
+def test_sigterm_to_every_process_saves_one_step_and_exits_zero(env, tmp_path):
   workdir = tmp_path / "run"
   command = [LAUNCH, "2", sys.executable, "-m", "lmjax.pretrain",
              f"--config={ROOT}/configs/pretrain.py", f"--workdir={workdir}", *TINY,
@@ -138,10 +198,7 @@ def test_sigterm_to_every_process_saves_one_step_and_exits_zero(tmp_path):
   process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
   wait_for_step(workdir, 5, process)
-  children = subprocess.run(["pgrep", "-f", f"lmjax.pretrain.*--workdir={workdir}"],
-                            capture_output=True, text=True, check=False).stdout.split()
-  workers = [int(p) for p in children if int(p) != process.pid]
-  for pid in workers:
+  for pid in workers(workdir, process):
     os.kill(pid, 15)
   out, _ = process.communicate(timeout=120)
   assert process.returncode == 0, out[-3000:]
