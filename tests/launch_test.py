@@ -31,6 +31,43 @@ def test_dry_run_prints_each_process_command():
       "python -m lmjax.pretrain --workdir=/tmp/a\\ b" for i in range(3)]
 
 
+def test_tpu_pod_dry_run_copies_installs_and_runs_on_every_worker():
+  done = subprocess.run([str(ROOT / "launch" / "tpu_pod.sh"), "--dry-run", "--tpu=pod",
+                         "--zone=z1", "--project=p1", "python", "-m", "lmjax.pretrain",
+                         "--workdir=/mnt/b/run"], capture_output=True, text=True,
+                        check=False)
+  assert done.returncode == 0, done.stderr
+  archive, copy, setup, run, clean = done.stdout.splitlines()
+  path = archive.split(" -o ")[1].split()[0]
+  assert archive == f"git archive --format=tar.gz -o {path} HEAD"
+  where = "--zone=z1 --worker=all --project=p1"
+  assert copy.strip() == f"gcloud compute tpus tpu-vm scp {path} pod:\\~/lmjax.tar.gz {where}"
+  assert setup.startswith(f"gcloud compute tpus tpu-vm ssh pod {where} --command=")
+  assert "pip\\ install\\ -q\\ -r\\ requirements.txt" in setup and "jax\\[tpu\\]==" in setup
+  assert run.startswith(f"gcloud compute tpus tpu-vm ssh pod {where} --command=")
+  assert "python\\ -m\\ lmjax.pretrain\\ --workdir=/mnt/b/run" in run
+  assert "tee\\ ~/lmjax-logs/" in run and clean == f"rm -f {path}"
+  bad = subprocess.run([str(ROOT / "launch" / "tpu_pod.sh"), "--zone=z1", "python"],
+                       capture_output=True, text=True, check=False)
+  assert bad.returncode == 2 and bad.stderr.startswith("error: usage")
+
+
+def test_slurm_dry_run_is_one_srun_of_one_task_per_node():
+  done = subprocess.run([str(ROOT / "launch" / "slurm.sbatch"), "--dry-run", "python", "-m",
+                         "lmjax.pretrain", "--workdir=/shared/run"],
+                        capture_output=True, text=True, check=False,
+                        env=dict(os.environ, SLURM_SUBMIT_DIR="/shared/lmjax"))
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.strip() == (
+      "srun --kill-on-bad-exit=1 --ntasks-per-node=1 "
+      "--output=/shared/lmjax/logs/%x-%j-%t.out bash -c "
+      "cd\\ /shared/lmjax\\ \\&\\&\\ .\\ .venv/bin/activate\\ \\&\\&\\ exec\\ "
+      "\\\"\\$@\\\" lmjax python -m lmjax.pretrain --workdir=/shared/run")
+  bad = subprocess.run([str(ROOT / "launch" / "slurm.sbatch")], capture_output=True,
+                       text=True, check=False)
+  assert bad.returncode == 2 and bad.stderr.startswith("error: usage")
+
+
 def test_output_is_prefixed_and_the_first_failure_stops_the_rest():
   done = launch("2", sys.executable, "-c",
                 "import os; print('process', os.environ['JAX_PROCESS_ID'])")
