@@ -77,5 +77,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       output="",  # '' = DIR/predictions.jsonl
   ))
 
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # dcn_data > 1: the data axis spans that many TPU slices (multi-slice).
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
   return config

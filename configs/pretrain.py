@@ -67,7 +67,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       profile_steps="",  # START,END: a jax.profiler trace of those steps in DIR/profile
   ))
 
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # dcn_data > 1: the data axis spans that many TPU slices (multi-slice).
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
 
   variant = arg or ""
   if variant in ("base", "large"):

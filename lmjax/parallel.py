@@ -93,12 +93,43 @@ def process_share() -> dict[str, int]:
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+              devices: Sequence[jax.Device] | None = None, dcn_data: int = 1) -> Mesh:
   """Returns a (data, fsdp, tensor) mesh with Auto axes over `devices`.
 
-  One size may be -1, meaning all the devices the others leave.
+  One size may be -1, meaning all the devices the others leave. With
+  `dcn_data` > 1 the data axis spans that many slices (multi-slice TPU, or
+  processes where devices have no slice): its outer part crosses the
+  data-centre network, fsdp and tensor stay within a slice.
   """
   devices = list(jax.devices() if devices is None else devices)
+  sizes = _mesh_sizes(data, fsdp, tensor, len(devices))
+  axis_types = (jax.sharding.AxisType.Auto,) * len(sizes)
+  if dcn_data == 1:
+    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types, devices=devices)
+  return Mesh(hybrid_device_array(sizes, dcn_data, devices), MESH_AXES,
+              axis_types=axis_types)
+
+
+def hybrid_device_array(sizes: Sequence[int], dcn_data: int, devices) -> np.ndarray:
+  """Devices laid out [data, fsdp, tensor] where data = dcn_data slices x
+  data // dcn_data devices within each slice."""
+  if dcn_data < 1 or sizes[0] % dcn_data:
+    raise ConfigError(f"config.mesh.dcn_data ({dcn_data}) must divide the data axis "
+                      f"({sizes[0]})")
+  from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
+  per_slice = (sizes[0] // dcn_data, *sizes[1:])
+  # Devices of one slice (CPU, one GPU job): each process is a "slice".
+  by_process = len({getattr(d, "slice_index", None) for d in devices}) == 1
+  try:
+    return mesh_utils.create_hybrid_device_mesh(per_slice, (dcn_data, 1, 1), devices,
+                                                process_is_granule=by_process)
+  except ValueError as e:
+    raise ConfigError(f"config.mesh.dcn_data={dcn_data}: {str(e).splitlines()[0]}") from None
+
+
+def _mesh_sizes(data: int, fsdp: int, tensor: int, count: int) -> list[int]:
+  """The mesh's sizes over `count` devices, -1 resolved."""
+  devices = range(count)
   sizes = [data, fsdp, tensor]
   if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
     raise ConfigError(f"mesh sizes must be positive with at most one -1, got "
@@ -113,9 +144,7 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
     raise ConfigError(f"mesh data={sizes[0]} x fsdp={sizes[1]} x "
                       f"tensor={sizes[2]} needs {math.prod(sizes)} devices, "
                       f"have {len(devices)}")
-  return jax.make_mesh(tuple(sizes), MESH_AXES,
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(sizes),
-                       devices=devices)
+  return sizes
 
 
 @contextlib.contextmanager

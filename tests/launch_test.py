@@ -124,6 +124,11 @@ def train_lines(workdir):
   return {line["step"]: line for line in lines if "loss" in line}
 
 
+# Each process a "slice": the data axis crosses processes as it crosses TPU
+# slices over the data-centre network.
+TWO_SLICES = ("--config.mesh.dcn_data=2",)
+
+
 def pretrain_command(workdir, *extra):
   return [sys.executable, "-m", "lmjax.pretrain", f"--config={ROOT}/configs/pretrain.py",
           f"--workdir={workdir}", *TINY, *extra]
@@ -138,7 +143,7 @@ def env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_process_run(env, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("two") / "run"
-  done = launch("2", *pretrain_command(workdir), env=env)
+  done = launch("2", *pretrain_command(workdir, *TWO_SLICES), env=env)
   assert done.returncode == 0, done.stderr[-3000:]
   return workdir, done
 
@@ -169,14 +174,15 @@ def test_two_processes_of_four_devices_train_as_one_of_eight(env, tmp_path,
 @pytest.mark.slow
 def test_both_processes_killed_then_restarted_repeat_the_run(env, tmp_path, two_process_run):
   workdir = tmp_path / "killed"
-  process = subprocess.Popen([LAUNCH, "2", *pretrain_command(workdir)], cwd=ROOT, env=env,
+  process = subprocess.Popen([LAUNCH, "2", *pretrain_command(workdir, *TWO_SLICES)],
+                             cwd=ROOT, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   wait_for_step(workdir, 14, process)
   for pid in workers(workdir, process):
     os.kill(pid, 9)
   process.wait(timeout=60)
   assert process.returncode != 0
-  done = launch("2", *pretrain_command(workdir), env=env)
+  done = launch("2", *pretrain_command(workdir, *TWO_SLICES), env=env)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "resuming from the checkpoint of step 10" in done.stdout
   expected = {s: line["loss"] for s, line in train_lines(two_process_run[0]).items()}

@@ -102,3 +102,24 @@ def test_sharded_gradients_match_single_device():
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), got, want)
 
+
+
+def test_a_multi_slice_mesh_keeps_fsdp_and_tensor_within_a_slice():
+  import types  # pylint: disable=import-outside-toplevel
+  devices = [types.SimpleNamespace(id=i, slice_index=i // 4, process_index=i // 4,
+                                   platform="gpu", device_kind="fake") for i in range(8)]
+  array = parallel.hybrid_device_array([4, 2, 1], 2, devices)
+  assert array.shape == (4, 2, 1)
+  slices = np.vectorize(lambda d: d.slice_index)(array)
+  assert (slices[:2] == 0).all() and (slices[2:] == 1).all()  # data's outer part: slices
+  assert sorted(d.id for d in array.flat) == list(range(8))
+  with pytest.raises(ConfigError, match="dcn_data"):
+    parallel.hybrid_device_array([4, 2, 1], 3, devices)
+
+
+def test_more_slices_than_there_are_is_one_line():
+  # CPU devices have no slice: processes are the slices, and this is one.
+  with pytest.raises(ConfigError, match="config.mesh.dcn_data=2: Number of slices 1") as e:
+    parallel.make_mesh(data=-1, dcn_data=2)
+  assert "\n" not in str(e.value)
+  assert parallel.make_mesh(data=-1, dcn_data=1).devices.shape == (8, 1, 1)
