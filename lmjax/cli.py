@@ -69,7 +69,10 @@ def _parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
   except flags.Error as e:
     _fail(str(e).splitlines()[0])
   except (KeyError, AttributeError, ValueError, TypeError) as e:
-    _fail(f"bad config or flag: {str(e).splitlines()[0]}")  # config_flags' errors
+    message = str(e).splitlines()[0]
+    if message.startswith("Could not parse '"):  # a path config_flags cannot read
+      message = f"no config field {message.split(chr(39))[1]!r}"
+    _fail(f"bad config or flag: {message}")  # config_flags' errors
   raise AssertionError("unreachable")
 
 
@@ -84,5 +87,8 @@ def run(main: Callable[[list[str]], None], known_only: bool = False) -> None:
       main(argv)
     except UserError as e:
       _fail(str(e))
+    except KeyboardInterrupt:
+      print("interrupted", file=sys.stderr, flush=True)
+      sys.exit(130)
 
   app.run(guarded, flags_parser=lambda argv: _parse_flags(argv, known_only))

@@ -268,6 +268,9 @@ def test_bad_input_is_one_line_and_leaves_the_workdir_alone(trained, tmp_path,
   c = config(reviews_tsv)
   c.init.source = f"pretrain:{tmp_path / 'no_such_run'}"
   assert_user_error(c, workdir, "not a pretraining workdir")
+  c.init.source = f"pretrain:{workdir}"  # a fine-tuning workdir
+  assert_user_error(c, workdir, "not a pretraining workdir (its config.json has no data "
+                                "section")
 
 
 @pytest.mark.slow
@@ -285,13 +288,15 @@ def test_the_entry_point_exits_2_with_one_line(tmp_path, reviews_tsv):
   assert (tmp_path / "w" / "metrics.jsonl").read_text() == '{"step": 1}\n'
   assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["metrics.jsonl"]
 
-  for source, message in [
-      (f"pretrain:{tmp_path / 'no_run'}",
+  for flag, message in [
+      (f"--config.init.source=pretrain:{tmp_path / 'no_run'}",
        f"config.init.source=pretrain:{tmp_path / 'no_run'}: not a pretraining workdir"),
-      ("nope:x", "config.init.source must be pretrain:DIR, hf:DIR or random, got 'nope:x'")]:
+      ("--config.init.source=nope:x",
+       "config.init.source must be pretrain:DIR, hf:DIR or random, got 'nope:x'"),
+      ("--config.init.from=runs/pretrain", "no config field 'init.from'")]:
     done = subprocess.run(
         [sys.executable, "-m", "lmjax.finetune", f"--config={ROOT}/configs/finetune.py",
-         f"--workdir={tmp_path / 'w'}", f"--config.init.source={source}"],
+         f"--workdir={tmp_path / 'w'}", flag],
         capture_output=True, text=True, cwd=ROOT, check=False)
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()

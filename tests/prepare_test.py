@@ -1,6 +1,7 @@
 """Prepared data: the Beam pipeline makes exactly the in-process shards, the
 loader streams them, and every bad input or fault is one line."""
 
+import os
 import random
 import re
 import shutil
@@ -162,17 +163,31 @@ def test_an_interrupted_prepare_leaves_nothing_that_looks_complete(corpus, tmp_p
   with pytest.raises(KeyboardInterrupt):
     prepare.run(corpus, str(tmp_path / "out"), settings(), IN_MEMORY)
   assert list(tmp_path.iterdir()) == []
+  # A killed prepare leaves OUT.tmp-PID (nothing that looks prepared); the
+  # next one removes it once that process is gone.
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  (tmp_path / f"out.tmp-{dead}").mkdir()
+  (tmp_path / f"out.tmp-{os.getpid()}x").mkdir()  # not a pid: left alone
+  monkeypatch.undo()
+  prepare.run(corpus, str(tmp_path / "out"), settings(num_shards=1), IN_MEMORY)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["out", f"out.tmp-{os.getpid()}x"]
 
 
 def test_bad_input_is_one_line_with_status_2(tmp_path):
   empty = tmp_path / "empty.txt"
   empty.write_text("\n\n")
+  (tmp_path / "empty.model").write_bytes(b"")
   cases = [
       ([f"--source=text:{empty}"], "empty corpus"),
       ([f"--source=text:{tmp_path}/none-*.txt"], "no file matches"),
       (["--source=austen", "--max_seq_lenght=64"], "unknown flag --max_seq_lenght"),
       (["--source=austen", "--num_shards=0"], "num_shards must be at least 1"),
       (["--source=austen", f"--tokenizer={tmp_path}/no.model"], "tokenizer model not found"),
+      (["--source=austen", f"--tokenizer={tmp_path / 'empty.model'}"],
+       "not a sentencepiece model (empty file)"),
+      ([f"--source=prepared:{tmp_path}"], "a prepared directory holds token ids, not text"),
+      (["--source=austen", "--runner=NoSuchRunner"], "Unexpected pipeline runner"),
   ]
   for args, message in cases:
     done = subprocess.run(
@@ -183,6 +198,12 @@ def test_bad_input_is_one_line_with_status_2(tmp_path):
         (args, done.stderr[-1500:])
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob("out.tmp-*"))
+  done = subprocess.run([sys.executable, "-m", "lmjax.data.prepare", "--source=austen",
+                         "--output=/proc/no/out", *IN_MEMORY], capture_output=True, text=True,
+                        cwd=ROOT, check=False)
+  assert done.returncode == 2
+  assert done.stderr.strip() == "error: /proc/no/out: cannot write there (No such file or " \
+      "directory)"
 
 
 def test_beam_reads_a_tfds_source_as_the_in_process_path_does(tmp_path):

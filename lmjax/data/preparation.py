@@ -108,9 +108,7 @@ def prepare_in_process(source: str, settings: Settings, output: Path,
   renamed into place when complete)."""
   settings.check()
   tokenizer = Tokenizer(settings.tokenizer_proto)
-  tmp = output.with_name(f"{output.name}.tmp-{os.getpid()}")
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir(parents=True)
+  tmp = staging_directory(output)
   splits = {}
   try:
     for split in prepared.SPLITS:
@@ -126,6 +124,30 @@ def prepare_in_process(source: str, settings: Settings, output: Path,
     _commit(tmp, output)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def staging_directory(output: str | os.PathLike) -> Path:
+  """A fresh `OUTPUT.tmp-PID` to write into before renaming it to OUTPUT;
+  those left by killed processes are removed first."""
+  output = Path(output)
+  for stale in output.parent.glob(f"{output.name}.tmp-*"):
+    pid = stale.name.rsplit("-", 1)[1]
+    if pid.isdigit() and not _alive(int(pid)):
+      shutil.rmtree(stale, ignore_errors=True)
+  tmp = output.with_name(f"{output.name}.tmp-{os.getpid()}")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  return tmp
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
 
 
 def _commit(tmp: Path, output: Path) -> None:

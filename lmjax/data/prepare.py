@@ -19,8 +19,8 @@ import time
 from absl import flags
 
 from lmjax import cli
-from lmjax.data import builtin, prepared
-from lmjax.data.preparation import Settings, metadata
+from lmjax.data import builtin, prepared, sources
+from lmjax.data.preparation import Settings, metadata, staging_directory
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError
 
@@ -36,6 +36,18 @@ _NUM_SHARDS = flags.DEFINE_integer("num_shards", 8, "shards per split")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data directory")
 _TEXT_FIELD = flags.DEFINE_string("text_field", "text", "text field of a tfds source")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace a non-empty --output")
+
+
+def _import_beam():
+  """apache_beam, imported without the notices its optional modules log."""
+  root = logging.getLogger()
+  level = root.level
+  root.setLevel(logging.ERROR)
+  try:
+    import apache_beam  # pylint: disable=import-outside-toplevel
+  finally:
+    root.setLevel(level)
+  return apache_beam
 
 
 def pipeline_options(args: list[str]):
@@ -76,10 +88,10 @@ def _staging(output: str, overwrite: bool) -> str:
   occupied = os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output))
   if occupied and not overwrite:
     raise UserError(f"{output} is not empty; use --overwrite to replace it")
-  staging = f"{output.rstrip('/')}.tmp-{os.getpid()}"
-  shutil.rmtree(staging, ignore_errors=True)
-  os.makedirs(staging)
-  return staging
+  try:
+    return os.fspath(staging_directory(output.rstrip("/")))
+  except OSError as e:
+    raise UserError(f"{output}: cannot write there ({e.strerror})") from None
 
 
 def _finish(staging: str, output: str, source: str, settings: Settings) -> prepared.Metadata:
@@ -127,15 +139,20 @@ def run(source: str, output: str, settings: Settings, args: list[str],
         data_dir: str | None = None, text_field: str = "text",
         overwrite: bool = False) -> dict:
   """Prepares `source` into `output` on Beam; returns the summary."""
-  import apache_beam as beam  # pylint: disable=import-outside-toplevel
+  settings.check()
+  sources.check_text_source(source)
+  beam = _import_beam()
   from apache_beam.metrics.metric import MetricsFilter  # pylint: disable=import-outside-toplevel
   from lmjax.data import prepare_pipeline  # pylint: disable=import-outside-toplevel
-  settings.check()
   options = pipeline_options(args)
+  try:
+    pipeline = beam.Pipeline(options=options)
+  except ValueError as e:  # an unknown --runner, say
+    raise UserError(f"Beam: {str(e).splitlines()[0][:200]}") from None
   staging = _staging(output, overwrite)
   start = time.perf_counter()
   try:
-    with beam.Pipeline(options=options) as pipeline:
+    with pipeline:
       prepare_pipeline.build(pipeline, source, staging, settings, data_dir, text_field)
     result = pipeline.result
     counters = {c.key.metric.name: c.committed

@@ -57,13 +57,18 @@ def data_dir_or_default(data_dir: str | None) -> str:
       Path.home() / "tensorflow_datasets")
 
 
+def check_text_source(source: str) -> None:
+  """UserError for a source that holds no text (a prepared directory)."""
+  if any(part.startswith("prepared:") for part in source.split("+")):
+    raise UserError(f"{source}: a prepared directory holds token ids, not text; use "
+                    "the source it was prepared from")
+
+
 def load_corpus(source: str, split: str, data_dir: str | None = None,
                 text_field: str = "text") -> Corpus:
   """Returns the documents of `split` ('train' or 'validation') of `source`;
   sources joined by '+' give all their documents, in that order."""
-  if source.startswith("prepared:"):
-    raise UserError(f"{source} holds token ids, not text; use the source it was "
-                    "prepared from")
+  check_text_source(source)
   if "+" in source:
     parts = [load_corpus(s, split, data_dir, text_field) for s in source.split("+")]
     return Corpus(source, [d for p in parts for d in p.documents],

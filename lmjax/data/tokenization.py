@@ -42,6 +42,8 @@ class Tokenizer:
     path = Path(path)
     if not path.is_file():
       raise UserError(f"{path}: tokenizer model not found")
+    if path.stat().st_size == 0:
+      raise UserError(f"{path}: not a sentencepiece model (empty file)")
     try:
       return cls(path.read_bytes())
     except RuntimeError as e:

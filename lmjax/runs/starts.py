@@ -101,6 +101,9 @@ def _pretraining_run(path: Path, config, mesh) -> Start:
                     f"python -m lmjax.pretrain --config=configs/pretrain.py --workdir={path} "
                     "first, or set --config.init.source=hf:DIR or random")
   saved = ml_collections.ConfigDict(json.loads((path / "config.json").read_text()))
+  if "data" not in saved or "model" not in saved:
+    raise UserError(f"{field}: not a pretraining workdir (its config.json has no data "
+                    "section: a fine-tuning run's?)")
   tokenizer = _tokenizer(path, config)
   pretrained_cfg = BertConfig.from_section(saved.model, vocab_size=tokenizer.vocab_size)
   step, bert = _pretrained_encoder(path, field, pretrained_cfg, saved.data, mesh)
