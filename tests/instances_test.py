@@ -121,12 +121,11 @@ def test_short_sequences_appear_at_short_seq_prob(austen):
 
 
 def test_pairs_reject_bad_settings():
-  corpus = instances.TokenizedCorpus(np.arange(10, 20, dtype=np.int32),
-                                       np.array([0, 5, 10]), np.array([0, 2]))
+  document = [np.arange(10, 15, dtype=np.int32), np.arange(15, 20, dtype=np.int32)]
   with pytest.raises(UserError, match="max_seq_length"):
-    instances.create_pairs(corpus, 4, 0.1, 0)
-  pairs = instances.create_pairs(corpus, 16, 0.0, 0)
-  assert len(pairs) >= 1 and (pairs.b_starts >= 2).all()
+    list(instances.document_pairs([document], 4, 0.1, 0))
+  pairs = list(instances.document_pairs([document], 16, 0.0, 0))
+  assert len(pairs) >= 1 and all(b_start >= 2 for _, b_start, _ in pairs)
 
 
 @pytest.mark.parametrize("field,value", [

@@ -75,3 +75,9 @@ def test_gradients_are_clipped_to_the_global_norm_before_the_optimizer(name):
 def test_bad_values_name_the_field(field, value):
   with pytest.raises(ConfigError, match=f"config.train.{field}"):
     optimizer.check_config(train_config(**{field: value}))
+
+
+def test_the_batch_must_split_into_micro_batches():
+  with pytest.raises(ConfigError, match="batch_size must be divisible by grad_accum_steps"):
+    optimizer.check_config(train_config(batch_size=8, grad_accum_steps=3))
+  optimizer.check_config(train_config(batch_size=8, grad_accum_steps=4))

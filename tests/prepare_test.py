@@ -75,17 +75,16 @@ def test_beam_makes_exactly_the_in_process_shards(corpus, beam_dir, tmp_path):
 
 
 def test_one_shard_is_the_whole_corpus_pairs(corpus, tmp_path):
-  """With one shard, prepared pairs are create_pairs' over the whole corpus."""
-  from lmjax.data import instances, sources  # pylint: disable=import-outside-toplevel
+  """With one shard, prepared pairs are those of the whole corpus in order."""
+  from lmjax.data import instances, preparation, sources  # pylint: disable=import-outside-toplevel
   from lmjax.data.tokenization import Tokenizer  # pylint: disable=import-outside-toplevel
   prepare_in_process(corpus, settings(num_shards=1), tmp_path / "one")
-  tokenized = instances.tokenize_corpus(sources.load_corpus(corpus, "train"),
-                                        Tokenizer.load(builtin.TOKENIZER_FILE))
-  expected = instances.create_pairs(tokenized, 32, 0.1, seed=5)
-  got = all_pairs(tmp_path / "one", "train")
-  assert len(got) == len(expected)
-  assert all(g == (expected[i]["tokens"].tolist(), expected[i]["b_start"],
-                   expected[i]["is_random_next"]) for i, g in enumerate(got))
+  tokenizer = Tokenizer.load(builtin.TOKENIZER_FILE)
+  documents = [preparation.tokenize(d, tokenizer)
+               for d in sources.load_corpus(corpus, "train").documents]
+  expected = [(t.tolist(), b, r) for t, b, r in instances.document_pairs(
+      [d for d in documents if d], 32, 0.1, seed=5)]
+  assert all_pairs(tmp_path / "one", "train") == expected
 
 
 def test_training_streams_a_prepared_directory(beam_dir):

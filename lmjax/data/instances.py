@@ -7,103 +7,28 @@ A a random prefix, B the rest or a random document's span.
 them anew every epoch.
 """
 
-import dataclasses
 import random
 
 import numpy as np
 
-from lmjax.data.sources import Corpus
-from lmjax.data.tokenization import CLS_ID, SEP_ID, Tokenizer
+from lmjax.data.tokenization import CLS_ID, SEP_ID
 from lmjax.errors import UserError
 
 
 
-@dataclasses.dataclass(frozen=True)
-class TokenizedCorpus:
-  """Documents of sentences of token ids, as flat arrays.
-
-  Sentence s is tokens[sentence_offsets[s]:sentence_offsets[s+1]]; document d
-  is sentences doc_offsets[d]:doc_offsets[d+1].
-  """
-  tokens: np.ndarray  # int32 [total tokens]
-  sentence_offsets: np.ndarray  # int64 [sentences + 1]
-  doc_offsets: np.ndarray  # int64 [documents + 1]
-
-  @property
-  def num_documents(self) -> int:
-    return len(self.doc_offsets) - 1
-
-  def document(self, d: int) -> list[np.ndarray]:
-    s0, s1 = self.doc_offsets[d], self.doc_offsets[d + 1]
-    offsets = self.sentence_offsets
-    return [self.tokens[offsets[s]:offsets[s + 1]] for s in range(s0, s1)]
-
-
-def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer) -> TokenizedCorpus:
-  """Encodes every sentence; sentences that encode to nothing are dropped."""
-  sentences = [s for d in corpus.documents for s in d]
-  encoded = tokenizer.encode(sentences)
-  lengths = np.array([len(e) for e in encoded], np.int64)
-  per_doc = np.add.reduceat((lengths > 0).astype(np.int64),
-                            np.cumsum([0] + [len(d) for d in corpus.documents[:-1]]))
-  kept = [e for e in encoded if len(e)]
-  tokens = np.concatenate(kept).astype(np.int32) if kept else np.zeros(0, np.int32)
-  sentence_offsets = np.concatenate([[0], np.cumsum([len(e) for e in kept])])
-  doc_offsets = np.concatenate([[0], np.cumsum(per_doc[per_doc > 0])])
-  return TokenizedCorpus(tokens, sentence_offsets.astype(np.int64),
-                         doc_offsets.astype(np.int64))
-
-
-@dataclasses.dataclass(frozen=True)
-class Pairs:
-  """Sentence-pair sequences [CLS] A [SEP] B [SEP], flat.
-
-  Pair i is tokens[offsets[i]:offsets[i+1]]; its segment B starts at
-  b_starts[i]; is_random_next[i] says B came from another document.
-  """
-  tokens: np.ndarray  # int32
-  offsets: np.ndarray  # int64 [pairs + 1]
-  b_starts: np.ndarray  # int32 [pairs]
-  is_random_next: np.ndarray  # int32 [pairs]
-
-  def __len__(self) -> int:
-    return len(self.b_starts)
-
-  def __getitem__(self, i: int) -> dict:
-    return dict(tokens=self.tokens[self.offsets[i]:self.offsets[i + 1]],
-                b_start=int(self.b_starts[i]), is_random_next=int(self.is_random_next[i]))
-
-
-def create_pairs(corpus: TokenizedCorpus, max_seq_length: int,
-                 short_seq_prob: float, seed: int) -> Pairs:
-  """Builds NSP sentence pairs from every document, as BERT's tool does.
+def document_pairs(documents: list[list[np.ndarray]], max_seq_length: int,
+                   short_seq_prob: float, seed: int):
+  """Yields (tokens, b_start, is_random_next) of every document's NSP pairs,
+  in order, as BERT's tool makes them.
 
   Chunks of consecutive sentences fill a target length (shorter with
   probability `short_seq_prob`); A is a random prefix of the chunk; B is the
-  rest (label 0) or, half the time, a span of a random other document
-  (label 1), and then the chunk's unused sentences are put back. Unlike
-  BERT's tool, a one-sentence chunk is paired with its neighbouring sentence
-  when the coin says "actual next", so the labels stay balanced.
+  rest (label 0) or, half the time, a span of a random other document among
+  `documents` (label 1; BERT's tool draws it from the same input file), and
+  then the chunk's unused sentences are put back. Unlike BERT's tool, a
+  one-sentence chunk is paired with its neighbouring sentence when the coin
+  says "actual next", so the labels stay balanced.
   """
-  documents = [corpus.document(d) for d in range(corpus.num_documents)]
-  out_tokens, b_starts, labels = [], [], []
-  for tokens, b_start, label in document_pairs(documents, max_seq_length, short_seq_prob,
-                                               seed):
-    out_tokens.append(tokens)
-    b_starts.append(b_start)
-    labels.append(label)
-  if not out_tokens:
-    raise UserError("the corpus yields no sentence pairs")
-  offsets = np.concatenate([[0], np.cumsum([len(t) for t in out_tokens])])
-  return Pairs(np.concatenate(out_tokens).astype(np.int32), offsets.astype(np.int64),
-               np.array(b_starts, np.int32), np.array(labels, np.int32))
-
-
-def document_pairs(documents: list[list[np.ndarray]], max_seq_length: int,
-                   short_seq_prob: float, seed: int):
-  """Yields (tokens, b_start, is_random_next) of every document's pairs, in
-  order; a random B comes from among `documents` (BERT's tool draws it from
-  the same input file). See create_pairs."""
   if max_seq_length < 5:
     raise UserError(f"max_seq_length must be at least 5, got {max_seq_length}")
   rng = random.Random(seed)

@@ -26,17 +26,14 @@ from lmjax.errors import UserError, check_fields
 class _ReadAndMask:
   """Reads the pairs of batch m (stream elements [m*b, (m+1)*b), by their
   pair indices) and masks them. Picklable, for grain's worker processes."""
-  pairs: object
+  pairs: prepared.PreparedPairs
   masking: Masking
   word_start_V: np.ndarray
   seed: int
   batch: int
 
   def __call__(self, m, indices):
-    if hasattr(self.pairs, "get_many"):
-      pairs = self.pairs.get_many(indices)
-    else:
-      pairs = [self.pairs[int(i)] for i in indices]
+    pairs = self.pairs.get_many(indices)
     examples = np.arange(m * self.batch, (m + 1) * self.batch, dtype=np.int64)
     return mask_batch(pad_pairs(pairs, self.masking.max_seq_length), self.masking,
                       self.word_start_V, self.seed, examples)
@@ -51,8 +48,7 @@ def pretraining_dataset(pairs, masking: Masking, word_start_V: np.ndarray,
                         process_count: int = 1) -> grain.MapDataset:
   """Returns this process's batches as a random-access grain dataset:
   `ds[k]` is its share of global batch k, over endless epochs. `pairs` is
-  any random-access source of pair dicts (prepared.PreparedPairs,
-  instances.Pairs)."""
+  a prepared.PreparedPairs (len, and get_many(indices) -> pair dicts)."""
   local = _local_batch(global_batch, process_index, process_count)
   batches = (grain.MapDataset.range(len(pairs))
              .shuffle(seed=seed)

@@ -5,7 +5,7 @@ Documents go to shard `bucket(text) % num_shards` of their split; a shard's
 documents, in corpus order, make its pairs with `Random(seed + shard)`, and
 a random B comes from the same shard (BERT's tool draws it from the same
 input file). One shard therefore gives exactly the pairs of the whole
-corpus that `instances.create_pairs(..., seed)` gives.
+corpus that `instances.document_pairs(..., seed)` gives.
 """
 
 import dataclasses
@@ -69,16 +69,21 @@ def write_split(directory: Path, split: str, shards: list[list[list[np.ndarray]]
                 settings: Settings) -> dict:
   """Writes a split's shards (documents grouped by shard, in order); returns
   its metadata entry."""
-  entry = dict(shards=[], documents=0, tokens=0, pairs=0, random_next=0)
+  written = []
   for index, docs in enumerate(shards):
     records, counts = shard_records(docs, index, settings)
     name = prepared.shard_name(split, index, len(shards))
     prepared.write_shard(directory / name, records)
-    entry["shards"].append(dict(file=name, pairs=counts["pairs"],
-                                bytes=(directory / name).stat().st_size))
-    for key in ("documents", "tokens", "pairs", "random_next"):
-      entry[key] += counts[key]
-  return entry
+    written.append(dict(file=name, bytes=(directory / name).stat().st_size, **counts))
+  return split_entry(written)
+
+
+def split_entry(shards: list[dict]) -> dict:
+  """A split's metadata: its shards (file, pairs, bytes) and their summed
+  documents, tokens, pairs and random-next pairs."""
+  counts = ("documents", "tokens", "pairs", "random_next")
+  return dict(shards=[{k: s[k] for k in ("file", "pairs", "bytes")} for s in shards],
+              **{k: sum(s.get(k, 0) for s in shards) for k in counts})
 
 
 def metadata(source: str, settings: Settings, splits: dict) -> prepared.Metadata:

@@ -20,7 +20,7 @@ from absl import flags
 
 from lmjax import cli
 from lmjax.data import builtin, prepared, sources
-from lmjax.data.preparation import Settings, metadata, staging_directory
+from lmjax.data.preparation import Settings, metadata, split_entry, staging_directory
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError
 
@@ -106,13 +106,9 @@ def _finish(staging: str, output: str, source: str, settings: Settings) -> prepa
   splits = {}
   for split in sorted({s["split"] for s in shards}, key=prepared.SPLITS.index):
     found = {s["shard"]: s for s in shards if s["split"] == split}
-    entry = dict(shards=[], documents=0, tokens=0, pairs=0, random_next=0)
-    for index in range(settings.num_shards):
-      shard = found.get(index) or _empty_shard(staging, split, index, settings.num_shards)
-      entry["shards"].append({k: shard[k] for k in ("file", "pairs", "bytes")})
-      for key in ("documents", "tokens", "pairs", "random_next"):
-        entry[key] += shard.get(key, 0)
-    splits[split] = entry
+    splits[split] = split_entry([
+        found.get(i) or _empty_shard(staging, split, i, settings.num_shards)
+        for i in range(settings.num_shards)])
   meta = metadata(source, settings, splits)
   if _is_remote(output):
     with FileSystems.create(FileSystems.join(output, prepared.METADATA)) as f:

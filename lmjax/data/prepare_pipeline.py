@@ -82,10 +82,15 @@ class _ReadTfds(beam.DoFn):
     self._documents = Metrics.counter("prepare", "documents")
     self._bytes = Metrics.counter("prepare", "bytes")
 
+  def setup(self):
+    self._sources = {}  # split -> random-access data source, once per worker
+
   def process(self, element):
     part, split, start, stop = element
-    builder = sources.tfds_builder(self._name, self._data_dir)
-    source = builder.as_data_source(split)
+    if split not in self._sources:
+      builder = sources.tfds_builder(self._name, self._data_dir)
+      self._sources[split] = builder.as_data_source(split)
+    source = self._sources[split]
     for i in range(start, stop):
       sentences = sources.example_sentences(source[i], self._name, self._text_field)
       if sentences:

@@ -151,9 +151,12 @@ class Run:
     # another process's devices.
     rng = jax.jit(lambda: jax.random.key(self._seed),
                   out_shardings=parallel.replicated(job.mesh))()
-    first = parallel.shard_batch(job.train_data[0], job.mesh)
+    train_step = job.train_step  # a finished run takes no step: nothing to compile
+    if start < job.schedule.steps:
+      first = parallel.shard_batch(job.train_data[0], job.mesh)
+      train_step = compile_step(job, state, first, rng)
     config_json = json.loads(job.config.to_json())
-    return run_loop(state, compile_step(job, state, first, rng), loader, rng=rng,
+    return run_loop(state, train_step, loader, rng=rng,
                     mesh=job.mesh, schedule=job.schedule, ckpts=self._ckpts,
                     writer=self._writer,
                     hooks=Hooks(job.evaluate, lambda: (loader.state(), config_json)),
