@@ -5,6 +5,8 @@ with one line on stderr naming the cause and exit status 2, no traceback.
 """
 
 import json
+import logging as std_logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -46,8 +48,11 @@ def run_in_workdir(run_fn: Callable[[object, str], dict],
   def main(argv):
     del argv
     config = get_config()
-    from lmjax import parallel  # pylint: disable=import-outside-toplevel
-    parallel.initialize_distributed()
+    from lmjax import distributed, paths  # pylint: disable=import-outside-toplevel
+    paths.check_workdir(workdir.value)
+    if distributed.requested() and not os.environ.get("LMJAX_SUPERVISED"):
+      sys.exit(distributed.supervise([sys.executable, *sys.orig_argv[1:]]))
+    distributed.initialize()
     start = time.perf_counter()
     summary = run_fn(config, workdir.value)
     line = report(summary, time.perf_counter() - start)
@@ -83,6 +88,8 @@ def run(main: Callable[[list[str]], None], known_only: bool = False) -> None:
   def guarded(argv):
     if not flags.FLAGS["verbosity"].present:  # keep library INFO logs quiet
       logging.set_verbosity(logging.WARNING)
+      for name in ("gcsfs", "google.auth"):  # retries and fallbacks; a failure is one line
+        std_logging.getLogger(name).setLevel(std_logging.CRITICAL)
     try:
       main(argv)
     except UserError as e:

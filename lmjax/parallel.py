@@ -13,7 +13,6 @@ activation [batch, length, embed], `batch` takes ('data', 'fsdp') first, so
 
 import contextlib
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 from collections.abc import Callable
@@ -39,43 +38,6 @@ RULES: Rules = (
     ("kv", None),
     ("layers", None),
 )
-
-
-def initialize_distributed(environ=os.environ) -> None:
-  """Starts JAX's distributed runtime when this is one process of several.
-
-  Explicitly, from JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES
-  and JAX_PROCESS_ID, all three or none; or detected by JAX on a multi-host
-  TPU slice or a SLURM job of several tasks. CPU processes exchange data
-  through gloo. A single process does nothing.
-  """
-  names = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
-  given = {n: environ.get(n, "") for n in names}
-  detected = ("," in environ.get("TPU_WORKER_HOSTNAMES", "")
-              or _int(environ.get("SLURM_NTASKS", "1"), "SLURM_NTASKS") > 1)
-  if not any(given.values()) and not detected:
-    return
-  explicit = ()
-  if any(given.values()):
-    missing = [n for n, v in given.items() if not v]
-    if missing:
-      raise ConfigError(f"{', '.join(n for n in names if given[n])} set but not "
-                        f"{', '.join(missing)}: set all three, or none")
-    count = _int(given["JAX_NUM_PROCESSES"], "JAX_NUM_PROCESSES")
-    index = _int(given["JAX_PROCESS_ID"], "JAX_PROCESS_ID")
-    if not 0 <= index < count:
-      raise ConfigError(f"JAX_PROCESS_ID must be in [0, JAX_NUM_PROCESSES={count}), "
-                        f"got {index}")
-    explicit = (given["JAX_COORDINATOR_ADDRESS"], count, index)
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(*explicit)  # () : JAX detects the TPU slice or SLURM job
-
-
-def _int(value: str, name: str) -> int:
-  try:
-    return int(value)
-  except ValueError:
-    raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
 
 
 def sum_over_processes(x: np.ndarray) -> np.ndarray:

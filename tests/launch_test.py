@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lmjax import parallel
+from lmjax import distributed
 from lmjax.errors import ConfigError
 
 ROOT = Path(__file__).parents[1]
@@ -107,9 +107,9 @@ def test_bad_usage_is_one_line_with_status_2(args):
 ])
 def test_incomplete_distributed_settings_are_one_line(environ, message):
   with pytest.raises(ConfigError) as e:
-    parallel.initialize_distributed(environ)
+    distributed.initialize(environ)
   assert message in str(e.value) and "\n" not in str(e.value)
-  parallel.initialize_distributed({})  # a single process: nothing to start
+  distributed.initialize({})  # a single process: nothing to start
 
 
 TINY = ["--config.data.max_seq_length=32", "--config.data.max_predictions_per_seq=5",
@@ -197,8 +197,8 @@ def test_fine_tuning_on_two_processes_is_fine_tuning_on_one(env, tmp_path):
   command = [sys.executable, "-m", "lmjax.finetune", f"--config={ROOT}/configs/finetune.py",
              f"--config.task.source=tsv:{tmp_path / 'task.tsv'}", "--config.init.source=random",
              "--config.task.max_seq_length=16", "--config.train.batch_size=16",
-             "--config.train.steps=20", "--config.train.log_every=1",
-             "--config.train.eval_every=10"]
+             "--config.train.steps=12", "--config.train.log_every=1",
+             "--config.train.eval_every=6"]
   one = subprocess.run([*command, f"--workdir={tmp_path / 'one'}"], capture_output=True,
                        text=True, cwd=ROOT, check=False,
                        env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
@@ -206,7 +206,7 @@ def test_fine_tuning_on_two_processes_is_fine_tuning_on_one(env, tmp_path):
   two = launch("2", *command, f"--workdir={tmp_path / 'two'}", env=env)
   assert two.returncode == 0, two.stderr[-3000:]
   single, double = train_lines(tmp_path / "one"), train_lines(tmp_path / "two")
-  assert sorted(single) == sorted(double) == list(range(1, 21))
+  assert sorted(single) == sorted(double) == list(range(1, 13))
   for step, line in single.items():
     assert abs(double[step]["loss"] - line["loss"]) <= 1e-6 * abs(line["loss"]), step
   summary = json.loads((tmp_path / "two" / "summary.json").read_text())
@@ -250,3 +250,44 @@ def test_sigterm_to_every_process_saves_one_step_and_exits_zero(env, tmp_path):
   step = int(saved[0].split("step ")[1].split(";")[0])
   assert [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()] \
       == [step]
+
+
+def free_port() -> int:
+  import socket  # pylint: disable=import-outside-toplevel
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [0, 1])
+def test_one_process_killed_ends_the_other_with_one_line(env, tmp_path, victim):
+  """Process `victim` (1: a worker; 0: also the coordinator) SIGKILLed
+  mid-run; the other ends within 60 s with one line and status 1."""
+  import time  # pylint: disable=import-outside-toplevel
+  workdir, port = tmp_path / "run", free_port()
+  processes = [subprocess.Popen(
+      pretrain_command(workdir, "--config.train.steps=100000"), cwd=ROOT,
+      env=dict(env, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID=str(i), JAX_PLATFORMS="cpu", LMJAX_PEER_TIMEOUT_S="5",
+               XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    wait_for_step(workdir, 3, processes[0])
+    supervised = subprocess.run(["pgrep", "-P", str(processes[victim].pid)],
+                                capture_output=True, text=True, check=True).stdout.split()
+    os.kill(int(supervised[0]), 9)  # the run itself, not the supervising parent
+    start = time.monotonic()
+    survivor = processes[1 - victim]
+    _, err = survivor.communicate(timeout=60)
+    assert time.monotonic() - start < 60
+  finally:
+    for p in processes:
+      p.kill()
+  lines = [line.strip() for line in err.replace("\r", "\n").splitlines() if line.strip()]
+  assert survivor.returncode == 1
+  assert [line for line in lines if "error" in line.lower()] == lines[-1:], err[-3000:]
+  assert lines[-1].startswith("error: ") and "Rerun the same command on every host" in lines[-1]
+  for noise in ("Check failure", "coordination_service", "Fatal Python error", "Traceback"):
+    assert noise not in err
+  assert processes[victim].wait(timeout=30) == 128 + 9

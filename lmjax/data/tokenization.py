@@ -10,11 +10,11 @@ import io
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
 
+from lmjax import paths
 from lmjax.errors import UserError
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
@@ -39,13 +39,14 @@ class Tokenizer:
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "Tokenizer":
-    path = Path(path)
+    path = paths.resolve(path)
     if not path.is_file():
       raise UserError(f"{path}: tokenizer model not found")
-    if path.stat().st_size == 0:
+    model_proto = path.read_bytes()
+    if not model_proto:
       raise UserError(f"{path}: not a sentencepiece model (empty file)")
     try:
-      return cls(path.read_bytes())
+      return cls(model_proto)
     except RuntimeError as e:
       raise UserError(f"{path}: not a sentencepiece model ({e})") from None
 
@@ -108,11 +109,9 @@ def train(sentences: Iterable[str], vocab_size: int, output: str | os.PathLike,
   except RuntimeError as e:
     raise UserError(f"sentencepiece could not train: {str(e).splitlines()[0]}") from None
   tokenizer = Tokenizer(model.getvalue())
-  output = Path(output)
+  output = paths.resolve(output)
   output.parent.mkdir(parents=True, exist_ok=True)
-  tmp = output.with_name(output.name + ".tmp")
-  tmp.write_bytes(tokenizer.model_proto)
-  os.replace(tmp, output)
+  paths.write_whole(output, tokenizer.model_proto)
   progress(f"wrote {output} ({tokenizer.vocab_size:,} pieces) in "
            f"{time.perf_counter() - start:.1f}s")
   return tokenizer

@@ -1,10 +1,11 @@
 """Orbax checkpoints of a run: a state of arrays plus small JSON items (the
 loader position, the config), saved together, restored whole or in part."""
 
-import os
 from typing import Any
 
 import orbax.checkpoint as ocp
+
+from lmjax import paths
 
 
 class Checkpoints:
@@ -12,11 +13,11 @@ class Checkpoints:
   asynchronously, keeping the newest `keep`. A step directory appears only
   once complete."""
 
-  def __init__(self, directory: str | os.PathLike, keep: int = 3,
+  def __init__(self, directory: paths.PathLike, keep: int = 3,
                json_items: tuple[str, ...] = ("loader", "config")):
     self._json_items = json_items
     self._manager = ocp.CheckpointManager(
-        os.path.abspath(directory),  # Orbax restores only from absolute paths
+        paths.resolve(directory),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=True),
         item_names=("state", *json_items))
@@ -78,7 +79,7 @@ class BestCheckpoint:
   """The parameters of the best evaluation so far, by a metric where higher
   is better, in `DIRECTORY/<step>` with their scores."""
 
-  def __init__(self, directory: str | os.PathLike, metric: str):
+  def __init__(self, directory: paths.PathLike, metric: str):
     self.metric = metric
     self._ckpts = Checkpoints(directory, keep=1, json_items=("metrics",))
     self.step = self._ckpts.latest_step()

@@ -12,13 +12,12 @@ import dataclasses
 import json
 import math
 import os
-from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
 
-from lmjax import parallel
+from lmjax import parallel, paths
 from lmjax.data import tasks
 from lmjax.data.loader import evaluation_batches, examples_dataset
 from lmjax.data.sources import MissingSplitError
@@ -208,7 +207,7 @@ def finetune(config, workdir: str | os.PathLike) -> dict:
   _check_task(task)
   start = starts.load_start(config, mesh)
   encoded = _encoded_splits(task, config, start)
-  best = BestCheckpoint(Path(workdir) / "best", f"eval_{task.metrics[0]}")
+  best = BestCheckpoint(paths.resolve(workdir) / "best", f"eval_{task.metrics[0]}")
   try:
     job, scorers = _job(config, mesh, task, start, encoded, best)
     with scaffold.Run(job, workdir, seed=config.seed + 1) as run:

@@ -9,7 +9,10 @@ current step and returns; a non-finite loss raises TrainingDiverged.
 """
 
 import dataclasses
+import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +20,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from lmjax import parallel
+from lmjax import parallel, paths
 from lmjax.errors import UserError
 from lmjax.runs.checkpoints import Checkpoints
 from lmjax.runs.throughput import RateWindow
@@ -110,14 +113,18 @@ class _Metrics:
 
 
 class _Profile:
-  """A jax.profiler trace of steps START..END into `directory`."""
+  """A jax.profiler trace of steps START..END into `directory`; a bucket's
+  gets the trace once it is complete (the profiler writes local files)."""
 
-  def __init__(self, steps: tuple[int, int] | None, directory: str):
+  def __init__(self, steps: tuple[int, int] | None, directory: paths.PathLike):
     self._steps, self._directory, self._on = steps, directory, False
+    self._local = None
 
   def before(self, step: int) -> None:
     if self._steps and step == self._steps[0]:
-      jax.profiler.start_trace(self._directory, create_perfetto_trace=True)
+      self._local = (tempfile.mkdtemp(prefix="lmjax-profile-")
+                     if paths.is_remote(self._directory) else os.fspath(self._directory))
+      jax.profiler.start_trace(self._local, create_perfetto_trace=True)
       self._on = True
 
   def after(self, step: int, outputs) -> None:
@@ -131,6 +138,9 @@ class _Profile:
     if self._on:
       jax.profiler.stop_trace()
       self._on = False
+      if self._local != os.fspath(self._directory):
+        paths.copy_tree(self._local, self._directory)
+        shutil.rmtree(self._local)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +167,8 @@ def _stop_signal(stop: StopRequest, ckpts: Checkpoints, step: int) -> str | None
 def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
              schedule: Schedule, ckpts: Checkpoints, writer: MetricWriter, hooks: Hooks,
              rate: RateWindow, start: int = 0, desc: str = "train",
-             progress_keys: tuple[str, ...] = ("loss",), profile_dir: str = "") -> LoopResult:
+             progress_keys: tuple[str, ...] = ("loss",),
+             profile_dir: paths.PathLike = "profile") -> LoopResult:
   """Trains from step `start` to `schedule.steps`; evaluates every
   `eval_every` steps and at the end, and saves every `checkpoint_every`
   steps, at the end and when stopped."""
@@ -186,6 +197,7 @@ def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
           writer.write(step, last_eval)
         if saving:
           ckpts.save(step, state, *hooks.saved_items())
+          writer.flush()  # a bucket's metrics.jsonl is uploaded whole
         if stopping:
           print(f"\n{stopping}: saved a checkpoint at step {step}; exiting", flush=True)
           break

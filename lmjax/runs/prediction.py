@@ -5,14 +5,13 @@ Only the best parameters are read; no optimizer exists in predict mode.
 """
 
 import json
-import os
-from pathlib import Path
 
 import jax
 import numpy as np
 import scipy.special
+from etils import epath
 
-from lmjax import parallel
+from lmjax import parallel, paths
 from lmjax.data import tasks
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError
@@ -25,7 +24,7 @@ from lmjax.train import classification, steps
 _NEEDED = ("task.json", "model.json", "tokenizer.model", "config.json", "best")
 
 
-def _best_params(workdir: Path, model, example: dict, mesh):
+def _best_params(workdir: epath.Path, model, example: dict, mesh):
   """(step, parameters) of DIR/best, in the shardings `mesh` gives them."""
   abstract = steps.abstract_params(classification.init_params(model, example), mesh)
   best = Checkpoints(workdir / "best", keep=1, json_items=("metrics",))
@@ -50,11 +49,11 @@ def _record(texts: tuple[str, ...], row: np.ndarray, task: tasks.Task) -> dict:
   return record
 
 
-def predict(config, workdir: str | os.PathLike) -> dict:
+def predict(config, workdir: paths.PathLike) -> dict:
   """Writes the predictions of DIR's best checkpoint for `config.predict.input`;
   returns a summary (count, truncated, output, checkpoint step)."""
   check_config(config)
-  workdir = Path(workdir)
+  workdir = paths.resolve(workdir)
   if not all((workdir / name).exists() for name in _NEEDED):
     raise UserError(f"{workdir}: no fine-tuned model (run python -m lmjax.finetune "
                     f"--workdir={workdir} first)")
@@ -74,10 +73,10 @@ def predict(config, workdir: str | os.PathLike) -> dict:
   out = logits(eval_step, params, device_batches(encoded.arrays,
                                                  config.train.eval_batch_size, mesh),
                len(texts))
-  output = Path(config.predict.output or workdir / "predictions.jsonl").expanduser()
+  output = paths.resolve(config.predict.output or workdir / "predictions.jsonl")
   if scaffold.is_lead():
     output.parent.mkdir(parents=True, exist_ok=True)
-    scaffold.write_file(output, "".join(
+    paths.write_whole(output, "".join(
         json.dumps(_record(pair, row, task), ensure_ascii=False) + "\n"
         for pair, row in zip(texts, out, strict=True)))
   return dict(predictions=len(texts), truncated=encoded.truncated, output=str(output),

@@ -15,15 +15,14 @@ does the rest the same way for every kind:
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import grain
 import jax
+from etils import epath
 
-from lmjax import parallel
+from lmjax import parallel, paths
 from lmjax.data.loader import Loader
 from lmjax.errors import ConfigError, UserError, check_fields
 from lmjax.runs.checkpoints import Checkpoints
@@ -71,15 +70,7 @@ def is_lead() -> bool:
   return jax.process_index() == 0
 
 
-def write_file(path: Path, content: bytes | str) -> None:
-  """Writes `content` to `path` whole or not at all (through a temporary)."""
-  data = content.encode() if isinstance(content, str) else content
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_bytes(data)
-  os.replace(tmp, path)
-
-
-def _resume(job: Job, workdir: Path, ckpts: Checkpoints) -> tuple[Any, int, int]:
+def _resume(job: Job, workdir: epath.Path, ckpts: Checkpoints) -> tuple[Any, int, int]:
   """(state, step, loader position) of the newest checkpoint; or the fresh
   state at 0, and the workdir's files are written."""
   start = ckpts.latest_step()
@@ -93,7 +84,7 @@ def _resume(job: Job, workdir: Path, ckpts: Checkpoints) -> tuple[Any, int, int]
     workdir.mkdir(parents=True, exist_ok=True)
     for name, content in {"config.json": job.config.to_json(indent=2) + "\n",
                           **job.files}.items():
-      write_file(workdir / name, content)
+      paths.write_whole(workdir / name, content)
   return job.state, 0, 0
 
 
@@ -124,8 +115,8 @@ class Run:
       run.write_summary(summary)
   """
 
-  def __init__(self, job: Job, workdir: str | os.PathLike, seed: int):
-    self.job, self.workdir, self._seed = job, Path(workdir), seed
+  def __init__(self, job: Job, workdir: paths.PathLike, seed: int):
+    self.job, self.workdir, self._seed = job, paths.resolve(workdir), seed
     self._ckpts: Checkpoints | None = None
     self._writer: MetricWriter | None = None
 
@@ -144,8 +135,7 @@ class Run:
     end of the schedule (see lmjax.runs.loop)."""
     job = self.job
     state, start, position = _resume(job, self.workdir, self._ckpts)
-    self._writer = MetricWriter(self.workdir, enabled=is_lead())
-    self._writer.truncate_after(start)
+    self._writer = MetricWriter(self.workdir, start, enabled=is_lead())
     loader = Loader(job.train_data, start=position, num_threads=job.num_threads)
     # Made by a jitted function: device_put cannot place a host value on
     # another process's devices.
@@ -162,7 +152,7 @@ class Run:
                     hooks=Hooks(job.evaluate, lambda: (loader.state(), config_json)),
                     rate=RateWindow(job.throughput), start=start, desc=job.name,
                     progress_keys=job.progress_keys,
-                    profile_dir=os.fspath(self.workdir.absolute() / "profile"))
+                    profile_dir=self.workdir / "profile")
 
   def log(self, step: int, scalars: dict) -> None:
     """Appends scalars to the run's metrics (after `train`)."""
@@ -171,7 +161,7 @@ class Run:
   def write_summary(self, summary: dict) -> None:
     """DIR/summary.json, by process 0."""
     if is_lead():
-      write_file(self.workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+      paths.write_whole(self.workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def profile_steps(train) -> tuple[int, int] | None:

@@ -10,12 +10,13 @@ from a pretraining checkpoint, never its optimizer moments.
 
 import dataclasses
 import json
-from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
+from lmjax import paths
 from lmjax.data import builtin
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import CheckpointError, ConfigError, UserError
@@ -42,14 +43,14 @@ class Start:
   origin: str
 
 
-def parse_source(source: str) -> tuple[str, Path | None]:
+def parse_source(source: str) -> tuple[str, epath.Path | None]:
   """(kind, directory) of `config.init.source`; ConfigError when it is none
   of pretrain:DIR, hf:DIR or random."""
   kind, sep, path = source.partition(":")
   if source == "random":
     return "random", None
   if sep and kind in ("pretrain", "hf") and path:
-    return kind, Path(path).expanduser()
+    return kind, paths.resolve(path)
   raise ConfigError(f"config.init.source must be pretrain:DIR, hf:DIR or random, "
                     f"got {source!r}")
 
@@ -77,7 +78,7 @@ def _runtime(model) -> dict:
   return {k: model[k] for k in RUNTIME_FIELDS}
 
 
-def _tokenizer(directory: Path, config) -> Tokenizer:
+def _tokenizer(directory: epath.Path, config) -> Tokenizer:
   """The tokenizer that travels with a checkpoint directory; a different
   one named in the config is an error."""
   own, configured = directory / "tokenizer.model", config.task.tokenizer
@@ -94,7 +95,7 @@ def _tokenizer(directory: Path, config) -> Tokenizer:
                   "name the checkpoint's tokenizer with --config.task.tokenizer=FILE")
 
 
-def _pretraining_run(path: Path, config, mesh) -> Start:
+def _pretraining_run(path: epath.Path, config, mesh) -> Start:
   field = f"config.init.source={config.init.source}"
   if not (path / "config.json").is_file():
     raise UserError(f"{field}: not a pretraining workdir (no config.json); run "
@@ -114,7 +115,7 @@ def _pretraining_run(path: Path, config, mesh) -> Start:
   return Start(model_cfg, {"bert": bert}, tokenizer, f"pretraining run {path} (step {step})")
 
 
-def _pretrained_encoder(path: Path, field: str, model_cfg: BertConfig, data, mesh):
+def _pretrained_encoder(path: epath.Path, field: str, model_cfg: BertConfig, data, mesh):
   """(step, encoder parameters) of a pretraining workdir's newest checkpoint."""
   if not (path / "checkpoints").is_dir():
     raise UserError(f"{field}: no checkpoints yet")

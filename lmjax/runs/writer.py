@@ -1,49 +1,71 @@
 """Metric writers: one JSON object per logged step in `DIR/metrics.jsonl`,
-and the same scalars as TensorBoard event files in `DIR/tensorboard`."""
+and the same scalars as TensorBoard event files in `DIR/tensorboard`.
 
+A local workdir's metrics.jsonl grows a line at a time. A bucket's objects
+cannot be appended to, so there the writer holds the file's lines and
+uploads it whole at each `flush`, which the loop calls when it saves a
+checkpoint and when it ends: what a resumed run keeps is always there.
+TensorBoard's event files reach a bucket the same way, through `lmjax.paths`.
+"""
+
+import io
 import json
 import math
 import os
-from pathlib import Path
+
+from tensorboardX import record_writer
+
+from lmjax import paths
 
 
 class MetricWriter:
   """Appends the scalars of a step to both; a disabled writer (a process
-  other than 0) writes nothing."""
+  other than 0) writes nothing. Lines of steps after `start` (logged by a
+  run that stopped after its last checkpoint) are dropped: the resumed run
+  logs them again."""
 
-  def __init__(self, workdir: str | os.PathLike, enabled: bool = True):
-    self.path = Path(workdir) / "metrics.jsonl"
+  def __init__(self, workdir: paths.PathLike, start: int = 0, enabled: bool = True):
     self.enabled = enabled
+    self.path = paths.resolve(workdir) / "metrics.jsonl"
+    self._remote = paths.is_remote(self.path)
+    self._lines: list[str] = []  # of a remote file, uploaded at flush
+    self._dirty = False
     self._tb = None
-    if enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self._tb = SummaryWriter(os.fspath(Path(workdir) / "tensorboard"))
-
-  def truncate_after(self, step: int) -> None:
-    """Drops lines of steps after `step`: a resumed run logs them again."""
-    if not (self.enabled and self.path.exists()):
+    if not enabled:
       return
-    kept = [line for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step]
-    tmp = self.path.with_name(self.path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, self.path)
+    if self.path.exists():
+      self._lines = [line for line in self.path.read_text().splitlines()
+                     if line.strip() and json.loads(line)["step"] <= start]
+      paths.write_whole(self.path, "".join(line + "\n" for line in self._lines))
+    if not self._remote:
+      self._lines = []
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    self._tb = SummaryWriter(os.fspath(paths.resolve(workdir) / "tensorboard"))
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:
       return
     record = {"step": step, **{k: _plain(v) for k, v in scalars.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    line = json.dumps(record)
+    if self._remote:
+      self._lines.append(line)
+      self._dirty = True
+    else:
+      with open(self.path, "a") as f:
+        f.write(line + "\n")
     for key, value in record.items():
       if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
         self._tb.add_scalar(key, value, step)
 
   def flush(self) -> None:
+    if self._dirty:
+      paths.write_whole(self.path, "".join(line + "\n" for line in self._lines))
+      self._dirty = False
     if self._tb is not None:
       self._tb.flush()
 
   def close(self) -> None:
+    self.flush()
     if self._tb is not None:
       self._tb.close()
 
@@ -51,3 +73,34 @@ class MetricWriter:
 def _plain(value):
   value = value.item() if hasattr(value, "item") else value
   return float(value) if isinstance(value, float) else value
+
+
+class _WholeObject:
+  """An event file in a bucket: the records so far, uploaded whole at each
+  flush (tensorboardX flushes every two minutes and at close)."""
+
+  def __init__(self, path: str):
+    self._path, self._buffer = path, io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self._buffer.write(data)
+
+  def flush(self) -> None:
+    paths.write_whole(self._path, self._buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _BucketFiles:
+  """tensorboardX's writer factory for a URI scheme, through lmjax.paths."""
+
+  def open(self, path: str) -> _WholeObject:
+    return _WholeObject(path)
+
+  def directory_check(self, path: str) -> None:
+    paths.resolve(path).mkdir(parents=True, exist_ok=True)
+
+
+for _scheme in ("gs", "s3"):
+  record_writer.register_writer_factory(_scheme, _BucketFiles())

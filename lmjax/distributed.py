@@ -1,0 +1,211 @@
+"""Several processes as one run: JAX's distributed runtime, and a watch that
+ends a process whose peer is gone.
+
+Every entry point calls `initialize()` first. In a single process it does
+nothing; in one process of several it connects to JAX's coordination
+service, and from then on a watch thread publishes a beat there every
+second and reads the others'. A process killed outside the program
+(SIGKILL, a lost host) leaves the others waiting in a collective that never
+completes; when its beat has not moved for `LMJAX_PEER_TIMEOUT_S` seconds
+(default 20) the watch ends this process with one line. Without it JAX's
+own heartbeat check would abort the process with a C++ stack trace, later.
+"""
+
+import atexit
+import contextlib
+import ctypes
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+
+from lmjax.errors import ConfigError
+
+NAMES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+PEER_LOST_STATUS = 1
+_EXITED = "exited"
+
+
+def initialize(environ=os.environ) -> None:
+  """Starts JAX's distributed runtime when this is one process of several.
+
+  Explicitly, from JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES
+  and JAX_PROCESS_ID, all three or none; or detected by JAX on a multi-host
+  TPU slice or a SLURM job of several tasks. CPU processes exchange data
+  through gloo. A single process does nothing.
+  """
+  if not requested(environ):
+    return
+  given = {n: environ.get(n, "") for n in NAMES}
+  explicit = ()
+  if any(given.values()):
+    missing = [n for n, v in given.items() if not v]
+    if missing:
+      raise ConfigError(f"{', '.join(n for n in NAMES if given[n])} set but not "
+                        f"{', '.join(missing)}: set all three, or none")
+    count = _int(given["JAX_NUM_PROCESSES"], "JAX_NUM_PROCESSES")
+    index = _int(given["JAX_PROCESS_ID"], "JAX_PROCESS_ID")
+    if not 0 <= index < count:
+      raise ConfigError(f"JAX_PROCESS_ID must be in [0, JAX_NUM_PROCESSES={count}), "
+                        f"got {index}")
+    explicit = (given["JAX_COORDINATOR_ADDRESS"], count, index)
+  timeout = _float(environ.get("LMJAX_PEER_TIMEOUT_S", "20"), "LMJAX_PEER_TIMEOUT_S")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(*explicit)  # () : JAX detects the TPU slice or SLURM job
+  if jax.process_count() > 1:
+    watch_peers(timeout)
+
+
+def requested(environ=os.environ) -> bool:
+  """Whether this is meant to be one process of several."""
+  return (any(environ.get(n) for n in NAMES)
+          or "," in environ.get("TPU_WORKER_HOSTNAMES", "")
+          or _int(environ.get("SLURM_NTASKS", "1"), "SLURM_NTASKS") > 1)
+
+
+def watch_peers(timeout: float, interval: float = 1.0) -> threading.Thread:
+  """Starts the watch thread (see the module docstring); a process that
+  exits says so, so that finishing is not taken for dying."""
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  client = distributed.global_state.client
+  me, count = jax.process_index(), jax.process_count()
+
+  def beat(value: str) -> None:
+    client.key_value_set(f"lmjax/beat/{me}", value, allow_overwrite=True)
+
+  def watch() -> None:
+    seen = {p: (None, time.monotonic()) for p in range(count) if p != me}
+    unreachable_since = None
+    for n in range(sys.maxsize):
+      now = time.monotonic()
+      try:
+        beat(str(n))
+        values = {p: client.key_value_try_get(f"lmjax/beat/{p}") for p in seen}
+        unreachable_since = None
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        if "NOT_FOUND" not in str(e):  # a peer that has not beaten yet is fine
+          unreachable_since = unreachable_since or now
+          if now - unreachable_since > timeout:
+            _stop(f"the coordination service (process 0) has not answered for "
+                  f"{timeout:.0f} s: process 0 is gone (killed, or its host lost)")
+        values = {}
+      for p, value in values.items():
+        if value == _EXITED:
+          seen.pop(p)
+        elif value != seen[p][0]:
+          seen[p] = (value, now)
+      lost = [p for p, (_, since) in seen.items() if now - since > timeout]
+      if lost:
+        _stop(f"process {lost[0]} of {count} has shown no sign of life for "
+              f"{timeout:.0f} s (killed, or its host lost)")
+      time.sleep(interval)
+
+  atexit.register(_quietly, beat, _EXITED)
+  thread = threading.Thread(target=watch, name="lmjax-peer-watch", daemon=True)
+  thread.start()
+  return thread
+
+
+def _stop(cause: str) -> None:
+  print(f"\nerror: {cause}; process {jax.process_index()} stops too. Rerun the same "
+        "command on every host to resume from the newest checkpoint",
+        file=sys.stderr, flush=True)
+  os._exit(PEER_LOST_STATUS)  # the main thread is stuck in a collective
+
+
+def _quietly(fn, *args) -> None:
+  with contextlib.suppress(Exception):  # the service is gone: nobody is watching
+    fn(*args)
+
+
+def _int(value: str, name: str) -> int:
+  try:
+    return int(value)
+  except ValueError:
+    raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+
+
+def _float(value: str, name: str) -> float:
+  try:
+    result = float(value)
+  except ValueError:
+    result = 0.0
+  if not result > 0:
+    raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+  return result
+
+
+# A line of the C++ runtime's log: "E1129 16:21:39.290694   24648 file.cc:289] ".
+_CPP_LOG = re.compile(rb"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]+:\d+\] ")
+_FATAL = b"JAX distributed service detected fatal errors"
+
+
+def supervise(argv: list[str], environ=os.environ) -> int:
+  """Runs `argv` (this same command) as a child process and returns its exit
+  status. Its output passes through, except when JAX's distributed runtime
+  aborts it because another process died (the coordinator's host gone):
+  that C++ log and stack trace become one line. SIGTERM and SIGINT reach the
+  child; the child dies with this process."""
+  child = subprocess.Popen(argv, env={**environ, "LMJAX_SUPERVISED": "1"},
+                           stderr=subprocess.PIPE, process_group=0,
+                           preexec_fn=_die_with_parent)
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda signum, frame: child.send_signal(signum))
+  aborted = _pass_through(child.stderr.fileno(), sys.stderr.buffer)
+  status = child.wait()
+  if aborted:
+    print(f"\nerror: JAX's distributed runtime lost another process of this run (killed, "
+          f"or its host lost); process {environ.get('JAX_PROCESS_ID', '?')} stops too. "
+          "Rerun the same command on every host to resume from the newest checkpoint",
+          file=sys.stderr, flush=True)
+    return PEER_LOST_STATUS
+  return status if status >= 0 else 128 - status  # as a shell reports a signal
+
+
+def _pass_through(fd: int, out, hold_s: float = 2.0) -> bool:
+  """Copies `fd` to `out` as it comes until EOF. From a line of the C++
+  runtime's log on, output is held back for `hold_s` seconds: when the
+  abort follows within them, all of it is dropped (the abort's log has
+  several such lines and continuations), otherwise it is shown. Everything
+  after the abort is dropped. Returns whether the abort came."""
+  held, rest, since = b"", b"", None
+  while True:
+    ready, _, _ = select.select([fd], [], [], hold_s if since else None)
+    chunk = os.read(fd, 1 << 16) if ready else b""
+    if ready and not chunk:
+      break
+    *lines, rest = (rest + chunk).split(b"\n")
+    for line in lines:
+      if _FATAL in line:
+        while os.read(fd, 1 << 16):  # the stack trace, Python's fault dump
+          pass
+        return True
+      if since is None and _CPP_LOG.match(line):
+        since = time.monotonic()
+      if since is None:
+        out.write(line + b"\n")
+      else:
+        held += line + b"\n"
+    if since is not None and time.monotonic() - since >= hold_s:
+      out.write(held)  # not the abort's
+      held, since = b"", None
+    if since is None and rest and not (rest[:1] in b"IWEF" and
+                                       (len(rest) < 40 or _CPP_LOG.match(rest))):
+      out.write(rest)  # a progress bar: shown at once
+      rest = b""
+    out.flush()
+  out.write(held + rest)
+  out.flush()
+  return False
+
+
+def _die_with_parent() -> None:
+  """In the child: SIGKILL when the supervising parent dies (Linux)."""
+  with contextlib.suppress(Exception):
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

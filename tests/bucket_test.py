@@ -1,0 +1,175 @@
+"""Workdirs in a bucket: pretraining, its resume, a fine-tuning start from it
+and predictions, with `gs://` workdirs on a local Cloud Storage emulator
+(the same API gcsfs and tensorstore speak to Cloud Storage), equal to the
+same runs on local paths."""
+
+import json
+import logging
+import os
+import random
+import socket
+import struct
+
+import jax
+import pytest
+from etils import epath
+
+from lmjax import paths
+from lmjax.runs import finetuning, prediction
+from lmjax.runs.pretraining import train_and_evaluate
+from finetune_test import config as finetune_config
+from finetune_test import data_dirs, pretrain_config, review, reviews_tsv  # noqa: F401
+
+pytestmark = pytest.mark.slow
+BUCKET = "lmjax-test"
+
+
+@pytest.fixture(scope="module")
+def bucket():
+  """gs://BUCKET served by gcp-storage-emulator, in memory, for this module."""
+  from gcp_storage_emulator.server import create_server  # pylint: disable=import-outside-toplevel
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  server = create_server("localhost", port, in_memory=True, default_bucket=BUCKET)
+  server.start()
+  for name in ("gcp_storage_emulator", "gcsfs", "google.auth"):
+    logging.getLogger(name).setLevel(logging.CRITICAL)
+  names = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL")
+  saved = {k: os.environ.get(k) for k in names}
+  for name in names:
+    os.environ[name] = f"http://localhost:{port}"
+  yield f"gs://{BUCKET}"
+  server.stop()
+  for k, v in saved.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
+
+
+def pretraining(corpus):
+  p = pretrain_config.get_config()
+  p.data.source, p.data.max_seq_length, p.data.max_predictions_per_seq = (
+      f"text:{corpus}", 32, 5)
+  p.train.update(batch_size=8, steps=8, warmup_steps=2, eval_batches=1, eval_every=4,
+                 log_every=1, checkpoint_every=4)
+  return p
+
+
+def lines(workdir) -> list[dict]:
+  text = paths.resolve(workdir).joinpath("metrics.jsonl").read_text()
+  return [json.loads(line) for line in text.splitlines()]
+
+
+def without_rates(records: list[dict]) -> list[dict]:
+  """The records without what depends on time (tokens/s, MFU)."""
+  timed = ("tokens_per_s", "mfu", "steps_per_s", "seconds")
+  return [{k: v for k, v in r.items() if not k.startswith(timed)} for r in records]
+
+
+def event_scalars(directory: epath.Path) -> dict[str, set[int]]:
+  """tag -> steps of the scalars in the TensorBoard event files under it."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  tags: dict[str, set[int]] = {}
+  for path in directory.glob("events.out.tfevents.*"):
+    data, at = path.read_bytes(), 0
+    while at < len(data):
+      (length,) = struct.unpack("<Q", data[at:at + 8])
+      event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+      at += 12 + length + 4
+      for value in event.summary.value:
+        tags.setdefault(value.tag, set()).add(event.step)
+  return tags
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  rng = random.Random(1)
+  path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+  path.write_text("\n\n".join("\n".join(review(rng, rng.random() < 0.5) + "."
+                                        for _ in range(8)) for _ in range(30)) + "\n")
+  return path
+
+
+@pytest.fixture(scope="module")
+def pretrained(bucket, corpus, tmp_path_factory):
+  """(local workdir, bucket workdir) of the same pretraining run."""
+  local = tmp_path_factory.mktemp("local") / "pretrain"
+  train_and_evaluate(pretraining(corpus), local)
+  remote = f"{bucket}/pretrain"
+  p = pretraining(corpus)
+  p.train.profile_steps = "2,3"
+  train_and_evaluate(p, remote)
+  return local, remote
+
+
+def test_a_bucket_workdir_holds_what_a_local_one_does(pretrained):
+  local, remote = pretrained
+  remote_path = epath.Path(remote)
+  assert (remote_path / "tokenizer.model").read_bytes() == (local / "tokenizer.model").read_bytes()
+  saved = json.loads((remote_path / "config.json").read_text())
+  assert saved["train"].pop("profile_steps") == "2,3"
+  expected = json.loads((local / "config.json").read_text())
+  expected["train"].pop("profile_steps")
+  assert saved == expected
+  assert without_rates(lines(remote)) == without_rates(lines(local))
+  assert sorted(int(p.name) for p in (remote_path / "checkpoints").iterdir()
+                if p.name.isdigit()) == [4, 8]
+  assert json.loads((remote_path / "summary.json").read_text())["step"] == 8
+  tags = event_scalars(remote_path / "tensorboard")
+  assert tags["loss"] == set(range(1, 9)) and 8 in tags["eval_mlm_accuracy"]
+  assert list((remote_path / "profile").glob("plugins/profile/*/*.xplane.pb"))
+
+
+def test_a_bucket_run_resumes_exactly(pretrained, corpus):
+  """The run as if killed after its checkpoint of step 4: step 8's checkpoint
+  and the summary gone; rerun, it resumes at 4 and ends as before."""
+  _, remote = pretrained
+  remote_path = epath.Path(remote)
+  (remote_path / "checkpoints" / "8").rmtree()
+  (remote_path / "summary.json").unlink()
+  before = lines(remote)
+  summary = train_and_evaluate(pretraining(corpus), remote)
+  after = lines(remote)
+  assert summary["step"] == 8
+  assert without_rates(after) == without_rates(before)
+  assert [r["step"] for r in after].count(5) == 1
+
+
+def test_fine_tuning_starts_from_a_bucket_and_predicts_into_it(
+    pretrained, reviews_tsv, tmp_path):  # noqa: F811 (a fixture)
+  local, remote = pretrained
+  rng = random.Random(3)
+  (tmp_path / "texts.txt").write_text("\n".join(review(rng, i % 2 == 0)
+                                                for i in range(10)) + "\n")
+  runs = {}
+  for name, source, output in (("local", local, tmp_path / "local.jsonl"),
+                               ("bucket", remote, f"{remote}-predictions/p.jsonl")):
+    c = finetune_config(reviews_tsv, steps=4, eval_every=2, log_every=1)
+    c.init.source = f"pretrain:{source}"
+    summary = finetuning.finetune(c, tmp_path / name)
+    c.mode, c.predict.input, c.predict.output = "predict", str(tmp_path / "texts.txt"), str(output)
+    prediction.predict(c, tmp_path / name)
+    runs[name] = summary, paths.resolve(output).read_text()
+  (local_summary, local_rows), (bucket_summary, bucket_rows) = runs["local"], runs["bucket"]
+  assert bucket_summary.pop("init") == f"pretraining run {remote} (step 8)"
+  local_summary.pop("init")
+  assert bucket_summary == local_summary
+  assert bucket_rows == local_rows and len(bucket_rows.splitlines()) == 10
+  assert without_rates(lines(tmp_path / "bucket")) == without_rates(lines(tmp_path / "local"))
+
+
+def test_the_best_checkpoint_lives_in_a_bucket(bucket):
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from lmjax.runs.checkpoints import BestCheckpoint  # pylint: disable=import-outside-toplevel
+  directory = f"{bucket}/best-only/best"
+  best = BestCheckpoint(directory, "eval_accuracy")
+  for step, accuracy in ((0, 0.5), (2, 0.7), (4, 0.6)):
+    best.offer(step, {"w": jnp.full((4,), float(step))}, {"eval_accuracy": accuracy})
+  params = best.params({"w": jax.ShapeDtypeStruct((4,), jnp.float32)})
+  best.close()
+  assert best.step == 2 and params["w"].tolist() == [2.0] * 4
+  reopened = BestCheckpoint(directory, "eval_accuracy")
+  assert (reopened.step, reopened.scores) == (2, {"eval_accuracy": 0.7})
+  reopened.close()
