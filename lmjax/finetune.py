@@ -11,12 +11,17 @@ Running again with the same DIR resumes from its latest checkpoint.
 """
 
 from lmjax import cli
-from lmjax.runs.finetuning import finetune
-from lmjax.runs.prediction import predict
 
 
 def run(config, workdir: str) -> dict:
-  return (predict if config.mode == "predict" else finetune)(config, workdir)
+  # Imported here: the parent of a multi-process run (lmjax.distributed)
+  # only passes output through and needs none of it.
+  # pylint: disable=import-outside-toplevel
+  if config.mode == "predict":
+    from lmjax.runs.prediction import predict
+    return predict(config, workdir)
+  from lmjax.runs.finetuning import finetune
+  return finetune(config, workdir)
 
 
 def report(summary: dict, seconds: float) -> str | None:

@@ -7,7 +7,13 @@ again with the same DIR resumes from its latest checkpoint.
 """
 
 from lmjax import cli
-from lmjax.runs.pretraining import train_and_evaluate
+
+
+def train(config, workdir: str) -> dict:
+  # Imported here: the parent of a multi-process run (lmjax.distributed)
+  # only passes output through and needs none of it.
+  from lmjax.runs.pretraining import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  return train_and_evaluate(config, workdir)
 
 
 def report(summary: dict, seconds: float) -> str | None:
@@ -21,4 +27,4 @@ def report(summary: dict, seconds: float) -> str | None:
 
 
 if __name__ == "__main__":
-  cli.run_in_workdir(train_and_evaluate, report, "configs/pretrain.py")
+  cli.run_in_workdir(train, report, "configs/pretrain.py")

@@ -13,8 +13,6 @@ import json
 import math
 import os
 
-from tensorboardX import record_writer
-
 from lmjax import paths
 
 
@@ -40,6 +38,7 @@ class MetricWriter:
     if not self._remote:
       self._lines = []
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    _register_bucket_files()
     self._tb = SummaryWriter(os.fspath(paths.resolve(workdir) / "tensorboard"))
 
   def write(self, step: int, scalars: dict) -> None:
@@ -102,5 +101,9 @@ class _BucketFiles:
     paths.resolve(path).mkdir(parents=True, exist_ok=True)
 
 
-for _scheme in ("gs", "s3"):
-  record_writer.register_writer_factory(_scheme, _BucketFiles())
+def _register_bucket_files() -> None:
+  """tensorboardX writes gs:// and s3:// event files through lmjax.paths
+  (tensorboardX is imported on first use: it takes a second)."""
+  from tensorboardX import record_writer  # pylint: disable=import-outside-toplevel
+  for scheme in ("gs", "s3"):
+    record_writer.register_writer_factory(scheme, _BucketFiles())
