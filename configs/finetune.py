@@ -18,7 +18,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Where the encoder starts: pretrain:DIR (a pretraining workdir's newest
   # checkpoint), hf:DIR (a Hugging Face BERT directory: config.json, weights,
-  # and tokenizer.model unless config.task.tokenizer names it) or random.
+  # and tokenizer unless config.task.tokenizer names it) or random.
   config.init = ml_collections.ConfigDict(dict(source="pretrain:runs/pretrain"))
 
   config.task = ml_collections.ConfigDict(dict(
@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       regression=False,  # local files: the label is a score
       metrics="",  # comma-separated, main first; '' = the task's own
       max_seq_length=128,  # longer examples are truncated (and counted)
-      tokenizer="",  # only for init.source=random, or a checkpoint without tokenizer.model
+      tokenizer="",  # only for init.source=random, or a checkpoint without a tokenizer
       data_dir="",  # tfds data directory; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
       num_threads=2,  # host threads that prepare batches
   ))

@@ -16,6 +16,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
+  # Where the weights start: random (config.model.size), or hf:DIR, a Hugging
+  # Face BERT directory (continued pretraining with its sizes and vocabulary;
+  # heads it lacks start random).
+  config.init = ml_collections.ConfigDict(dict(source="random"))
+
   config.model = ml_collections.ConfigDict(dict(
       size="tiny",  # tiny | mini | small | medium | base | large
       max_position=512,
@@ -31,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       source="austen",  # austen | tfds:NAME[/CONFIG] | text:PATH_OR_GLOB
       text_field="text",  # the text feature of a tfds source
-      tokenizer="",  # a sentencepiece .model; '' = the built-in austen tokenizer
+      tokenizer="",  # a tokenizer file or directory; '' = init.source's, or the built-in
       data_dir="",  # tfds data directory; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
       cache_dir="",  # tokenized-corpus cache; '' = $LMJAX_CACHE or ~/.cache/lmjax
       max_seq_length=128,

@@ -165,7 +165,8 @@ def test_a_hugging_face_start_is_exactly_those_weights(tmp_path, reviews_tsv):
   from flax import linen as nn  # pylint: disable=import-outside-toplevel
   params = nn.unbox(params)["params"]
   hf_dir = tmp_path / "hf"
-  save_hf_bert(model_cfg, params, hf_dir, tokenizer=builtin.TOKENIZER_FILE.read_bytes())
+  save_hf_bert(model_cfg, params, hf_dir,
+               tokenizer={"tokenizer.model": builtin.TOKENIZER_FILE.read_bytes()})
   assert (hf_dir / "tokenizer.model").read_bytes() == builtin.TOKENIZER_FILE.read_bytes()
 
   c = config(reviews_tsv, steps=2)
@@ -258,7 +259,7 @@ def test_bad_input_is_one_line_and_leaves_the_workdir_alone(trained, tmp_path,
   assert_user_error(c, workdir, "its tokenizer has 64 pieces but the model's vocabulary "
                                 "has 8000 rows")
   c.task.tokenizer = ""
-  assert_user_error(c, workdir, "no tokenizer.model")
+  assert_user_error(c, workdir, "no tokenizer (tokenizer.model, tokenizer.json, vocab.txt)")
 
   c = config(reviews_tsv)
   c.init.source, c.task.regression, c.task.metrics = "random", True, "accuracy"

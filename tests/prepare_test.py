@@ -39,8 +39,8 @@ def corpus(tmp_path_factory):
 
 
 def settings(**changes):
-  values = dict(tokenizer_proto=builtin.TOKENIZER_FILE.read_bytes(), max_seq_length=32,
-                short_seq_prob=0.1, seed=5, num_shards=3)
+  values = dict(tokenizer_files={"tokenizer.model": builtin.TOKENIZER_FILE.read_bytes()},
+                max_seq_length=32, short_seq_prob=0.1, seed=5, num_shards=3)
   return Settings(**{**values, **changes})
 
 
@@ -182,7 +182,7 @@ def test_bad_input_is_one_line_with_status_2(tmp_path):
       ([f"--source=text:{tmp_path}/none-*.txt"], "no file matches"),
       (["--source=austen", "--max_seq_lenght=64"], "unknown flag --max_seq_lenght"),
       (["--source=austen", "--num_shards=0"], "num_shards must be at least 1"),
-      (["--source=austen", f"--tokenizer={tmp_path}/no.model"], "tokenizer model not found"),
+      (["--source=austen", f"--tokenizer={tmp_path}/no.model"], "tokenizer not found"),
       (["--source=austen", f"--tokenizer={tmp_path / 'empty.model'}"],
        "not a sentencepiece model (empty file)"),
       ([f"--source=prepared:{tmp_path}"], "a prepared directory holds token ids, not text"),

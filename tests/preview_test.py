@@ -64,7 +64,7 @@ def test_preview_statistics_on_an_unseen_local_corpus(env, reviews):
     (["--config.data.bogus=1"], "bogus"),
     (["--config.data.max_seq_length=abc"], "max_seq_length"),
     (["--config.data.masked_lm_prob=2.0"], "masked_lm_prob"),
-    (["--config.data.tokenizer=/no/such.model"], "tokenizer model not found"),
+    (["--config.data.tokenizer=/no/such.model"], "tokenizer not found"),
 ])
 def test_preview_user_errors_are_one_line(env, args, message):
   run = preview(env, *args, "--num_batches=1")

@@ -17,7 +17,8 @@ from lmjax.errors import UserError
 
 
 def document_pairs(documents: list[list[np.ndarray]], max_seq_length: int,
-                   short_seq_prob: float, seed: int):
+                   short_seq_prob: float, seed: int, cls_id: int = CLS_ID,
+                   sep_id: int = SEP_ID):
   """Yields (tokens, b_start, is_random_next) of every document's NSP pairs,
   in order, as BERT's tool makes them.
 
@@ -27,16 +28,18 @@ def document_pairs(documents: list[list[np.ndarray]], max_seq_length: int,
   `documents` (label 1; BERT's tool draws it from the same input file), and
   then the chunk's unused sentences are put back. Unlike BERT's tool, a
   one-sentence chunk is paired with its neighbouring sentence when the coin
-  says "actual next", so the labels stay balanced.
+  says "actual next", so the labels stay balanced. `cls_id` and `sep_id` are
+  the tokenizer's (lmjax's SentencePiece ids by default).
   """
   if max_seq_length < 5:
     raise UserError(f"max_seq_length must be at least 5, got {max_seq_length}")
   rng = random.Random(seed)
   for d in range(len(documents)):
-    yield from _document_pairs(documents, d, max_seq_length, short_seq_prob, rng)
+    yield from _document_pairs(documents, d, max_seq_length, short_seq_prob, rng,
+                               (cls_id, sep_id))
 
 
-def _document_pairs(documents, d, max_seq_length, short_seq_prob, rng):
+def _document_pairs(documents, d, max_seq_length, short_seq_prob, rng, cls_sep):
   """Yields (tokens, b_start, is_random_next) for document `d`."""
   document = documents[d]
   max_tokens = max_seq_length - 3  # [CLS], [SEP], [SEP]
@@ -80,7 +83,7 @@ def _document_pairs(documents, d, max_seq_length, short_seq_prob, rng):
       else:
         b = np.concatenate(chunk[a_end:])
       a, b = _truncate_pair(a, b, max_tokens, rng)
-      tokens = np.concatenate([[CLS_ID], a, [SEP_ID], b, [SEP_ID]])
+      tokens = np.concatenate([cls_sep[:1], a, cls_sep[1:], b, cls_sep[1:]])
       yield tokens, len(a) + 2, is_random_next
       chunk, length = [], 0
     i += 1

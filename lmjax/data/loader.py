@@ -17,7 +17,7 @@ import grain
 import numpy as np
 
 from lmjax.data import builtin, preparation, prepared
-from lmjax.data.masking import Masking, mask_batch, pad_pairs
+from lmjax.data.masking import Masking, Vocabulary, mask_batch, pad_pairs
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError, check_fields
 
@@ -28,7 +28,7 @@ class _ReadAndMask:
   pair indices) and masks them. Picklable, for grain's worker processes."""
   pairs: prepared.PreparedPairs
   masking: Masking
-  word_start_V: np.ndarray
+  vocabulary: Vocabulary
   seed: int
   batch: int
 
@@ -36,14 +36,14 @@ class _ReadAndMask:
     pairs = self.pairs.get_many(indices)
     examples = np.arange(m * self.batch, (m + 1) * self.batch, dtype=np.int64)
     return mask_batch(pad_pairs(pairs, self.masking.max_seq_length), self.masking,
-                      self.word_start_V, self.seed, examples)
+                      self.vocabulary, self.seed, examples)
 
 
 def _stack(examples):
   return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
-def pretraining_dataset(pairs, masking: Masking, word_start_V: np.ndarray,
+def pretraining_dataset(pairs, masking: Masking, vocabulary: Vocabulary,
                         global_batch: int, seed: int, process_index: int = 0,
                         process_count: int = 1) -> grain.MapDataset:
   """Returns this process's batches as a random-access grain dataset:
@@ -54,7 +54,7 @@ def pretraining_dataset(pairs, masking: Masking, word_start_V: np.ndarray,
              .shuffle(seed=seed)
              .repeat(None)
              .batch(local, drop_remainder=True)
-             .map_with_index(_ReadAndMask(pairs, masking, word_start_V, seed + 1, local)))
+             .map_with_index(_ReadAndMask(pairs, masking, vocabulary, seed + 1, local)))
   return batches.slice(slice(process_index, None, process_count))
 
 
@@ -203,9 +203,8 @@ def pretraining_input(data, global_batch: int, seed: int, split: str = "train",
   masking = Masking(max_seq_length=data.max_seq_length,
                     max_predictions=data.max_predictions_per_seq,
                     masked_lm_prob=data.masked_lm_prob,
-                    whole_word_masking=data.whole_word_masking,
-                    vocab_size=tokenizer.vocab_size)
-  dataset = pretraining_dataset(pairs, masking, tokenizer.word_start_V,
+                    whole_word_masking=data.whole_word_masking)
+  dataset = pretraining_dataset(pairs, masking, Vocabulary.of(tokenizer),
                                 global_batch, seed, process_index, process_count)
   info = dict(info, source=data.source, split=split,
               startup_s=round(time.perf_counter() - start, 2))

@@ -13,8 +13,6 @@ import dataclasses
 
 import numpy as np
 
-from lmjax.data.tokenization import MASK_ID, NUM_SPECIAL
-
 # Purposes of the hashed random numbers.
 _CHOOSE, _REPLACE, _RANDOM_ID = 1, 2, 3
 _GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
@@ -27,7 +25,20 @@ class Masking:
   max_predictions: int = 20  # P: BERT's max_predictions_per_seq
   masked_lm_prob: float = 0.15
   whole_word_masking: bool = False
-  vocab_size: int = 8000
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+  """What masking needs of a tokenizer: the ids that start a word, the
+  special ids (never chosen, never drawn as a random replacement) and
+  [MASK]'s id."""
+  word_start_V: np.ndarray
+  special_V: np.ndarray
+  mask_id: int
+
+  @classmethod
+  def of(cls, tokenizer) -> "Vocabulary":
+    return cls(tokenizer.word_start_V, tokenizer.special_V, tokenizer.special.mask)
 
 
 def uniform(seed: int, examples_B: np.ndarray, length: int, purpose: int) -> np.ndarray:
@@ -55,26 +66,26 @@ def pad_pairs(pairs: list[dict], length: int) -> dict:
               labels=np.array([p["is_random_next"] for p in pairs], np.int32))
 
 
-def mask_batch(padded: dict, masking: Masking, word_start_V: np.ndarray, seed: int,
+def mask_batch(padded: dict, masking: Masking, vocabulary: Vocabulary, seed: int,
                examples_B: np.ndarray) -> dict:
   """Masks a batch of padded pairs whose stream indices are `examples_B`;
   returns the model's batch (see lmjax's batch format)."""
   tokens, lengths = padded["tokens"], padded["lengths"]
   big_b, big_l = tokens.shape
   inside = np.arange(big_l)[None] < lengths[:, None]
-  eligible = (tokens >= NUM_SPECIAL) & inside
+  eligible = ~vocabulary.special_V[tokens] & inside
   count = eligible.sum(1)
   wanted = np.minimum(masking.max_predictions,
                       np.maximum(1, np.round(count * masking.masked_lm_prob).astype(int)))
   keys = np.where(eligible, uniform(seed, examples_B, big_l, _CHOOSE), 2.0)
   if masking.whole_word_masking:
-    chosen = _whole_words(tokens, eligible, keys, wanted, word_start_V)
+    chosen = _whole_words(tokens, eligible, keys, wanted, vocabulary.word_start_V)
   else:
     order = np.argsort(keys, axis=1, kind="stable")
     ranks = np.empty_like(order)
     np.put_along_axis(ranks, order, np.arange(big_l)[None].repeat(big_b, 0), axis=1)
     chosen = eligible & (ranks < np.minimum(wanted, count)[:, None])
-  return _apply(padded, masking, chosen, seed, examples_B)
+  return _apply(padded, masking, vocabulary, chosen, seed, examples_B)
 
 
 def _whole_words(tokens, eligible, keys, wanted, word_start_V) -> np.ndarray:
@@ -96,14 +107,16 @@ def _whole_words(tokens, eligible, keys, wanted, word_start_V) -> np.ndarray:
   return chosen
 
 
-def _apply(padded, masking: Masking, chosen, seed, examples_B) -> dict:
+def _apply(padded, masking: Masking, vocabulary: Vocabulary, chosen, seed, examples_B) -> dict:
   tokens, lengths, b_starts = padded["tokens"], padded["lengths"], padded["b_starts"]
   big_b, big_l = tokens.shape
   big_p = masking.max_predictions
   draw = uniform(seed, examples_B, big_l, _REPLACE)
-  random_ids = NUM_SPECIAL + (uniform(seed, examples_B, big_l, _RANDOM_ID)
-                              * (masking.vocab_size - NUM_SPECIAL)).astype(np.int32)
-  replaced = np.where(draw < 0.8, MASK_ID, np.where(draw < 0.9, tokens, random_ids))
+  ordinary = np.flatnonzero(~vocabulary.special_V).astype(np.int32)
+  random_ids = ordinary[(uniform(seed, examples_B, big_l, _RANDOM_ID)
+                         * len(ordinary)).astype(np.int64)]
+  replaced = np.where(draw < 0.8, vocabulary.mask_id,
+                      np.where(draw < 0.9, tokens, random_ids))
   input_ids = np.where(chosen, replaced, tokens).astype(np.int32)
   # Chosen positions first, in order: a stable sort of "not chosen".
   positions = np.argsort(~chosen, axis=1, kind="stable")[:, :big_p].astype(np.int32)

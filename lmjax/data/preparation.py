@@ -28,11 +28,14 @@ CACHE_VERSION = "2"
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """What shapes the pairs; picklable, so Beam workers can carry it."""
-  tokenizer_proto: bytes
+  tokenizer_files: dict  # name -> bytes (Tokenizer.files)
   max_seq_length: int = 128
   short_seq_prob: float = 0.1
   seed: int = 0
   num_shards: int = 1
+
+  def tokenizer(self) -> Tokenizer:
+    return Tokenizer.from_files(self.tokenizer_files)
 
   def check(self) -> None:
     if self.max_seq_length < 5:
@@ -56,8 +59,10 @@ def shard_records(docs: list[list[np.ndarray]], shard: int,
                   settings: Settings) -> tuple[list[bytes], dict]:
   """The records of one shard's pairs, and its counts."""
   records, random_next = [], 0
+  special = settings.tokenizer().special
   for tokens, b_start, label in instances.document_pairs(
-      docs, settings.max_seq_length, settings.short_seq_prob, settings.seed + shard):
+      docs, settings.max_seq_length, settings.short_seq_prob, settings.seed + shard,
+      cls_id=special.cls, sep_id=special.sep):
     records.append(prepared.encode_pair(tokens, b_start, label))
     random_next += label
   tokens = sum(len(s) for d in docs for s in d)
@@ -87,7 +92,7 @@ def split_entry(shards: list[dict]) -> dict:
 
 
 def metadata(source: str, settings: Settings, splits: dict) -> prepared.Metadata:
-  tokenizer = Tokenizer(settings.tokenizer_proto)
+  tokenizer = settings.tokenizer()
   if not any(entry["pairs"] for entry in splits.values()):
     raise UserError(f"{source}: the corpus yields no sentence pairs")
   return prepared.Metadata(source=source, tokenizer_fingerprint=tokenizer.fingerprint,
@@ -112,7 +117,7 @@ def prepare_in_process(source: str, settings: Settings, output: Path,
   """Prepares `source` into `output` in this process (a temporary directory
   renamed into place when complete)."""
   settings.check()
-  tokenizer = Tokenizer(settings.tokenizer_proto)
+  tokenizer = settings.tokenizer()
   tmp = staging_directory(output)
   splits = {}
   try:
@@ -182,7 +187,7 @@ def cached(data, seed: int, tokenizer: Tokenizer, cache_dir: str) -> tuple[Path,
   start = time.perf_counter()
   print(f"preparing {data.source} into {directory} (once; for big corpora use "
         "python -m lmjax.data.prepare)", flush=True)
-  settings = Settings(tokenizer.model_proto, data.max_seq_length, data.short_seq_prob, seed)
+  settings = Settings(tokenizer.files, data.max_seq_length, data.short_seq_prob, seed)
   directory.parent.mkdir(parents=True, exist_ok=True)
   prepare_in_process(data.source, settings, directory, data.data_dir or None,
                      data.text_field)

@@ -171,7 +171,7 @@ def main(argv):
   args = argv[1:]
   logging.getLogger("apache_beam").setLevel(logging.ERROR)  # workers' notices are noise here
   tokenizer = Tokenizer.load(_TOKENIZER.value or builtin.TOKENIZER_FILE)
-  settings = Settings(tokenizer.model_proto, _MAX_SEQ_LENGTH.value, _SHORT_SEQ_PROB.value,
+  settings = Settings(tokenizer.files, _MAX_SEQ_LENGTH.value, _SHORT_SEQ_PROB.value,
                       _SEED.value, _NUM_SHARDS.value)
   summary = run(_SOURCE.value, _OUTPUT.value, settings, args, _DATA_DIR.value,
                 _TEXT_FIELD.value, _OVERWRITE.value)

@@ -24,7 +24,6 @@ from apache_beam.metrics import Metrics
 
 from lmjax.data import documents, prepared, sources
 from lmjax.data.preparation import Settings, shard_of, shard_records, tokenize
-from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError
 
 # Elements: (place, split, sentences); place orders documents as the corpus does.
@@ -138,7 +137,7 @@ class _Tokenize(beam.DoFn):
     self._settings = settings
 
   def setup(self):
-    self._tokenizer = Tokenizer(self._settings.tokenizer_proto)
+    self._tokenizer = self._settings.tokenizer()
 
   def process(self, element):
     place, split, sentences = element

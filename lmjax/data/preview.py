@@ -14,6 +14,7 @@ import numpy as np
 
 from lmjax import cli
 from lmjax.data.loader import Loader, check_data_config, pretraining_input
+from lmjax.data.masking import Vocabulary
 from lmjax.data.tokenization import MASK_ID, NUM_SPECIAL, Tokenizer
 
 _CONFIG = cli.define_config("configs/pretrain.py")
@@ -22,8 +23,12 @@ _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 3, "instances to print")
 _SPLIT = flags.DEFINE_enum("split", "train", ["train", "validation"], "which split")
 
 
-def batch_statistics(batches: list[dict]) -> dict:
-  """Masking and packing statistics of pretraining batches."""
+def batch_statistics(batches: list[dict], vocabulary: Vocabulary | None = None) -> dict:
+  """Masking and packing statistics of pretraining batches; `vocabulary`
+  says which ids are special (default: lmjax's SentencePiece ids)."""
+  if vocabulary is None:
+    special_V = np.arange(max(int(b["input_ids"].max()) for b in batches) + 1) < NUM_SPECIAL
+    vocabulary = Vocabulary(special_V, special_V, MASK_ID)
   ids = np.concatenate([b["input_ids"] for b in batches])
   mask = np.concatenate([b["input_mask"] for b in batches])
   positions = np.concatenate([b["masked_positions"] for b in batches])
@@ -32,10 +37,10 @@ def batch_statistics(batches: list[dict]) -> dict:
   nsp = np.concatenate([b["nsp_labels"] for b in batches])
   at_positions = np.take_along_axis(ids, positions, axis=1)
   predicted = int(weights.sum())
-  as_mask = int((weights & (at_positions == MASK_ID)).sum())
+  as_mask = int((weights & (at_positions == vocabulary.mask_id)).sum())
   kept = int((weights & (at_positions == targets)).sum())
   # Eligible tokens: the non-special ones before masking put [MASK] in.
-  eligible = int(((ids >= NUM_SPECIAL) & (mask > 0)).sum()) + as_mask
+  eligible = int((~vocabulary.special_V[ids] & (mask > 0)).sum()) + as_mask
   lengths = mask.sum(1)
   return dict(
       sequences=len(ids), predicted_positions=predicted,
@@ -43,7 +48,7 @@ def batch_statistics(batches: list[dict]) -> dict:
       mask_share=round(as_mask / max(predicted, 1), 5),
       random_share=round((predicted - as_mask - kept) / max(predicted, 1), 5),
       kept_share=round(kept / max(predicted, 1), 5),
-      special_tokens_predicted=int((weights & (targets < NUM_SPECIAL)).sum()),
+      special_tokens_predicted=int((weights & vocabulary.special_V[targets]).sum()),
       nsp_random_next_rate=round(float(nsp.mean()), 5),
       padding_fraction=round(1 - float(mask.mean()), 5),
       mean_sequence_length=round(float(lengths.mean()), 2),
@@ -59,7 +64,8 @@ def render(example: dict, tokenizer: Tokenizer) -> str:
                             example["masked_weights"], strict=True):
     if w:
       shown = tokenizer.pieces([target])[0]
-      pieces[pos] = (f"{pieces[pos]}<{shown}>" if example["input_ids"][pos] != MASK_ID
+      pieces[pos] = (f"{pieces[pos]}<{shown}>"
+                     if example["input_ids"][pos] != tokenizer.special.mask
                      else f"[MASK]<{shown}>")
   label = "random next" if example["nsp_labels"] else "actual next"
   return f"({label}) " + " ".join(pieces)
@@ -82,7 +88,7 @@ def main(argv):
   start = time.perf_counter()
   batches = [next(loader) for _ in range(_NUM_BATCHES.value)]
   seconds = time.perf_counter() - start
-  stats = batch_statistics(batches)
+  stats = batch_statistics(batches, Vocabulary.of(tokenizer))
   stats.update(sequences_per_s=round(stats["sequences"] / seconds, 1),
                undecodable_lines_skipped=info["undecodable_lines"],
                cache=info["cache"], startup_s=info["startup_s"])

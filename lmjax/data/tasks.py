@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 
 from lmjax.data import sources, task_files
-from lmjax.data.tokenization import CLS_ID, PAD_ID, SEP_ID, Tokenizer
+from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import ConfigError, UserError
 
 SPLITS = ("train", "validation", "test")
@@ -240,7 +240,8 @@ def encode(examples: Examples, tokenizer: Tokenizer, max_seq_length: int) -> Enc
   time (BERT's run_classifier); a single text keeps its first tokens.
   """
   n, length = len(examples), max_seq_length
-  ids = np.full((n, length), PAD_ID, np.int32)
+  special = tokenizer.special
+  ids = np.full((n, length), special.pad, np.int32)
   segments = np.zeros((n, length), np.int32)
   width = len(examples.texts[0]) if n else 1
   columns = [tokenizer.encode([t[i] for t in examples.texts]) for i in range(width)]
@@ -253,9 +254,9 @@ def encode(examples: Examples, tokenizer: Tokenizer, max_seq_length: int) -> Enc
       truncated += 1
       while sum(map(len, parts)) > budget:
         max(parts, key=len).pop()
-    tokens, types = [CLS_ID], [0]
+    tokens, types = [special.cls], [0]
     for segment, part in enumerate(parts):
-      tokens += part + [SEP_ID]
+      tokens += part + [special.sep]
       types += [segment] * (len(part) + 1)
     ids[row, :len(tokens)] = tokens
     segments[row, :len(types)] = types

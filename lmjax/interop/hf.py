@@ -60,8 +60,9 @@ class _Tensor:
     return array.reshape(self.hf_shape)
 
 
-def _tensor_map(cfg: BertConfig, heads: bool) -> list[_Tensor]:
-  """Every tensor of a (loop-layout) BertForPreTraining, HF name first."""
+def _tensor_map(cfg: BertConfig, heads: bool, num_labels: int = 0) -> list[_Tensor]:
+  """Every tensor of a (loop-layout) BertForPreTraining (`heads`), a
+  BertForSequenceClassification (`num_labels`) or a BertModel, HF name first."""
   d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
   n, h = cfg.num_heads, cfg.head_dim
   out: list[_Tensor] = []
@@ -103,6 +104,8 @@ def _tensor_map(cfg: BertConfig, heads: bool) -> list[_Tensor]:
     out.append(_Tensor("cls.predictions.bias", ("mlm", "output_bias"), (v,), (v,),
                        False))
     linear("cls.seq_relationship", ("nsp",), d, 2)
+  if num_labels:
+    linear("classifier", ("classifier",), d, num_labels)
   return out
 
 
@@ -124,15 +127,25 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> BertConfig:
   return BertConfig(**{**fields, "hidden_act": _HF_ACTIVATIONS[act], **overrides})
 
 
-def config_to_hf(cfg: BertConfig, heads: bool = True) -> dict[str, Any]:
-  """Returns the Hugging Face config.json dict of a BertConfig."""
+def config_to_hf(cfg: BertConfig, heads: bool = True,
+                 labels: list[str] | None = None) -> dict[str, Any]:
+  """Returns the Hugging Face config.json dict of a BertConfig: of a
+  BertForPreTraining (`heads`), a BertForSequenceClassification (`labels`:
+  the class names, or one name for a regressor) or a BertModel."""
   hf = {theirs: getattr(cfg, ours) for theirs, ours in _HF_FIELDS.items()}
   act = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu",
          "silu": "silu"}[cfg.hidden_act]
-  return {"architectures": ["BertForPreTraining" if heads else "BertModel"],
-          "model_type": "bert", **hf, "hidden_act": act,
+  architecture = ("BertForSequenceClassification" if labels else
+                  "BertForPreTraining" if heads else "BertModel")
+  classes = {}
+  if labels:
+    classes = dict(id2label=dict(enumerate(labels)),
+                   label2id={name: i for i, name in enumerate(labels)},
+                   problem_type=("regression" if len(labels) == 1
+                                 else "single_label_classification"))
+  return {"architectures": [architecture], "model_type": "bert", **hf, "hidden_act": act,
           "position_embedding_type": "absolute", "pad_token_id": 0,
-          "tie_word_embeddings": True, "dtype": "float32"}
+          "tie_word_embeddings": True, "dtype": "float32", **classes}
 
 
 def _read_checkpoint(path: Path) -> dict[str, np.ndarray]:
@@ -166,14 +179,16 @@ def _canonical_name(name: str) -> str:
   return name
 
 
-def load_hf_bert(path: str | os.PathLike, heads: bool = True,
+def load_hf_bert(path: str | os.PathLike, heads: bool = True, num_labels: int = 0,
                  **overrides: Any) -> tuple[BertConfig, dict]:
   """Reads a Hugging Face BERT directory.
 
   Returns (config, params): BertForPreTraining parameters {'bert', 'mlm',
   'nsp'}, or only {'bert'} with `heads=False` (any BERT checkpoint, e.g. a
-  BertModel or a classifier). `overrides` set BertConfig fields the
-  checkpoint does not fix (scan_layers, dtype, remat_policy, ...).
+  BertModel or a classifier); with `num_labels`, also a classifier's
+  {'classifier'} when the checkpoint has one of that many outputs.
+  `overrides` set BertConfig fields the checkpoint does not fix
+  (scan_layers, dtype, remat_policy, ...).
   Raises CheckpointError naming the first missing or mismatched tensor.
   """
   path = Path(path)
@@ -195,7 +210,10 @@ def load_hf_bert(path: str | os.PathLike, heads: bool = True,
                           "the word embeddings; lmjax ties them (load with heads=False)")
 
   params: dict = {}
-  expected = _tensor_map(config, heads)
+  classifier = tensors.get("classifier.bias")
+  if classifier is None or classifier.shape != (num_labels,):
+    num_labels = 0  # none, or another task's: the fine-tuning run draws its own
+  expected = _tensor_map(config, heads, num_labels)
   for t in expected:
     if t.hf_name not in tensors:
       raise CheckpointError(f"{path}: tensor {t.hf_name} is missing")
@@ -222,13 +240,16 @@ def load_hf_bert(path: str | os.PathLike, heads: bool = True,
 
 
 def save_hf_bert(config: BertConfig, params: dict, path: str | os.PathLike,
-                 tokenizer: bytes | None = None) -> None:
+                 tokenizer: dict[str, bytes] | None = None,
+                 labels: list[str] | None = None) -> None:
   """Writes config.json and model.safetensors (float32) for Hugging Face.
 
-  `params` are BertForPreTraining's ({'bert', 'mlm', 'nsp'}) or a bare
-  encoder's ({'bert'}), in either layer layout. `tokenizer`, a serialized
-  sentencepiece model, is written as tokenizer.model so that the directory
-  carries its tokenizer (lmjax.finetune reads it). Files are replaced
+  `params` are BertForPreTraining's ({'bert', 'mlm', 'nsp'}), a bare
+  encoder's ({'bert'}) or a classifier's ({'bert', 'classifier'}, with the
+  names of its `labels`), in either layer layout. `tokenizer` (a
+  Tokenizer's `files`: tokenizer.model, or WordPiece's tokenizer.json or
+  vocab.txt with tokenizer_config.json) is written too, so that the
+  directory carries its tokenizer. Files are replaced
   atomically, so an existing directory is never left half-written.
   """
   params = nn.unbox(params)
@@ -237,7 +258,10 @@ def save_hf_bert(config: BertConfig, params: dict, path: str | os.PathLike,
   if "layers" in encoder:
     params = {**params, "bert": {**params["bert"], "encoder": unstack_layers(encoder)}}
   tensors = {}
-  for t in _tensor_map(config, heads):
+  if ("classifier" in params) != bool(labels) or (
+      labels and len(labels) != params["classifier"]["bias"].shape[0]):
+    raise ValueError("a classifier's parameters need the names of its labels, one per output")
+  for t in _tensor_map(config, heads, len(labels or ())):
     node = params
     for key in t.path:
       node = node[key]
@@ -246,10 +270,10 @@ def save_hf_bert(config: BertConfig, params: dict, path: str | os.PathLike,
   path.mkdir(parents=True, exist_ok=True)
   tensor_files.write_safetensors(path / "model.safetensors", tensors,
                                  metadata={"format": "pt"})
-  if tokenizer is not None:
-    tmp = path / "tokenizer.model.tmp"
-    tmp.write_bytes(tokenizer)
-    os.replace(tmp, path / "tokenizer.model")
+  for name, content in (tokenizer or {}).items():
+    tmp = path / f"{name}.tmp"
+    tmp.write_bytes(content)
+    os.replace(tmp, path / name)
   tmp = path / "config.json.tmp"
-  tmp.write_text(json.dumps(config_to_hf(config, heads), indent=2) + "\n")
+  tmp.write_text(json.dumps(config_to_hf(config, heads, labels), indent=2) + "\n")
   os.replace(tmp, path / "config.json")

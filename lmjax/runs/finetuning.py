@@ -152,7 +152,7 @@ def _job(config, mesh, task, start: starts.Start, encoded, best: BestCheckpoint)
   init = classification.init_params(model, {k: v[:1] for k, v in train_arrays.items()})
   state, shardings = steps.create_train_state(init, tx, mesh, jax.random.key(config.seed))
   if start.params is not None:
-    state = starts.with_encoder(state, shardings, start.params)
+    state = starts.with_params(state, shardings, start.params)
   eval_step = steps.jit_eval_step(classification.make_eval_step(model), shardings.params,
                                   mesh)
   scorers = {name: _Scorer(eval_step, task.metrics, device_batches(
@@ -176,7 +176,7 @@ def _job(config, mesh, task, start: starts.Start, encoded, best: BestCheckpoint)
       throughput=Throughput(config.train.batch_size * length,
                             flops_per_token(start.config, length, 0),
                             peak_flops_per_device(config.train.cpu_peak_tflops)),
-      files={"tokenizer.model": start.tokenizer.model_proto,
+      files={**start.tokenizer.files,
              "task.json": json.dumps(task.to_json(), indent=2) + "\n",
              "model.json": json.dumps(dataclasses.asdict(start.config), indent=2) + "\n"},
       must_match=_MUST_MATCH, progress_keys=("loss", "accuracy"),
@@ -205,7 +205,7 @@ def finetune(config, workdir: str | os.PathLike) -> dict:
   mesh = parallel.make_mesh(**config.mesh)
   task = tasks.resolve_task(config.task, config.task.data_dir or None)
   _check_task(task)
-  start = starts.load_start(config, mesh)
+  start = starts.load_start(config, mesh, task.num_labels)
   encoded = _encoded_splits(task, config, start)
   best = BestCheckpoint(paths.resolve(workdir) / "best", f"eval_{task.metrics[0]}")
   try:

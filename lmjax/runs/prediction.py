@@ -21,10 +21,10 @@ from lmjax.runs.checkpoints import Checkpoints
 from lmjax.runs.finetuning import check_config, device_batches, logits
 from lmjax.train import classification, steps
 
-_NEEDED = ("task.json", "model.json", "tokenizer.model", "config.json", "best")
+_NEEDED = ("task.json", "model.json", "config.json", "best")
 
 
-def _best_params(workdir: epath.Path, model, example: dict, mesh):
+def best_params(workdir: epath.Path, model, example: dict, mesh):
   """(step, parameters) of DIR/best, in the shardings `mesh` gives them."""
   abstract = steps.abstract_params(classification.init_params(model, example), mesh)
   best = Checkpoints(workdir / "best", keep=1, json_items=("metrics",))
@@ -62,11 +62,11 @@ def predict(config, workdir: paths.PathLike) -> dict:
   saved = json.loads((workdir / "config.json").read_text())
   texts = tasks.read_texts(config.predict.input, task)
   encoded = tasks.encode(tasks.Examples(texts, None),
-                         Tokenizer.load(workdir / "tokenizer.model"),
+                         Tokenizer.load(workdir),
                          saved["task"]["max_seq_length"])
   mesh = parallel.make_mesh(**config.mesh)
   model = BertForSequenceClassification(model_cfg, task.num_labels)
-  step, params = _best_params(workdir, model, {k: v[:1] for k, v in encoded.arrays.items()},
+  step, params = best_params(workdir, model, {k: v[:1] for k, v in encoded.arrays.items()},
                               mesh)
   eval_step = steps.jit_eval_step(classification.make_eval_step(model),
                                   jax.tree.map(lambda x: x.sharding, params), mesh)

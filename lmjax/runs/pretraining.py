@@ -5,6 +5,8 @@ Starting in a workdir that holds a checkpoint resumes from it exactly (see
 lmjax.runs.loop).
 """
 
+import dataclasses
+import json
 import os
 
 import jax
@@ -12,10 +14,11 @@ import jax
 from lmjax import parallel
 from lmjax.data.loader import check_data_config, pretraining_input
 from lmjax.data.sources import MissingSplitError
-from lmjax.errors import ConfigError, check_fields
+from lmjax.data.tokenization import Tokenizer
+from lmjax.errors import ConfigError, UserError, check_fields
 from lmjax.model import BertConfig, BertForPreTraining, flops_per_token
 from lmjax.model.config import check_section
-from lmjax.runs import scaffold
+from lmjax.runs import scaffold, starts
 from lmjax.runs.loop import Schedule, TrainingDiverged
 from lmjax.runs.throughput import Throughput, peak_flops_per_device
 from lmjax.train import mlm_nsp, optimizer, steps
@@ -24,7 +27,7 @@ __all__ = ["check_config", "train_and_evaluate", "TrainingDiverged"]
 
 # Config fields a resumed run must share with the run that wrote the checkpoint:
 # those that shape the model or the stream of batches.
-_MUST_MATCH = ("seed", "model", "train.batch_size", "train.grad_accum_steps",
+_MUST_MATCH = ("seed", "model", "init.source", "train.batch_size", "train.grad_accum_steps",
                "data.source", "data.text_field", "data.tokenizer", "data.max_seq_length",
                "data.max_predictions_per_seq", "data.masked_lm_prob",
                "data.short_seq_prob", "data.whole_word_masking")
@@ -86,18 +89,54 @@ def _job(config, mesh, model_cfg, train_data, host_eval, tokenizer) -> scaffold.
                         profile_steps=scaffold.profile_steps(train)),
       throughput=Throughput(train.batch_size * data.max_seq_length, flops,
                             peak_flops_per_device(train.cpu_peak_tflops)),
-      files={"tokenizer.model": tokenizer.model_proto}, must_match=_MUST_MATCH,
+      files={**tokenizer.files,
+             "model.json": json.dumps(dataclasses.asdict(model_cfg), indent=2) + "\n"},
+      must_match=_MUST_MATCH,
       progress_keys=("loss", "mlm_accuracy"), num_threads=data.num_threads)
+
+
+def _start(config) -> tuple[object, BertConfig | None, dict | None]:
+  """(config, model config, weights) of `config.init.source`: for hf:DIR
+  its sizes and weights, and its tokenizer unless config.data.tokenizer
+  names one (which must be the same); (config, None, None) for random."""
+  kind, path = starts.parse_source(config.init.source)
+  if kind == "random":
+    return config, None, None
+  if kind != "hf":
+    raise ConfigError(f"config.init.source must be random or hf:DIR for pretraining, got "
+                      f"{config.init.source!r} (a pretraining workdir resumes by running "
+                      "again with the same --workdir)")
+  model_cfg, params = starts.load_hf_pretraining(path, config.model)
+  own = Tokenizer.load(path)
+  if config.data.tokenizer and (Tokenizer.load(config.data.tokenizer).fingerprint
+                                != own.fingerprint):
+    raise UserError(f"config.data.tokenizer ({config.data.tokenizer}) is not the tokenizer of "
+                    f"config.init.source={config.init.source}; leave config.data.tokenizer "
+                    "empty")
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.data.tokenizer = str(path)
+  if own.vocab_size != model_cfg.vocab_size:
+    raise UserError(f"{path}: its tokenizer has {own.vocab_size} pieces but the model's "
+                    f"vocabulary has {model_cfg.vocab_size} rows")
+  if config.data.max_seq_length > model_cfg.max_position:
+    raise ConfigError(f"config.data.max_seq_length ({config.data.max_seq_length}) exceeds "
+                      f"the max_position_embeddings of {path} ({model_cfg.max_position})")
+  return config, model_cfg, params
 
 
 def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   """Pretrains BertForPreTraining as `config` says; returns the summary
   (also DIR/summary.json)."""
   check_config(config)
+  config, model_cfg, params = _start(config)
   mesh = parallel.make_mesh(**config.mesh)
   train_data, host_eval, tokenizer, sizes = _inputs(config)
-  model_cfg = BertConfig.from_section(config.model, vocab_size=tokenizer.vocab_size)
+  model_cfg = model_cfg or BertConfig.from_section(config.model,
+                                                   vocab_size=tokenizer.vocab_size)
   job = _job(config, mesh, model_cfg, train_data, host_eval, tokenizer)
+  if params is not None:
+    job = dataclasses.replace(job, state=starts.with_params(job.state, job.shardings, params))
   with scaffold.Run(job, workdir, seed=config.seed + 1) as run:
     result = run.train()
     last_eval = result.last_eval

@@ -18,7 +18,7 @@ from etils import epath
 
 from lmjax import paths
 from lmjax.data import builtin
-from lmjax.data.tokenization import Tokenizer
+from lmjax.data.tokenization import FILE_NAMES, Tokenizer
 from lmjax.errors import CheckpointError, ConfigError, UserError
 from lmjax.interop.hf import load_hf_bert
 from lmjax.model import BertConfig, BertForPreTraining
@@ -55,16 +55,20 @@ def parse_source(source: str) -> tuple[str, epath.Path | None]:
                     f"got {source!r}")
 
 
-def load_start(config, mesh) -> Start:
-  """The encoder config, weights and tokenizer `config.init.source` names."""
+def load_start(config, mesh, num_labels: int) -> Start:
+  """The encoder config, weights and tokenizer `config.init.source` names;
+  a Hugging Face classifier of `num_labels` outputs brings its classifier."""
   kind, path = parse_source(config.init.source)
   if kind == "random":
     tokenizer = Tokenizer.load(config.task.tokenizer or builtin.TOKENIZER_FILE)
     return Start(BertConfig.from_section(config.model, vocab_size=tokenizer.vocab_size),
                  None, tokenizer, "random weights")
   if kind == "hf":
-    model_cfg, params = load_hf_bert(path, heads=False, **_runtime(config.model))
-    start = Start(model_cfg, params, _tokenizer(path, config), f"Hugging Face BERT {path}")
+    model_cfg, params = load_hf_bert(path, heads=False, num_labels=num_labels,
+                                     **_runtime(config.model))
+    start = Start(model_cfg, params, _tokenizer(path, config),
+                  f"Hugging Face BERT {path}" + (" with its classifier"
+                                                 if "classifier" in params else ""))
   else:
     start = _pretraining_run(path, config, mesh)
   if start.tokenizer.vocab_size != start.config.vocab_size:
@@ -81,18 +85,18 @@ def _runtime(model) -> dict:
 def _tokenizer(directory: epath.Path, config) -> Tokenizer:
   """The tokenizer that travels with a checkpoint directory; a different
   one named in the config is an error."""
-  own, configured = directory / "tokenizer.model", config.task.tokenizer
-  if own.is_file():
-    tokenizer = Tokenizer.load(own)
+  configured = config.task.tokenizer
+  if any((directory / name).is_file() for name in FILE_NAMES):
+    tokenizer = Tokenizer.load(directory)
     if configured and Tokenizer.load(configured).fingerprint != tokenizer.fingerprint:
       raise UserError(f"config.task.tokenizer ({configured}) is not the tokenizer of "
-                      f"config.init.source={config.init.source} ({own}); leave "
+                      f"config.init.source={config.init.source} ({directory}); leave "
                       "config.task.tokenizer empty")
     return tokenizer
   if configured:
     return Tokenizer.load(configured)
-  raise UserError(f"{directory}: no tokenizer.model (lmjax reads sentencepiece models); "
-                  "name the checkpoint's tokenizer with --config.task.tokenizer=FILE")
+  raise UserError(f"{directory}: no tokenizer ({', '.join(FILE_NAMES)}); name the "
+                  "checkpoint's tokenizer with --config.task.tokenizer=FILE")
 
 
 def _pretraining_run(path: epath.Path, config, mesh) -> Start:
@@ -106,8 +110,9 @@ def _pretraining_run(path: epath.Path, config, mesh) -> Start:
     raise UserError(f"{field}: not a pretraining workdir (its config.json has no data "
                     "section: a fine-tuning run's?)")
   tokenizer = _tokenizer(path, config)
-  pretrained_cfg = BertConfig.from_section(saved.model, vocab_size=tokenizer.vocab_size)
-  step, bert = _pretrained_encoder(path, field, pretrained_cfg, saved.data, mesh)
+  pretrained_cfg = pretraining_model(path, saved, tokenizer)
+  step, params = pretrained_params(path, field, pretrained_cfg, saved.data, mesh)
+  bert = params["bert"]
   model_cfg = pretrained_cfg.replace(**_runtime(config.model))
   if model_cfg.scan_layers != pretrained_cfg.scan_layers:
     relayout = stack_layers if model_cfg.scan_layers else unstack_layers
@@ -115,8 +120,18 @@ def _pretraining_run(path: epath.Path, config, mesh) -> Start:
   return Start(model_cfg, {"bert": bert}, tokenizer, f"pretraining run {path} (step {step})")
 
 
-def _pretrained_encoder(path: epath.Path, field: str, model_cfg: BertConfig, data, mesh):
-  """(step, encoder parameters) of a pretraining workdir's newest checkpoint."""
+def pretraining_model(path: epath.Path, saved, tokenizer: Tokenizer) -> BertConfig:
+  """The BertConfig of a pretraining workdir: its model.json, or (a workdir
+  written before there was one) its config's model section."""
+  if (path / "model.json").is_file():
+    return BertConfig(**json.loads((path / "model.json").read_text()))
+  return BertConfig.from_section(saved.model, vocab_size=tokenizer.vocab_size)
+
+
+def pretrained_params(path: epath.Path, field: str, model_cfg: BertConfig, data,
+                      mesh) -> tuple[int, dict]:
+  """(step, {'bert', 'mlm', 'nsp'} parameters) of a pretraining workdir's
+  newest checkpoint; only the parameters are read, never the optimizer's."""
   if not (path / "checkpoints").is_dir():
     raise UserError(f"{field}: no checkpoints yet")
   ckpts = Checkpoints(path / "checkpoints")
@@ -133,18 +148,34 @@ def _pretrained_encoder(path: epath.Path, field: str, model_cfg: BertConfig, dat
     params = ckpts.restore_part(step, {"params": steps.abstract_params(init, mesh)})
   finally:
     ckpts.close()
-  return step, params["params"]["bert"]
+  return step, params["params"]
 
 
-def with_encoder(state, shardings, params: dict):
-  """`state` with the encoder weights of `params` ({'bert': ...}), in the
-  state's shardings and dtypes; the classifier keeps its initial weights."""
-  target = state.params["bert"]
-  if (jax.tree.structure(target) != jax.tree.structure(params["bert"]) or
-      any(a.shape != b.shape for a, b in zip(jax.tree.leaves(target),
-                                             jax.tree.leaves(params["bert"]), strict=False))):
-    raise CheckpointError("the checkpoint's encoder does not fit the model its config "
-                          "describes")
-  bert = jax.tree.map(lambda x, t, s: jax.device_put(x, s).astype(t.dtype),
-                      params["bert"], target, shardings.params["bert"])
-  return state.replace(params={**state.params, "bert": bert})
+def load_hf_pretraining(path, model) -> tuple[BertConfig, dict]:
+  """(config, weights) of a Hugging Face BERT directory for pretraining:
+  {'bert', 'mlm', 'nsp'} from a BertForPreTraining, or {'bert'} alone (the
+  heads then start random) from any other BERT; `model` is the config's
+  model section, whose runtime fields apply."""
+  try:
+    return load_hf_bert(path, heads=True, **_runtime(model))
+  except CheckpointError as e:
+    if "tensor cls." not in str(e):
+      raise
+  return load_hf_bert(path, heads=False, **_runtime(model))
+
+
+def with_params(state, shardings, params: dict):
+  """`state` with the weights of `params` (any of {'bert', 'mlm', 'nsp'}), in
+  the state's shardings and dtypes; the parts `params` lacks (a classifier,
+  heads) keep their initial weights."""
+  replaced = {}
+  for name, part in params.items():
+    target = state.params[name]
+    if (jax.tree.structure(target) != jax.tree.structure(part) or
+        any(a.shape != b.shape for a, b in zip(jax.tree.leaves(target), jax.tree.leaves(part),
+                                               strict=False))):
+      raise CheckpointError(f"the checkpoint's {name} weights do not fit the model its "
+                            "config describes")
+    replaced[name] = jax.tree.map(lambda x, t, s: jax.device_put(x, s).astype(t.dtype),
+                                  part, target, shardings.params[name])
+  return state.replace(params={**state.params, **replaced})
