@@ -4,9 +4,12 @@ A mistake the user can fix (bad flag, unknown config key, missing file) ends
 with one line on stderr naming the cause and exit status 2, no traceback.
 """
 
+import ast
+import contextlib
 import json
 import logging as std_logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -25,9 +28,13 @@ def define_config(example: str) -> Callable[[], object]:
                                            lock_config=True)
 
   def config():
-    if holder.value is None:
+    value = holder.value
+    if type(value).__name__ == "_ErrorConfig":  # config_flags could not load the file
+      raise UserError(f"--config={flags.FLAGS['config'].serialize().split('=', 1)[-1]}: "
+                      "no such config file")
+    if value is None:
       raise UserError(f"--config is required (e.g. --config={example})")
-    return holder.value
+    return value
 
   return config
 
@@ -72,13 +79,39 @@ def _parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
   try:
     return flags.FLAGS(argv, known_only=known_only)
   except flags.Error as e:
-    _fail(str(e).splitlines()[0])
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if "Error whilst parsing config file" in lines[0]:  # the config file raised
+      _fail(f"{lines[0].split(': Error whilst')[0].removeprefix('flag ')}: {lines[-1]}")
+    _fail(lines[0])
   except (KeyError, AttributeError, ValueError, TypeError) as e:
-    message = str(e).splitlines()[0]
-    if message.startswith("Could not parse '"):  # a path config_flags cannot read
-      message = f"no config field {message.split(chr(39))[1]!r}"
-    _fail(f"bad config or flag: {message}")  # config_flags' errors
+    text = str(e.args[0]) if e.args else str(e)
+    if text.startswith(("'", '"')) and "Did you mean" in text:  # a KeyError's repr
+      with contextlib.suppress(ValueError, SyntaxError):
+        text = str(ast.literal_eval(text))
+    message = text.splitlines() or [type(e).__name__]
+    if message[0].startswith("Could not parse '"):  # a path config_flags cannot read
+      _fail(f"no config field {message[0].split(chr(39))[1]!r}")
+    if isinstance(e, (KeyError, AttributeError)):  # a field the config lacks
+      _fail(_unknown_field(argv, message))
+    _fail(f"bad config or flag: {message[0]}")  # config_flags' errors
   raise AssertionError("unreachable")
+
+
+def _unknown_field(argv: list[str], message: list[str]) -> str:
+  """'unknown config field 'train.stepz' (did you mean 'train.steps'?)' from
+  config_flags' KeyError ("'stepz'", 'Did you mean "steps" instead of ...')."""
+  key = message[0].strip("'\"")
+  suggestion = re.search(r'Did you mean "([^"]+)"', " ".join(message[1:]))
+  for arg in argv:
+    path = arg.removeprefix("--config.").split("=", 1)[0]
+    parts = path.split(".")
+    if arg.startswith("--config.") and key in parts:
+      line = f"unknown config field {path!r}"
+      if suggestion:
+        parts[parts.index(key)] = suggestion.group(1)
+        line += f" (did you mean {'.'.join(parts)!r}?)"
+      return line
+  return f"unknown config field {key!r}"
 
 
 def run(main: Callable[[list[str]], None], known_only: bool = False) -> None:

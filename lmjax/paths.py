@@ -54,8 +54,12 @@ def write_whole(path: PathLike, content: bytes | str) -> None:
     path.write_bytes(data)  # an object appears when its upload completes
     return
   tmp = path.with_name(path.name + ".tmp")
-  tmp.write_bytes(data)
-  os.replace(tmp, path)
+  try:
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+  finally:
+    if tmp.exists():
+      tmp.unlink()  # a failed write leaves nothing behind
 
 
 def copy_tree(source: PathLike, destination: PathLike) -> None:

@@ -19,6 +19,7 @@ _TEXT_FIELD = flags.DEFINE_string("text_field", "text", "text field of a tfds so
 
 def main(argv):
   del argv
+  tokenization.check_output(_OUTPUT.value)
   corpus = sources.load_corpus(_SOURCE.value, "train", _DATA_DIR.value,
                                _TEXT_FIELD.value)
   print(f"{corpus.name}: {len(corpus.documents):,} documents", flush=True)

@@ -52,6 +52,9 @@ def test_train_and_load(tmp_path):
   assert not (tmp_path / "too_big.model").exists()
   with pytest.raises(UserError, match="not found"):
     tok.Tokenizer.load(tmp_path / "missing.model")
+  with pytest.raises(UserError, match="is a directory; name the .model file"):
+    tok.train(sentences, 40, tmp_path)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["m.model"]
 
 
 def test_tokenizer_command(tmp_path):

@@ -16,10 +16,12 @@ from lmjax import cli
 from lmjax.data.loader import Loader, check_data_config, pretraining_input
 from lmjax.data.masking import Vocabulary
 from lmjax.data.tokenization import MASK_ID, NUM_SPECIAL, Tokenizer
+from lmjax.errors import check_fields
 
 _CONFIG = cli.define_config("configs/pretrain.py")
-_NUM_BATCHES = flags.DEFINE_integer("num_batches", 100, "batches to gather statistics over")
-_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 3, "instances to print")
+_NUM_BATCHES = flags.DEFINE_integer("num_batches", 100, "batches to gather statistics over",
+                                    lower_bound=1)
+_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 3, "instances to print", lower_bound=0)
 _SPLIT = flags.DEFINE_enum("split", "train", ["train", "validation"], "which split")
 
 
@@ -75,6 +77,8 @@ def main(argv):
   del argv
   config = _CONFIG()
   check_data_config(config.data)
+  check_fields("config.train", config.train,
+               [("batch_size", config.train.batch_size >= 1, "at least 1")])
   dataset, tokenizer, info = pretraining_input(config.data, config.train.batch_size,
                                                config.seed, _SPLIT.value)
   print(f"{info['source']} [{info['split']}]: {info['documents']:,} documents, "

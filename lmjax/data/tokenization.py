@@ -244,6 +244,12 @@ def _from_vocabulary(text: str, config: dict, where: str):
   return tok
 
 
+def check_output(output: str | os.PathLike) -> None:
+  """UserError when `output` cannot be where a trained model goes."""
+  if paths.resolve(output).is_dir():
+    raise UserError(f"{output} is a directory; name the .model file to write")
+
+
 def train(sentences: Iterable[str], vocab_size: int, output: str | os.PathLike,
           max_sentences: int = 2_000_000,
           progress: Callable[[str], None] = print) -> Tokenizer:
@@ -253,6 +259,7 @@ def train(sentences: Iterable[str], vocab_size: int, output: str | os.PathLike,
   """
   if vocab_size <= NUM_SPECIAL:
     raise UserError(f"vocab_size must be above {NUM_SPECIAL}, got {vocab_size}")
+  check_output(output)
   sample = []
   for sentence in sentences:
     if sentence.strip():
