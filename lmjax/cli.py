@@ -10,6 +10,7 @@ import json
 import logging as std_logging
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -54,6 +55,9 @@ def run_in_workdir(run_fn: Callable[[object, str], dict],
 
   def main(argv):
     del argv
+    # Outside the training loop (which saves and stops at the step) a SIGTERM
+    # finds nothing unsaved: start-up, compilation, the final evaluation.
+    signal.signal(signal.SIGTERM, _terminated)
     config = get_config()
     from lmjax import distributed, paths  # pylint: disable=import-outside-toplevel
     paths.check_workdir(workdir.value)
@@ -68,6 +72,15 @@ def run_in_workdir(run_fn: Callable[[object, str], dict],
     print(json.dumps(summary), flush=True)
 
   run(main)
+
+
+class _Terminated(Exception):
+  """SIGTERM outside the training loop."""
+
+
+def _terminated(signum, frame):
+  del signum, frame
+  raise _Terminated()
 
 
 def _fail(message: str) -> None:
@@ -130,5 +143,9 @@ def run(main: Callable[[list[str]], None], known_only: bool = False) -> None:
     except KeyboardInterrupt:
       print("interrupted", file=sys.stderr, flush=True)
       sys.exit(130)
+    except _Terminated:
+      print("SIGTERM outside the training steps: nothing unsaved; exiting", file=sys.stderr,
+            flush=True)
+      sys.exit(0)
 
   app.run(guarded, flags_parser=lambda argv: _parse_flags(argv, known_only))

@@ -149,22 +149,23 @@ def test_a_profile_trace_lands_where_tensorboard_looks(tmp_path, capsys):
 def job(config, mesh, steps_total):
   """A jitted step that adds each batch's mean to a parameter: the state
   after k steps depends on every batch the loader handed out."""
-  init = lambda rng: {"w": jnp.zeros((), jnp.float32)}
+  shape = (config.model.width,) if "model" in config else ()
+  init = lambda rng: {"w": jnp.zeros(shape, jnp.float32)}
   tx = optax.sgd(0.0)
   state, shardings = steps.create_train_state(init, tx, mesh, jax.random.key(0))
 
   def train_step(state, batch, rng):
     noise = jax.random.uniform(jax.random.fold_in(rng, state.step))
     w = state.params["w"] * 0.5 + batch["x"].mean() + noise
-    return state.replace(step=state.step + 1, params={"w": w}), {"loss": w}
+    return state.replace(step=state.step + 1, params={"w": w}), {"loss": w.sum()}
 
   data = examples_dataset({"x": np.arange(40, dtype=np.float32)[:, None]}, 8, seed=3)
   return scaffold.Job(
       name="fake", config=config, mesh=mesh, state=state, shardings=shardings,
       train_step=steps.jit_train_step(train_step, shardings, mesh), train_data=data,
-      evaluate=lambda state, step: {"eval_w": float(state.params["w"])},
+      evaluate=lambda state, step: {"eval_w": float(state.params["w"].sum())},
       schedule=Schedule(steps_total, 1, 1000, 3), throughput=THROUGHPUT,
-      files={"note.txt": b"fake"}, must_match=("seed",), num_threads=0)
+      files={"note.txt": b"fake"}, must_match=("seed", "model"), num_threads=0)
 
 
 def test_a_resumed_run_continues_at_its_checkpoint_exactly(tmp_path):
@@ -186,4 +187,16 @@ def test_a_resumed_run_continues_at_its_checkpoint_exactly(tmp_path):
   config.seed = 1
   with (pytest.raises(UserError, match="another config.seed"),
         scaffold.Run(job(config, mesh, 9), tmp_path / "parts", seed=1) as run_):
+    run_.train()
+
+
+def test_a_resume_with_another_model_names_the_field_before_any_restore(tmp_path):
+  config = ml_collections.ConfigDict(dict(seed=0, model=dict(width=2),
+                                          train=dict(keep_checkpoints=5)))
+  mesh = parallel.make_mesh()
+  with scaffold.Run(job(config, mesh, 3), tmp_path, seed=1) as run_:
+    run_.train()
+  config.model.width = 4  # another shape: the restore itself would fail
+  with (pytest.raises(UserError, match=r"another config.model \(\{\"width\": 2\}, now"),
+        scaffold.Run(job(config, mesh, 6), tmp_path, seed=1) as run_):
     run_.train()

@@ -204,3 +204,19 @@ def _pretrain_config():
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def test_sigterm_before_the_first_step_exits_zero_with_one_line(tmp_path):
+  env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / "tfds"), LMJAX_CACHE=str(tmp_path / "c"),
+             PYTHONUNBUFFERED="1")
+  process = subprocess.Popen(command(tmp_path / "w"), env=env, cwd=ROOT, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  for line in process.stdout:  # the corpus is being prepared: no step yet
+    if line.startswith("preparing "):
+      process.send_signal(signal.SIGTERM)
+      break
+  _, err = process.communicate(timeout=120)
+  assert process.returncode == 0, err[-2000:]
+  assert err.strip().splitlines()[-1] == (
+      "SIGTERM outside the training steps: nothing unsaved; exiting")
+  assert "Traceback" not in err and not (tmp_path / "w").exists()

@@ -75,9 +75,11 @@ def _resume(job: Job, workdir: epath.Path, ckpts: Checkpoints) -> tuple[Any, int
   state at 0, and the workdir's files are written."""
   start = ckpts.latest_step()
   if start:
+    # The config first: a model or tokenizer of another size would fail the
+    # restore with shapes, not with the field that differs.
+    check_resumable(ckpts.read_json(start, "config"), job.config, job.must_match)
     abstract = steps.abstract_like(job.state, job.shardings)
-    state, loader, saved = ckpts.restore(start, abstract)
-    check_resumable(saved, job.config, job.must_match)
+    state, loader, _ = ckpts.restore(start, abstract)
     print(f"resuming from the checkpoint of step {start} in {workdir}", flush=True)
     return state, start, loader["step"]
   if is_lead():
