@@ -215,6 +215,15 @@ def test_a_pretraining_run_starts_with_its_encoder(tmp_path, reviews_tsv, monkey
   expected = evaluate_directly(model_cfg, bert, cls.load_split(task, "validation"), 24)
   assert abs(first["eval_loss"] - expected["eval_loss"]) < 1e-5
 
+  p.train.steps = 4  # a checkpoint of step 4, then damaged: the start falls back to 3
+  train_and_evaluate(p, pretrained)
+  for path in (pretrained / "checkpoints" / "4" / "state").rglob("*"):
+    if path.is_file():
+      path.write_bytes(b"")
+  summary = finetuning.finetune(c, tmp_path / "w2")
+  assert summary["init"] == f"pretraining run {pretrained} (step 3)"
+  assert (pretrained / "checkpoints" / "4").is_dir()  # another run's: not moved
+
 
 def assert_user_error(c, workdir, message):
   before = tree_digest(workdir)

@@ -5,6 +5,7 @@ position and the profile trace."""
 import json
 import os
 import signal
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -200,3 +201,44 @@ def test_a_resume_with_another_model_names_the_field_before_any_restore(tmp_path
   with (pytest.raises(UserError, match=r"another config.model \(\{\"width\": 2\}, now"),
         scaffold.Run(job(config, mesh, 6), tmp_path, seed=1) as run_):
     run_.train()
+
+
+def damage(step_dir: Path) -> None:
+  """Truncates every file of a checkpoint's state, as a disk error might."""
+  for path in (step_dir / "state").rglob("*"):
+    if path.is_file():
+      path.write_bytes(path.read_bytes()[:7])
+
+
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumes(
+    tmp_path, capsys):
+  config = ml_collections.ConfigDict(dict(seed=0, train=dict(keep_checkpoints=5)))
+  mesh = parallel.make_mesh()
+  with scaffold.Run(job(config, mesh, 9), tmp_path / "whole", seed=1) as run_:
+    whole = run_.train()
+  with scaffold.Run(job(config, mesh, 7), tmp_path / "parts", seed=1) as run_:
+    run_.train()  # checkpoints 3, 6 and the last, 7
+  damage(tmp_path / "parts" / "checkpoints" / "7")
+  capsys.readouterr()
+  with scaffold.Run(job(config, mesh, 9), tmp_path / "parts", seed=1) as run_:
+    resumed = run_.train()
+  out = capsys.readouterr().out
+  assert "the checkpoint of step 7 cannot be restored" in out
+  assert "resuming from the checkpoint of step 6" in out
+  assert float(resumed.state.params["w"]) == float(whole.state.params["w"])
+  names = sorted(p.name for p in (tmp_path / "parts" / "checkpoints").iterdir())
+  assert "7.damaged" in names and "9" in names
+
+
+def test_no_intact_checkpoint_is_one_line_and_nothing_moves(tmp_path):
+  config = ml_collections.ConfigDict(dict(seed=0, train=dict(keep_checkpoints=5)))
+  mesh = parallel.make_mesh()
+  with scaffold.Run(job(config, mesh, 6), tmp_path, seed=1) as run_:
+    run_.train()  # checkpoints 3 and 6
+  for step in ("3", "6"):
+    damage(tmp_path / "checkpoints" / step)
+  with (pytest.raises(UserError, match="no checkpoint can be restored") as e,
+        scaffold.Run(job(config, mesh, 9), tmp_path, seed=1) as run_):
+    run_.train()
+  assert "\n" not in str(e.value)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "6"]

@@ -68,6 +68,19 @@ class Checkpoints:
   def delete(self, step: int) -> None:
     self._manager.delete(step)
 
+  def set_aside(self, step: int) -> str:
+    """Renames `step`'s directory to `<step>.damaged` (a name Orbax does not
+    read as a step); returns the new path."""
+    directory = self._manager.directory / str(step)
+    aside = directory.with_name(f"{step}.damaged")
+    n = 1
+    while aside.exists():
+      n += 1
+      aside = directory.with_name(f"{step}.damaged-{n}")
+    directory.rename(aside)
+    self._manager.reload()
+    return str(aside)
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

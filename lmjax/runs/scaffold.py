@@ -24,7 +24,7 @@ from etils import epath
 
 from lmjax import parallel, paths
 from lmjax.data.loader import Loader
-from lmjax.errors import ConfigError, UserError, check_fields
+from lmjax.errors import CheckpointError, ConfigError, UserError, check_fields
 from lmjax.runs.checkpoints import Checkpoints
 from lmjax.runs.loop import Hooks, LoopResult, Schedule, run_loop
 from lmjax.runs.throughput import RateWindow, Throughput
@@ -73,21 +73,41 @@ def is_lead() -> bool:
 def _resume(job: Job, workdir: epath.Path, ckpts: Checkpoints) -> tuple[Any, int, int]:
   """(state, step, loader position) of the newest checkpoint; or the fresh
   state at 0, and the workdir's files are written."""
-  start = ckpts.latest_step()
-  if start:
+  damaged = []
+  for start in sorted(ckpts.all_steps(), reverse=True):
     # The config first: a model or tokenizer of another size would fail the
     # restore with shapes, not with the field that differs.
-    check_resumable(ckpts.read_json(start, "config"), job.config, job.must_match)
-    abstract = steps.abstract_like(job.state, job.shardings)
-    state, loader, _ = ckpts.restore(start, abstract)
+    try:
+      saved = ckpts.read_json(start, "config")
+    except Exception as e:  # pylint: disable=broad-exception-caught  # damaged
+      damaged.append((start, e))
+      continue
+    check_resumable(saved, job.config, job.must_match)
+    try:
+      state, loader, _ = ckpts.restore(start, steps.abstract_like(job.state, job.shardings))
+    except Exception as e:  # pylint: disable=broad-exception-caught  # damaged
+      damaged.append((start, e))
+      continue
+    for step, e in damaged:  # set aside, never deleted: named, for a look
+      aside = ckpts.set_aside(step) if is_lead() else f"step {step}"
+      print(f"the checkpoint of step {step} cannot be restored ({_first_line(e)}); "
+            f"set aside as {aside}", flush=True)
     print(f"resuming from the checkpoint of step {start} in {workdir}", flush=True)
     return state, start, loader["step"]
+  if damaged:
+    raise CheckpointError(f"{workdir}: no checkpoint can be restored (step "
+                          f"{damaged[0][0]}: {_first_line(damaged[0][1])}); move "
+                          "checkpoints/ aside to start afresh")
   if is_lead():
     workdir.mkdir(parents=True, exist_ok=True)
     for name, content in {"config.json": job.config.to_json(indent=2) + "\n",
                           **job.files}.items():
       paths.write_whole(workdir / name, content)
   return job.state, 0, 0
+
+
+def _first_line(e: Exception) -> str:
+  return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def compile_step(job: Job, state, batch: dict, rng: jax.Array):

@@ -131,24 +131,33 @@ def pretraining_model(path: epath.Path, saved, tokenizer: Tokenizer) -> BertConf
 def pretrained_params(path: epath.Path, field: str, model_cfg: BertConfig, data,
                       mesh) -> tuple[int, dict]:
   """(step, {'bert', 'mlm', 'nsp'} parameters) of a pretraining workdir's
-  newest checkpoint; only the parameters are read, never the optimizer's."""
+  newest checkpoint that can be restored (a damaged one is reported and
+  passed over, not moved: the workdir is another run's); only the
+  parameters are read, never the optimizer's."""
   if not (path / "checkpoints").is_dir():
     raise UserError(f"{field}: no checkpoints yet")
+  length, predictions = data.max_seq_length, data.max_predictions_per_seq
+  example = dict(input_ids=np.zeros((1, length), np.int32),
+                 segment_ids=np.zeros((1, length), np.int32),
+                 input_mask=np.ones((1, length), np.int32),
+                 masked_positions=np.zeros((1, predictions), np.int32))
+  abstract = {"params": steps.abstract_params(
+      mlm_nsp.init_params(BertForPreTraining(model_cfg), example), mesh)}
   ckpts = Checkpoints(path / "checkpoints")
   try:
-    step = ckpts.latest_step()
-    if step is None:
+    found = sorted(ckpts.all_steps(), reverse=True)
+    if not found:
       raise UserError(f"{field}: no checkpoints yet")
-    length, predictions = data.max_seq_length, data.max_predictions_per_seq
-    example = dict(input_ids=np.zeros((1, length), np.int32),
-                   segment_ids=np.zeros((1, length), np.int32),
-                   input_mask=np.ones((1, length), np.int32),
-                   masked_positions=np.zeros((1, predictions), np.int32))
-    init = mlm_nsp.init_params(BertForPreTraining(model_cfg), example)
-    params = ckpts.restore_part(step, {"params": steps.abstract_params(init, mesh)})
+    for step in found:
+      try:
+        return step, ckpts.restore_part(step, abstract)["params"]
+      except Exception as e:  # pylint: disable=broad-exception-caught  # damaged
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        print(f"{field}: the checkpoint of step {step} cannot be restored ({cause}); "
+              "trying the one before", flush=True)
   finally:
     ckpts.close()
-  return step, params["params"]
+  raise CheckpointError(f"{field}: no checkpoint can be restored")
 
 
 def load_hf_pretraining(path, model) -> tuple[BertConfig, dict]:
