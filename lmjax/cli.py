@@ -18,7 +18,7 @@ from collections.abc import Callable
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lmjax.errors import UserError
+from lmjax.errors import Fault, UserError
 
 
 def define_config(example: str) -> Callable[[], object]:
@@ -140,6 +140,9 @@ def run(main: Callable[[list[str]], None], known_only: bool = False) -> None:
       main(argv)
     except UserError as e:
       _fail(str(e))
+    except Fault as e:
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(1)
     except KeyboardInterrupt:
       print("interrupted", file=sys.stderr, flush=True)
       sys.exit(130)

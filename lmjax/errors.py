@@ -1,12 +1,17 @@
-"""The one error type for mistakes a user can fix.
+"""The error types entry points report in one line.
 
-Entry points catch `UserError`, print its message on one line and exit with
-status 2; anything else is a bug and keeps its traceback.
+`UserError` is a mistake the user can fix: exit status 2. `Fault` is a
+failure outside the program (a full disk, a file that cannot be written):
+exit status 1. Anything else is a bug and keeps its traceback.
 """
 
 
 class UserError(Exception):
   """A mistake in the user's input: a bad path, config value or checkpoint."""
+
+
+class Fault(Exception):
+  """A failure outside the program; the message says what was saved."""
 
 
 class ConfigError(UserError, ValueError):

@@ -242,3 +242,35 @@ def test_no_intact_checkpoint_is_one_line_and_nothing_moves(tmp_path):
     run_.train()
   assert "\n" not in str(e.value)
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "6"]
+
+
+def test_metrics_that_cannot_be_written_stop_the_run_with_one_line_and_a_checkpoint(
+    tmp_path, monkeypatch):
+  import errno  # pylint: disable=import-outside-toplevel
+  import builtins  # pylint: disable=import-outside-toplevel
+  from lmjax.errors import Fault  # pylint: disable=import-outside-toplevel
+  from lmjax.runs import writer  # pylint: disable=import-outside-toplevel
+  config = ml_collections.ConfigDict(dict(seed=0, train=dict(keep_checkpoints=5)))
+  mesh = parallel.make_mesh()
+  (tmp_path / "a" / "metrics.jsonl").mkdir(parents=True)  # in the way
+  with (pytest.raises(Fault, match="metrics.jsonl: cannot rewrite the run's metrics"),
+        scaffold.Run(job(config, mesh, 9), tmp_path / "a", seed=1) as run_):
+    run_.train()
+  assert not (tmp_path / "a" / "tensorboard").exists()
+
+  written = []
+
+  def full_disk(path, mode="r", *args, **kwargs):
+    if str(path).endswith("metrics.jsonl") and "a" in mode:
+      written.append(path)
+      if len(written) > 4:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return builtins.open(path, mode, *args, **kwargs)
+
+  monkeypatch.setattr(writer, "open", full_disk, raising=False)
+  with (pytest.raises(Fault) as e,
+        scaffold.Run(job(config, mesh, 9), tmp_path / "b", seed=1) as run_):
+    run_.train()
+  assert str(e.value).endswith("(No space left on device); stopped at step 5: the newest "
+                               "checkpoint on disk is step 5")
+  assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["3", "5"]

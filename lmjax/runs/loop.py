@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lmjax import parallel, paths
-from lmjax.errors import UserError
+from lmjax.errors import Fault, UserError
 from lmjax.runs.checkpoints import Checkpoints
 from lmjax.runs.throughput import RateWindow
 from lmjax.runs.writer import MetricWriter
@@ -164,6 +164,21 @@ def _stop_signal(stop: StopRequest, ckpts: Checkpoints, step: int) -> str | None
   return None
 
 
+def _save_at_fault(ckpts: Checkpoints, step: int, state, hooks: Hooks) -> str:
+  """Saves the state in memory when the disk still takes a checkpoint;
+  says which checkpoint is the newest on disk."""
+  ckpts.wait()
+  if step not in ckpts.all_steps():
+    try:
+      ckpts.save(step, state, *hooks.saved_items())
+      ckpts.wait()
+    except Exception:  # pylint: disable=broad-exception-caught  # the disk refused it too
+      pass
+  latest = ckpts.latest_step()
+  return (f"the newest checkpoint on disk is step {latest}" if latest
+          else "no checkpoint on disk")
+
+
 def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
              schedule: Schedule, ckpts: Checkpoints, writer: MetricWriter, hooks: Hooks,
              rate: RateWindow, start: int = 0, desc: str = "train",
@@ -201,6 +216,9 @@ def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
         if stopping:
           print(f"\n{stopping}: saved a checkpoint at step {step}; exiting", flush=True)
           break
+    except Fault as e:
+      raise Fault(f"{e}; stopped at step {step}: {_save_at_fault(ckpts, step, state, hooks)}"
+                  ) from None
     finally:
       profile.stop()
       bar.close()

@@ -14,6 +14,7 @@ import math
 import os
 
 from lmjax import paths
+from lmjax.errors import Fault
 
 
 class MetricWriter:
@@ -29,17 +30,18 @@ class MetricWriter:
     self._lines: list[str] = []  # of a remote file, uploaded at flush
     self._dirty = False
     self._tb = None
+    self._tb_directory = os.fspath(paths.resolve(workdir) / "tensorboard")
     if not enabled:
       return
-    if self.path.exists():
-      self._lines = [line for line in self.path.read_text().splitlines()
-                     if line.strip() and json.loads(line)["step"] <= start]
-      paths.write_whole(self.path, "".join(line + "\n" for line in self._lines))
+    try:
+      if self.path.exists():
+        self._lines = [line for line in self.path.read_text().splitlines()
+                       if line.strip() and json.loads(line)["step"] <= start]
+        paths.write_whole(self.path, "".join(line + "\n" for line in self._lines))
+    except OSError as e:
+      raise Fault(f"{self.path}: cannot rewrite the run's metrics ({e.strerror or e})") from None
     if not self._remote:
       self._lines = []
-    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-    _register_bucket_files()
-    self._tb = SummaryWriter(os.fspath(paths.resolve(workdir) / "tensorboard"))
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:
@@ -50,8 +52,15 @@ class MetricWriter:
       self._lines.append(line)
       self._dirty = True
     else:
-      with open(self.path, "a") as f:
-        f.write(line + "\n")
+      try:
+        with open(self.path, "a") as f:
+          f.write(line + "\n")
+      except OSError as e:
+        raise Fault(f"{self.path}: cannot write the run's metrics ({e.strerror or e})") from None
+    if self._tb is None:  # made at the first line: a run that fails before adds none
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      _register_bucket_files()
+      self._tb = SummaryWriter(self._tb_directory)
     for key, value in record.items():
       if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
         self._tb.add_scalar(key, value, step)
