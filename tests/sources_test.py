@@ -2,6 +2,7 @@
 
 import gzip
 
+import numpy as np
 import pytest
 
 from lmjax.data import builtin, sources
@@ -66,7 +67,7 @@ def test_undecodable_lines_are_skipped_and_counted(tmp_path):
 
 @pytest.mark.parametrize("content,message", [
     (b"", "empty corpus"), (b"\n \n\t\n", "empty corpus"),
-    (b"\xff\xfe\n\xfa\n", "no sentences")])
+    (b"\xff\xfe\n\xfa\n", "2 of 2 lines are not UTF-8 text")])
 def test_empty_corpora_are_errors(tmp_path, content, message):
   path = tmp_path / "c.txt"
   path.write_bytes(content)
@@ -116,3 +117,10 @@ def test_sources_joined_by_plus_give_the_documents_of_both(data_dir, tmp_path):
                                                   ["Another note."]]
   key = sources.corpus_key(f"rt_polarity+text:{notes}", "train", data_dir)
   assert key.startswith(sources.corpus_key("rt_polarity", "train", data_dir) + "+")
+
+
+def test_bytes_that_are_mostly_not_text_are_refused(tmp_path):
+  rng = np.random.default_rng(0)
+  (tmp_path / "noise.txt").write_bytes(rng.integers(0, 256, 100_000, np.uint8).tobytes())
+  with pytest.raises(UserError, match=r"lines are not UTF-8 text; a corpus is text files"):
+    sources.load_corpus(f"text:{tmp_path}/noise.txt", "train")

@@ -38,6 +38,7 @@ class TextFile:
   """The documents of BERT-format text, and what reading it had to skip."""
   documents: list[list[str]]
   undecodable_lines: int = 0
+  text_lines: int = 0  # lines of text that decoded
   has_text: bool = False  # any line that is not blank, decodable or not
 
 
@@ -54,6 +55,7 @@ def read_documents(lines: Iterable[bytes]) -> TextFile:
       continue
     if line:
       current.append(line)
+      out.text_lines += 1
     elif current:
       out.documents.append(current)
       current = []

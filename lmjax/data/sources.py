@@ -109,11 +109,14 @@ def _read_text_files(pattern: str, split: str) -> Corpus:
       one = documents.read_documents(f)
     read.documents += one.documents
     read.undecodable_lines += one.undecodable_lines
+    read.text_lines += one.text_lines
     read.has_text = read.has_text or one.has_text
   if not read.has_text:
     raise UserError(f"text:{pattern}: empty corpus (no text in {len(paths)} file(s))")
-  if not read.documents:
-    raise UserError(f"text:{pattern}: no sentences (every line was undecodable)")
+  if read.undecodable_lines > read.text_lines:
+    raise UserError(f"text:{pattern}: {read.undecodable_lines:,} of "
+                    f"{read.undecodable_lines + read.text_lines:,} lines are not UTF-8 text; "
+                    "a corpus is text files")
   chosen = [d for d in read.documents if text_split(d, len(read.documents)) == split]
   if not chosen:
     raise MissingSplitError(f"text:{pattern}: {len(read.documents)} documents are too few "
