@@ -46,6 +46,19 @@ def check_workdir(path: PathLike) -> epath.Path:
   return workdir
 
 
+def check_writable(path: PathLike) -> None:
+  """UserError when local `path`, or the directory it would be made in,
+  cannot be written (a read-only file system, no permission)."""
+  if is_remote(path):
+    return
+  target = resolve(path)
+  while not target.exists() and target != target.parent:
+    target = target.parent
+  if not os.access(target, os.W_OK):
+    raise UserError(f"{path}: cannot write there (a read-only file system, or no "
+                    "permission)")
+
+
 def write_whole(path: PathLike, content: bytes | str) -> None:
   """Writes `content` to `path` whole or not at all."""
   path = resolve(path)

@@ -225,6 +225,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumes(
   out = capsys.readouterr().out
   assert "the checkpoint of step 7 cannot be restored" in out
   assert "resuming from the checkpoint of step 6" in out
+  assert f"step 9: w {float(resumed.state.params['w']):.4f}" in out  # the evaluation
   assert float(resumed.state.params["w"]) == float(whole.state.params["w"])
   names = sorted(p.name for p in (tmp_path / "parts" / "checkpoints").iterdir())
   assert "7.damaged" in names and "9" in names

@@ -49,3 +49,11 @@ def test_the_metric_writer_drops_lines_after_the_resumed_step(tmp_path):
   assert [(r["step"], r["loss"]) for r in lines] == [(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 0.25),
                                                      (5, 0.5)]
   assert not MetricWriter(tmp_path / "other", enabled=False).path.parent.exists()
+
+
+def test_a_directory_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+  paths.check_writable(tmp_path / "new" / "run")  # made inside tmp_path: fine
+  monkeypatch.setattr(os, "access", lambda path, mode: False)  # a read-only mount
+  with pytest.raises(UserError, match="cannot write there"):
+    paths.check_writable(tmp_path / "new" / "run")
+  assert not (tmp_path / "new").exists()

@@ -207,6 +207,7 @@ def finetune(config, workdir: str | os.PathLike) -> dict:
   _check_task(task)
   start = starts.load_start(config, mesh, task.num_labels)
   encoded = _encoded_splits(task, config, start)
+  paths.check_writable(workdir)
   best = BestCheckpoint(paths.resolve(workdir) / "best", f"eval_{task.metrics[0]}")
   try:
     job, scorers = _job(config, mesh, task, start, encoded, best)

@@ -164,6 +164,15 @@ def _stop_signal(stop: StopRequest, ckpts: Checkpoints, step: int) -> str | None
   return None
 
 
+def _log_evaluation(writer: MetricWriter, bar: tqdm, step: int, scores: dict) -> None:
+  """An evaluation into the metrics and, on process 0, a line on the console."""
+  writer.write(step, scores)
+  if jax.process_index() == 0:
+    bar.write(f"step {step}: " + ", ".join(
+        f"{k.removeprefix('eval_')} {float(v):.4f}" for k, v in scores.items()
+        if isinstance(v, (int, float, np.floating))))
+
+
 def _save_at_fault(ckpts: Checkpoints, step: int, state, hooks: Hooks) -> str:
   """Saves the state in memory when the disk still takes a checkpoint;
   says which checkpoint is the newest on disk."""
@@ -193,7 +202,7 @@ def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
       schedule.profile_steps, profile_dir)
   step, stopping, last_eval = start, None, {}
   if start == 0 and schedule.eval_at_start:
-    writer.write(0, hooks.evaluate(state, 0))
+    _log_evaluation(writer, bar, 0, hooks.evaluate(state, 0))
   with StopRequest() as stop:
     try:
       while step < schedule.steps:
@@ -209,7 +218,7 @@ def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
           metrics.flush(step)  # the first step alone: compilation stays out of rates
         if schedule.is_due(step, schedule.eval_every):
           last_eval = hooks.evaluate(state, step)
-          writer.write(step, last_eval)
+          _log_evaluation(writer, bar, step, last_eval)
         if saving:
           ckpts.save(step, state, *hooks.saved_items())
           writer.flush()  # a bucket's metrics.jsonl is uploaded whole

@@ -74,6 +74,7 @@ def predict(config, workdir: paths.PathLike) -> dict:
                                                  config.train.eval_batch_size, mesh),
                len(texts))
   output = paths.resolve(config.predict.output or workdir / "predictions.jsonl")
+  paths.check_writable(output.parent)
   if scaffold.is_lead():
     output.parent.mkdir(parents=True, exist_ok=True)
     paths.write_whole(output, "".join(

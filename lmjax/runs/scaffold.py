@@ -143,6 +143,7 @@ class Run:
     self._writer: MetricWriter | None = None
 
   def __enter__(self) -> "Run":
+    paths.check_writable(self.workdir)
     self._ckpts = Checkpoints(self.workdir / "checkpoints",
                               keep=self.job.config.train.keep_checkpoints)
     return self
