@@ -6,6 +6,7 @@ with one line on stderr naming the cause and exit status 2, no traceback.
 
 import ast
 import contextlib
+import importlib.util
 import json
 import logging as std_logging
 import os
@@ -14,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -21,10 +23,14 @@ from ml_collections import config_flags
 from lmjax.errors import Fault, UserError
 
 
+_EXAMPLE_CONFIG: list[str] = []  # define_config's example: the fields --help lists
+
+
 def define_config(example: str) -> Callable[[], object]:
   """Defines --config (an ml_collections config file, whose fields can be
   overridden as --config.section.field=value); returns a getter that raises
   UserError while --config is not given."""
+  _EXAMPLE_CONFIG.append(example)
   holder = config_flags.DEFINE_config_file("config", None, f"config file, e.g. {example}",
                                            lock_config=True)
 
@@ -88,7 +94,55 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
+def _help(argv: list[str]) -> None:
+  """What --help prints: the entry point's docstring, its flags, and every
+  field of the config (the one --config names, or the example) with its
+  default and the comment beside it in the file."""
+  print((sys.modules["__main__"].__doc__ or "").strip() + "\n\nflags:")
+  for module, module_flags in sorted(flags.FLAGS.flags_by_module_dict().items()):
+    if "lmjax" in module:  # lmjax's own (absl names __main__'s by its path)
+      for flag in module_flags:
+        print(f"  --{flag.name}={flag.default if flag.default is not None else ''}"
+              f"  # {flag.help}")
+  given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+  source = (given or _EXAMPLE_CONFIG or [""])[-1]
+  if not source:
+    return
+  path, _, variant = source.partition(":")
+  file = Path(path) if Path(path).is_file() else Path(__file__).parents[1] / path
+  if not file.is_file():
+    _fail(f"--config={source}: no such config file")
+  spec = importlib.util.spec_from_file_location("help_config", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(variant or None)
+  comments, section = {}, ""
+  for line in file.read_text().splitlines():
+    opened = re.match(r"\s*config\.(\w+)\s*=\s*ml_collections\.ConfigDict", line)
+    if opened:
+      section = opened.group(1) + "."
+    found = re.match(r"\s*(?:config\.)?(\w+)\s*=.*?#\s*(.+)$", line)
+    if found and not opened:
+      comments.setdefault(section + found.group(1), found.group(2))
+  print(f"\nconfig fields of {source} (override as --config.FIELD=VALUE):")
+  for name, value in _leaves(config.to_dict()):
+    comment = comments.get(name)
+    print(f"  --config.{name}={value!r}" + (f"  # {comment}" if comment else ""))
+
+
+def _leaves(tree: dict, prefix: str = ""):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _leaves(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
+
+
 def _parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
+  if any(a in ("--help", "-h", "-?", "--helpshort") for a in argv[1:]):
+    with contextlib.suppress(BrokenPipeError):
+      _help(argv)
+    sys.exit(0)
   try:
     return flags.FLAGS(argv, known_only=known_only)
   except flags.Error as e:

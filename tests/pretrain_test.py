@@ -220,3 +220,28 @@ def test_sigterm_before_the_first_step_exits_zero_with_one_line(tmp_path):
   assert err.strip().splitlines()[-1] == (
       "SIGTERM outside the training steps: nothing unsaved; exiting")
   assert "Traceback" not in err and not (tmp_path / "w").exists()
+
+
+def test_help_lists_every_config_field_with_its_default_and_comment():
+  done = subprocess.run([sys.executable, "-m", "lmjax.pretrain", "--help"], capture_output=True,
+                        text=True, cwd=ROOT, check=False)
+  assert done.returncode == 0, done.stderr
+  lines = done.stdout.splitlines()
+  assert lines[0] == "Pretrains BERT (MLM + NSP):"
+  assert "  --workdir=  # where checkpoints and metrics go" in lines
+  assert "  --config.train.steps=1200" in lines
+  assert ("  --config.data.source='austen'  # austen | tfds:NAME[/CONFIG] | text:PATH_OR_GLOB"
+          in lines)
+  config = importlib.util.spec_from_file_location("c", ROOT / "configs" / "pretrain.py")
+  module = importlib.util.module_from_spec(config)
+  config.loader.exec_module(module)
+  fields = [line for line in lines if line.startswith("  --config.")]
+  assert len(fields) == sum(1 for _ in _leaves(module.get_config().to_dict())) > 40
+
+
+def _leaves(tree):
+  for value in tree.values():
+    if isinstance(value, dict):
+      yield from _leaves(value)
+    else:
+      yield value
