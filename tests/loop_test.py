@@ -169,7 +169,7 @@ def job(config, mesh, steps_total):
       files={"note.txt": b"fake"}, must_match=("seed", "model"), num_threads=0)
 
 
-def test_a_resumed_run_continues_at_its_checkpoint_exactly(tmp_path):
+def test_a_resumed_run_continues_at_its_checkpoint_exactly(tmp_path, capsys):
   config = ml_collections.ConfigDict(dict(seed=0, train=dict(keep_checkpoints=5)))
   mesh = parallel.make_mesh()
   with scaffold.Run(job(config, mesh, 9), tmp_path / "whole", seed=1) as run_:
@@ -184,6 +184,12 @@ def test_a_resumed_run_continues_at_its_checkpoint_exactly(tmp_path):
   assert sorted(train_lines(tmp_path / "whole")) == list(range(1, 10))
   assert (tmp_path / "parts" / "note.txt").read_bytes() == b"fake"
   assert json.loads((tmp_path / "parts" / "config.json").read_text())["seed"] == 0
+
+  config.train.keep_checkpoints = 4  # not a field a resume must share: said, not refused
+  with scaffold.Run(job(config, mesh, 9), tmp_path / "parts", seed=1) as run_:
+    run_.train()
+  assert "resuming with a changed config: train.keep_checkpoints: 5 -> 4" in (
+      capsys.readouterr().out)
 
   config.seed = 1
   with (pytest.raises(UserError, match="another config.seed"),

@@ -65,6 +65,20 @@ def check_resumable(saved: dict, config, keys: tuple[str, ...]) -> None:
                       "--workdir or the same config")
 
 
+def changed_fields(saved: dict, config) -> list[str]:
+  """'train.learning_rate: 0.002 -> 0.001' for each field the resumed run
+  changes (allowed ones: the rest fail check_resumable)."""
+  def leaves(tree, prefix=""):
+    for key, value in (tree or {}).items():
+      if isinstance(value, dict):
+        yield from leaves(value, f"{prefix}{key}.")
+      else:
+        yield f"{prefix}{key}", value
+  before, now = dict(leaves(saved)), dict(leaves(json.loads(config.to_json())))
+  return [f"{k}: {json.dumps(before.get(k))} -> {json.dumps(now.get(k))}"
+          for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+
+
 def is_lead() -> bool:
   """Process 0 writes the workdir's files; every process writes checkpoints."""
   return jax.process_index() == 0
@@ -83,6 +97,9 @@ def _resume(job: Job, workdir: epath.Path, ckpts: Checkpoints) -> tuple[Any, int
       damaged.append((start, e))
       continue
     check_resumable(saved, job.config, job.must_match)
+    changes = changed_fields(saved, job.config)
+    if changes and is_lead():
+      print(f"resuming with a changed config: {'; '.join(changes)}", flush=True)
     try:
       state, loader, _ = ckpts.restore(start, steps.abstract_like(job.state, job.shardings))
     except Exception as e:  # pylint: disable=broad-exception-caught  # damaged
