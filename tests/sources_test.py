@@ -124,3 +124,12 @@ def test_bytes_that_are_mostly_not_text_are_refused(tmp_path):
   (tmp_path / "noise.txt").write_bytes(rng.integers(0, 256, 100_000, np.uint8).tobytes())
   with pytest.raises(UserError, match=r"lines are not UTF-8 text; a corpus is text files"):
     sources.load_corpus(f"text:{tmp_path}/noise.txt", "train")
+
+
+def test_preparing_a_builtin_corpus_says_one_line_and_no_download(tmp_path, capfd):
+  builder = sources.tfds_builder("austen", str(tmp_path))
+  assert builder.is_prepared()
+  out, err = capfd.readouterr()
+  assert out.strip() == (f"preparing built-in dataset austen in {tmp_path} (once, from the "
+                         "text packaged with lmjax)")
+  assert "Downloading" not in out + err and "dataset_info" not in err and "%|" not in err

@@ -10,12 +10,16 @@ splits, so 'validation' is the documents whose text hashes into 5 of 100
 buckets (none when there are fewer than 20 documents).
 """
 
+import contextlib
 import dataclasses
 import glob
+import io
 import importlib.util
 import os
 import re
 from pathlib import Path
+
+from absl import logging
 
 from lmjax.data import builtin, documents
 from lmjax.errors import UserError
@@ -124,17 +128,35 @@ def _read_text_files(pattern: str, split: str) -> Corpus:
   return Corpus(f"text:{pattern}", chosen, read.undecodable_lines)
 
 
+@contextlib.contextmanager
+def _quiet_tfds(tfds):
+  """tfds without its progress bars, prints and warnings (errors still show)."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  tfds.disable_progress_bar()
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    tfds.enable_progress_bar()
+    logging.set_verbosity(verbosity)
+
+
 def tfds_builder(name: str, data_dir: str):
   """Returns a prepared tfds builder: built-ins are prepared on first use."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   if name in builtin.VERSIONS:
-    builder = builtin.builder(name, data_dir)
-    if not builder.is_prepared():
-      print(f"preparing built-in dataset {name} in {data_dir} (once)", flush=True)
-      try:
-        builder.download_and_prepare(file_format="array_record")
-      except FileExistsError:  # another process of the job prepared it first
-        builder = builtin.builder(name, data_dir)
+    with _quiet_tfds(tfds):  # its download talk does not fit packaged text
+      builder = builtin.builder(name, data_dir)
+      prepared = builder.is_prepared()
+    if not prepared:
+      print(f"preparing built-in dataset {name} in {data_dir} (once, from the text "
+            "packaged with lmjax)", flush=True)
+      with _quiet_tfds(tfds):
+        try:
+          builder.download_and_prepare(file_format="array_record")
+        except FileExistsError:  # another process of the job prepared it first
+          builder = builtin.builder(name, data_dir)
     return builder
   try:
     builder = tfds.builder(name, data_dir=data_dir)
