@@ -281,3 +281,20 @@ def test_metrics_that_cannot_be_written_stop_the_run_with_one_line_and_a_checkpo
   assert str(e.value).endswith("(No space left on device); stopped at step 5: the newest "
                                "checkpoint on disk is step 5")
   assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["3", "5"]
+
+
+def test_the_checkpoint_of_a_healthy_evaluation_outlives_rotation_while_diverging(tmp_path):
+  schedule = Schedule(steps=20, log_every=1, eval_every=4, checkpoint_every=1)
+  mesh = parallel.make_mesh()
+  ckpts, writer = Checkpoints(tmp_path / "checkpoints", keep=2), MetricWriter(tmp_path)
+  loader = FakeLoader()
+  state = {"count": jnp.int32(0), "total": jnp.float32(0)}
+  # Healthy evaluations at 4 and 8, then a NaN evaluation at 12: 8 stays.
+  evaluate = lambda state, s: {"eval_loss": float(s) if s < 12 else float("nan")}
+  with pytest.raises(TrainingDiverged, match="loss is nan at step 14; stopped, the last good "
+                     "checkpoint is step 12; the last with a healthy evaluation is step 8"):
+    run_loop(state, fake_step(nan_at=14), loader, rng=jax.random.key(0), mesh=mesh,
+             schedule=schedule, ckpts=ckpts, writer=writer,
+             hooks=Hooks(evaluate, lambda: (loader.state(), {"fake": True})),
+             rate=RateWindow(THROUGHPUT))
+  assert ckpts.all_steps() == [8, 12]

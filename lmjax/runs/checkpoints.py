@@ -8,19 +8,37 @@ import orbax.checkpoint as ocp
 from lmjax import paths
 
 
+class _Kept(ocp.checkpoint_managers.PreservationPolicy):
+  """Preserves the steps in `steps`, a set the run changes as it goes."""
+
+  def __init__(self):
+    self.steps: set[int] = set()
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    del context
+    return [c.step in self.steps for c in checkpoints]
+
+
 class Checkpoints:
   """`DIRECTORY/<step>/{state,loader,config}` (or other JSON items), saved
-  asynchronously, keeping the newest `keep`. A step directory appears only
-  once complete."""
+  asynchronously, keeping the newest `keep` and the one `protect` names. A
+  step directory appears only once complete."""
 
   def __init__(self, directory: paths.PathLike, keep: int = 3,
                json_items: tuple[str, ...] = ("loader", "config")):
     self._json_items = json_items
+    self._kept = _Kept()
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+        [ocp.checkpoint_managers.LatestN(n=keep), self._kept])
     self._manager = ocp.CheckpointManager(
         paths.resolve(directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+        options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
                                              enable_async_checkpointing=True),
         item_names=("state", *json_items))
+
+  def protect(self, step: int) -> None:
+    """Keeps `step` however many newer ones come (one step at a time)."""
+    self._kept.steps = {step}
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

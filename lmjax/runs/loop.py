@@ -83,6 +83,7 @@ class _Metrics:
     self._writer, self._rate, self._ckpts = writer, rate, ckpts
     self._bar, self._keys = bar, progress_keys
     self._pending: list = []
+    self.healthy: int | None = None  # the newest checkpoint with a healthy evaluation
 
   def add(self, step: int, metrics: dict) -> None:
     self._pending.append((step, metrics))
@@ -108,8 +109,11 @@ class _Metrics:
     self._ckpts.wait()
     if step - 1 in self._ckpts.all_steps():
       self._ckpts.delete(step - 1)
+    latest = self._ckpts.latest_step()
+    evaluated = (f"; the last with a healthy evaluation is step {self.healthy}"
+                 if self.healthy and self.healthy != latest else "")
     raise TrainingDiverged(f"loss is {loss} at step {step}; stopped, the last good "
-                           f"checkpoint is step {self._ckpts.latest_step() or 'none'}")
+                           f"checkpoint is step {latest or 'none'}{evaluated}")
 
 
 class _Profile:
@@ -216,12 +220,19 @@ def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
         saving = stopping or schedule.is_due(step, schedule.checkpoint_every)
         if saving or step == start + 1 or step % schedule.log_every == 0:
           metrics.flush(step)  # the first step alone: compilation stays out of rates
+        healthy = False
         if schedule.is_due(step, schedule.eval_every):
           last_eval = hooks.evaluate(state, step)
           _log_evaluation(writer, bar, step, last_eval)
+          healthy = all(np.isfinite(float(v)) for v in last_eval.values()
+                        if isinstance(v, (int, float, np.floating)))
         if saving:
           ckpts.save(step, state, *hooks.saved_items())
           writer.flush()  # a bucket's metrics.jsonl is uploaded whole
+        if healthy:  # this state evaluated well: its checkpoint (or the last before) stays
+          metrics.healthy = step if saving else ckpts.latest_step()
+          if metrics.healthy:
+            ckpts.protect(metrics.healthy)
         if stopping:
           print(f"\n{stopping}: saved a checkpoint at step {step}; exiting", flush=True)
           break
