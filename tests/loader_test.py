@@ -107,3 +107,17 @@ def test_damaged_cache_is_rebuilt(tmp_path, config):
   again_dataset, _, again = loader.pretraining_input(config.data, 8, seed=0)
   assert again["cache"] == "miss" and again["tokens"] == first["tokens"]
   np.testing.assert_array_equal(again_dataset[3]["input_ids"], expected)
+
+
+def test_a_corpus_of_a_few_tokens_a_document_is_warned_about(tmp_path, capsys, monkeypatch):
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from lmjax.data import loader  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv("LMJAX_CACHE", str(tmp_path / "cache"))
+  (tmp_path / "c.txt").write_text("\n\n".join(f"word {i}." for i in range(30)) + "\n")
+  data = ml_collections.ConfigDict(dict(
+      source=f"text:{tmp_path}/c.txt", text_field="text", tokenizer="", data_dir="",
+      cache_dir="", max_seq_length=32, max_predictions_per_seq=5, masked_lm_prob=0.15,
+      short_seq_prob=0.1, whole_word_masking=False, num_threads=0))
+  loader.pretraining_input(data, 4, 0)
+  out = capsys.readouterr().out
+  assert "warning: text:" in out and "documents of" in out and "a document)" in out

@@ -183,10 +183,18 @@ def prepared_pairs(data, seed: int, tokenizer: Tokenizer,
         f"{data.max_seq_length}; set --config.data.tokenizer and "
         "--config.data.max_seq_length to the prepared ones, or prepare it again")
   entry = meta.splits[split]
+  if split == "train" and entry["tokens"] < _FEW_TOKENS_PER_DOCUMENT * entry["documents"]:
+    print(f"warning: {data.source}: {entry['documents']:,} documents of "
+          f"{entry['tokens']:,} tokens in all ({entry['tokens'] / entry['documents']:.1f} "
+          "a document); is this the corpus you meant? (BERT's text format: one sentence "
+          "a line, a blank line between documents)", flush=True)
   return pairs, dict(info, documents=entry["documents"], tokens=entry["tokens"],
                      pairs=entry["pairs"],
                      undecodable_lines=meta.splits.get("train", entry).get(
                          "undecodable_lines", 0))
+
+
+_FEW_TOKENS_PER_DOCUMENT = 16  # below it, a corpus is more likely a mistake than text
 
 
 def pretraining_input(data, global_batch: int, seed: int, split: str = "train",
