@@ -190,6 +190,9 @@ def run(main: Callable[[list[str]], None], known_only: bool = False) -> None:
       logging.set_verbosity(logging.WARNING)
       for name in ("gcsfs", "google.auth"):  # retries and fallbacks; a failure is one line
         std_logging.getLogger(name).setLevel(std_logging.CRITICAL)
+      # Orbax logs a failed save with its traceback; the run reports it in one line.
+      logging.get_absl_handler().addFilter(
+          lambda record: "/orbax/" not in record.pathname)
     try:
       main(argv)
     except UserError as e:

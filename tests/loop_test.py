@@ -298,3 +298,27 @@ def test_the_checkpoint_of_a_healthy_evaluation_outlives_rotation_while_divergin
              hooks=Hooks(evaluate, lambda: (loader.state(), {"fake": True})),
              rate=RateWindow(THROUGHPUT))
   assert ckpts.all_steps() == [8, 12]
+
+
+def test_a_checkpoint_that_cannot_be_saved_stops_the_run_with_one_line(tmp_path, monkeypatch):
+  import errno  # pylint: disable=import-outside-toplevel
+  from lmjax.errors import Fault  # pylint: disable=import-outside-toplevel
+  schedule = Schedule(steps=20, log_every=1, eval_every=100, checkpoint_every=3)
+  mesh = parallel.make_mesh()
+  ckpts, writer = Checkpoints(tmp_path / "checkpoints"), MetricWriter(tmp_path)
+  save = ckpts._manager.save  # pylint: disable=protected-access
+
+  def full_disk(step, *args, **kwargs):
+    if step >= 6:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return save(step, *args, **kwargs)
+
+  monkeypatch.setattr(ckpts._manager, "save", full_disk)  # pylint: disable=protected-access
+  loader, state = FakeLoader(), {"count": jnp.int32(0), "total": jnp.float32(0)}
+  with pytest.raises(Fault) as e:
+    run_loop(state, fake_step(), loader, rng=jax.random.key(0), mesh=mesh, schedule=schedule,
+             ckpts=ckpts, writer=writer,
+             hooks=Hooks(lambda state, s: {}, lambda: (loader.state(), {"fake": True})),
+             rate=RateWindow(THROUGHPUT))
+  assert str(e.value) == ("a checkpoint could not be saved ([Errno 28] No space left on "
+                          "device); stopped at step 6: the newest checkpoint on disk is step 3")

@@ -6,6 +6,12 @@ from typing import Any
 import orbax.checkpoint as ocp
 
 from lmjax import paths
+from lmjax.errors import Fault
+
+
+def _fault(e: Exception) -> Fault:
+  cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+  return Fault(f"a checkpoint could not be saved ({cause})")
 
 
 class _Kept(ocp.checkpoint_managers.PreservationPolicy):
@@ -51,8 +57,11 @@ class Checkpoints:
     order given at construction; the arrays are copied before it returns."""
     items = {name: ocp.args.JsonSave(value)
              for name, value in zip(self._json_items, json_values, strict=True)}
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), **items), force=True)
+    try:  # a failed earlier save surfaces here too
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), **items), force=True)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      raise _fault(e) from None
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, ...]:
     """Returns (state, *JSON items) of `step`; the state lands in the
@@ -100,7 +109,11 @@ class Checkpoints:
     return str(aside)
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Until the saves under way are on disk; Fault when one failed."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      raise _fault(e) from None
 
   def close(self) -> None:
     self._manager.close()

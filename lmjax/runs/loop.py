@@ -8,6 +8,7 @@ are all part of the checkpoint. SIGTERM or SIGINT saves a checkpoint at the
 current step and returns; a non-finite loss raises TrainingDiverged.
 """
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -180,13 +181,18 @@ def _log_evaluation(writer: MetricWriter, bar: tqdm, step: int, scores: dict) ->
 def _save_at_fault(ckpts: Checkpoints, step: int, state, hooks: Hooks) -> str:
   """Saves the state in memory when the disk still takes a checkpoint;
   says which checkpoint is the newest on disk."""
-  ckpts.wait()
+  with contextlib.suppress(Fault):
+    ckpts.wait()
   if step not in ckpts.all_steps():
     try:
       ckpts.save(step, state, *hooks.saved_items())
       ckpts.wait()
     except Exception:  # pylint: disable=broad-exception-caught  # the disk refused it too
       pass
+  return _newest(ckpts)
+
+
+def _newest(ckpts: Checkpoints) -> str:
   latest = ckpts.latest_step()
   return (f"the newest checkpoint on disk is step {latest}" if latest
           else "no checkpoint on disk")
@@ -204,7 +210,7 @@ def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
              unit="step", dynamic_ncols=True, desc=desc)
   metrics, profile = _Metrics(writer, rate, ckpts, bar, progress_keys), _Profile(
       schedule.profile_steps, profile_dir)
-  step, stopping, last_eval = start, None, {}
+  step, stopping, last_eval, faulted = start, None, {}, False
   if start == 0 and schedule.eval_at_start:
     _log_evaluation(writer, bar, 0, hooks.evaluate(state, 0))
   with StopRequest() as stop:
@@ -237,11 +243,16 @@ def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
           print(f"\n{stopping}: saved a checkpoint at step {step}; exiting", flush=True)
           break
     except Fault as e:
+      faulted = True
       raise Fault(f"{e}; stopped at step {step}: {_save_at_fault(ckpts, step, state, hooks)}"
                   ) from None
     finally:
       profile.stop()
       bar.close()
-      ckpts.wait()
-      writer.flush()
+      if not faulted:
+        try:
+          ckpts.wait()
+        except Fault as e:  # the last save failed
+          raise Fault(f"{e}; stopped at step {step}: {_newest(ckpts)}") from None
+        writer.flush()
   return LoopResult(state, step, stopping, last_eval)
