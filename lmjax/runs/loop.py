@@ -226,19 +226,19 @@ def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
         saving = stopping or schedule.is_due(step, schedule.checkpoint_every)
         if saving or step == start + 1 or step % schedule.log_every == 0:
           metrics.flush(step)  # the first step alone: compilation stays out of rates
-        healthy = False
         if schedule.is_due(step, schedule.eval_every):
           last_eval = hooks.evaluate(state, step)
           _log_evaluation(writer, bar, step, last_eval)
-          healthy = all(np.isfinite(float(v)) for v in last_eval.values()
-                        if isinstance(v, (int, float, np.floating)))
+          if all(np.isfinite(float(v)) for v in last_eval.values()
+                 if isinstance(v, (int, float, np.floating))):
+            # This state evaluated well: its checkpoint (or the last before) stays,
+            # and the one kept before it goes with the rotation of this save.
+            metrics.healthy = step if saving else ckpts.latest_step()
+            if metrics.healthy:
+              ckpts.protect(metrics.healthy)
         if saving:
           ckpts.save(step, state, *hooks.saved_items())
           writer.flush()  # a bucket's metrics.jsonl is uploaded whole
-        if healthy:  # this state evaluated well: its checkpoint (or the last before) stays
-          metrics.healthy = step if saving else ckpts.latest_step()
-          if metrics.healthy:
-            ckpts.protect(metrics.healthy)
         if stopping:
           print(f"\n{stopping}: saved a checkpoint at step {step}; exiting", flush=True)
           break
