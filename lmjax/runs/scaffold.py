@@ -161,6 +161,8 @@ class Run:
 
   def __enter__(self) -> "Run":
     paths.check_writable(self.workdir)
+    if is_lead():
+      MetricWriter.check(self.workdir)
     self._ckpts = Checkpoints(self.workdir / "checkpoints",
                               keep=self.job.config.train.keep_checkpoints)
     return self

@@ -43,6 +43,16 @@ class MetricWriter:
     if not self._remote:
       self._lines = []
 
+  @staticmethod
+  def check(workdir: paths.PathLike) -> None:
+    """Fault when DIR/metrics.jsonl exists but cannot be rewritten (a
+    directory in its place, a read-only file): before the run adds anything."""
+    path = paths.resolve(workdir) / "metrics.jsonl"
+    if paths.is_remote(path) or not path.exists():
+      return
+    if path.is_dir() or not os.access(path, os.W_OK):
+      raise Fault(f"{path}: cannot rewrite the run's metrics (a directory, or not writable)")
+
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:
       return
