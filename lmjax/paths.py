@@ -36,6 +36,8 @@ def resolve(path: PathLike) -> epath.Path:
 def check_workdir(path: PathLike) -> epath.Path:
   """`path` resolved; UserError when it is a file, or a bucket that cannot be
   reached (no credentials, no such bucket, no network)."""
+  if not str(path).strip():
+    raise UserError("--workdir is empty; name a directory")
   workdir = resolve(path)
   try:
     if workdir.exists() and not workdir.is_dir():

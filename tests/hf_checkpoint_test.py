@@ -226,7 +226,9 @@ def test_export_bad_input_is_one_line(fine_tuned, tmp_path):
   (tmp_path / "full" / "keep.txt").write_text("x")
   cases = [(tmp_path / "nothing", tmp_path / "o1", "not an lmjax workdir"),
            (workdir, tmp_path / "full", "exists and is not empty"),
-           (workdir, "gs://bucket/out", "write a local directory")]
+           (workdir, "gs://bucket/out", "write a local directory"),
+           (workdir, "", "--output is empty"), ("", tmp_path / "o3", "--workdir is empty"),
+           (workdir, tmp_path / "full" / "keep.txt", "is a file, not a directory")]
   for source, output, message in cases:
     with pytest.raises(UserError, match=message):
       export.export(source, output)
@@ -237,6 +239,9 @@ def test_export_bad_input_is_one_line(fine_tuned, tmp_path):
                         cwd=ROOT, check=False)
   assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
   assert done.stderr.startswith("error: ") and "not an lmjax workdir" in done.stderr
+  (tmp_path / "out.tmp-999999").mkdir()  # left by an export killed midway
+  export.export(workdir, tmp_path / "out")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "out"]
 
 
 def test_a_directory_without_tokenizer_or_with_another_vocabulary_is_one_line(

@@ -9,7 +9,6 @@ transformers loads the directory as it is; `hf:DIR` starts lmjax from it.
 """
 
 import json
-import os
 import shutil
 
 import ml_collections
@@ -17,6 +16,7 @@ import numpy as np
 
 from lmjax import parallel, paths
 from lmjax.data import tasks
+from lmjax.data.preparation import staging_directory
 from lmjax.data.tokenization import Tokenizer, WordPieceTokenizer
 from lmjax.errors import UserError
 from lmjax.interop.hf import save_hf_bert
@@ -26,11 +26,16 @@ from lmjax.runs import prediction, starts
 
 def export(workdir: paths.PathLike, output: paths.PathLike, overwrite: bool = False) -> dict:
   """Writes `workdir`'s model to `output`; returns what was written."""
+  for flag, value in (("--workdir", workdir), ("--output", output)):
+    if not str(value).strip():
+      raise UserError(f"{flag} is empty; name a directory")
   if paths.is_remote(output):
     raise UserError(f"--output={output}: write a local directory (then copy it)")
   workdir, output = paths.resolve(workdir), paths.resolve(output)
   if not (workdir / "config.json").is_file():
     raise UserError(f"{workdir}: not an lmjax workdir (no config.json)")
+  if output.exists() and not output.is_dir():
+    raise UserError(f"--output={output} is a file, not a directory")
   if output.exists() and any(output.iterdir()) and not overwrite:
     raise UserError(f"{output} exists and is not empty; choose another --output or pass "
                     "--overwrite")
@@ -49,7 +54,7 @@ def export(workdir: paths.PathLike, output: paths.PathLike, overwrite: bool = Fa
   files = dict(tokenizer.files)
   if isinstance(tokenizer, WordPieceTokenizer):  # for readers of Google's format too
     files.setdefault("vocab.txt", tokenizer.vocab_txt())
-  staging = output.with_name(f"{output.name}.tmp-{os.getpid()}")
+  staging = staging_directory(output)  # those of killed exports go
   try:
     save_hf_bert(model_cfg.replace(scan_layers=False), params, staging,
                  tokenizer=files, labels=labels)
