@@ -14,8 +14,7 @@ import jax
 from lmjax import parallel
 from lmjax.data.loader import check_data_config, pretraining_input
 from lmjax.data.sources import MissingSplitError
-from lmjax.data.tokenization import Tokenizer
-from lmjax.errors import ConfigError, UserError, check_fields
+from lmjax.errors import ConfigError, check_fields
 from lmjax.model import BertConfig, BertForPreTraining, flops_per_token
 from lmjax.model.config import check_section
 from lmjax.runs import scaffold, starts
@@ -106,19 +105,10 @@ def _start(config) -> tuple[object, BertConfig | None, dict | None]:
     raise ConfigError(f"config.init.source must be random or hf:DIR for pretraining, got "
                       f"{config.init.source!r} (a pretraining workdir resumes by running "
                       "again with the same --workdir)")
-  model_cfg, params = starts.load_hf_pretraining(path, config.model)
-  own = Tokenizer.load(path)
-  if config.data.tokenizer and (Tokenizer.load(config.data.tokenizer).fingerprint
-                                != own.fingerprint):
-    raise UserError(f"config.data.tokenizer ({config.data.tokenizer}) is not the tokenizer of "
-                    f"config.init.source={config.init.source}; leave config.data.tokenizer "
-                    "empty")
+  model_cfg, params, _ = starts.load_hf_pretraining(path, config)
   config = config.copy_and_resolve_references()
   with config.unlocked():
-    config.data.tokenizer = str(path)
-  if own.vocab_size != model_cfg.vocab_size:
-    raise UserError(f"{path}: its tokenizer has {own.vocab_size} pieces but the model's "
-                    f"vocabulary has {model_cfg.vocab_size} rows")
+    config.data.tokenizer = str(path)  # the data is tokenized with the directory's own
   if config.data.max_seq_length > model_cfg.max_position:
     raise ConfigError(f"config.data.max_seq_length ({config.data.max_seq_length}) exceeds "
                       f"the max_position_embeddings of {path} ({model_cfg.max_position})")

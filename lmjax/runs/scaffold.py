@@ -97,14 +97,14 @@ def _resume(job: Job, workdir: epath.Path, ckpts: Checkpoints) -> tuple[Any, int
       damaged.append((start, e))
       continue
     check_resumable(saved, job.config, job.must_match)
-    changes = changed_fields(saved, job.config)
-    if changes and is_lead():
-      print(f"resuming with a changed config: {'; '.join(changes)}", flush=True)
     try:
       state, loader, _ = ckpts.restore(start, steps.abstract_like(job.state, job.shardings))
     except Exception as e:  # pylint: disable=broad-exception-caught  # damaged
       damaged.append((start, e))
       continue
+    changes = changed_fields(saved, job.config)
+    if changes and is_lead():
+      print(f"resuming with a changed config: {'; '.join(changes)}", flush=True)
     for step, e in damaged:  # set aside, never deleted: named, for a look
       aside = ckpts.set_aside(step) if is_lead() else f"step {step}"
       print(f"the checkpoint of step {step} cannot be restored ({_first_line(e)}); "

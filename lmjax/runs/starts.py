@@ -66,37 +66,42 @@ def load_start(config, mesh, num_labels: int) -> Start:
   if kind == "hf":
     model_cfg, params = load_hf_bert(path, heads=False, num_labels=num_labels,
                                      **_runtime(config.model))
-    start = Start(model_cfg, params, _tokenizer(path, config),
+    start = Start(model_cfg, params, _tokenizer(path, config.task.tokenizer, config),
                   f"Hugging Face BERT {path}" + (" with its classifier"
                                                  if "classifier" in params else ""))
   else:
     start = _pretraining_run(path, config, mesh)
-  if start.tokenizer.vocab_size != start.config.vocab_size:
-    raise UserError(f"{start.origin}: its tokenizer has {start.tokenizer.vocab_size} "
-                    f"pieces but the model's vocabulary has {start.config.vocab_size} rows; "
-                    "the tokenizer does not belong to this checkpoint")
+  check_vocabulary(start.tokenizer, start.config, start.origin)
   return start
+
+
+def check_vocabulary(tokenizer: Tokenizer, model_cfg: BertConfig, origin: str) -> None:
+  """UserError when the tokenizer does not fit the checkpoint's embedding table."""
+  if tokenizer.vocab_size != model_cfg.vocab_size:
+    raise UserError(f"{origin}: its tokenizer has {tokenizer.vocab_size} pieces but the "
+                    f"model's vocabulary has {model_cfg.vocab_size} rows; the tokenizer does "
+                    "not belong to this checkpoint")
 
 
 def _runtime(model) -> dict:
   return {k: model[k] for k in RUNTIME_FIELDS}
 
 
-def _tokenizer(directory: epath.Path, config) -> Tokenizer:
+def _tokenizer(directory: epath.Path, configured: str, config,
+               field: str = "config.task.tokenizer") -> Tokenizer:
   """The tokenizer that travels with a checkpoint directory; a different
-  one named in the config is an error."""
-  configured = config.task.tokenizer
+  one `configured` (in `field`) is an error."""
   if any((directory / name).is_file() for name in FILE_NAMES):
     tokenizer = Tokenizer.load(directory)
     if configured and Tokenizer.load(configured).fingerprint != tokenizer.fingerprint:
-      raise UserError(f"config.task.tokenizer ({configured}) is not the tokenizer of "
+      raise UserError(f"{field} ({configured}) is not the tokenizer of "
                       f"config.init.source={config.init.source} ({directory}); leave "
-                      "config.task.tokenizer empty")
+                      f"{field} empty")
     return tokenizer
   if configured:
     return Tokenizer.load(configured)
   raise UserError(f"{directory}: no tokenizer ({', '.join(FILE_NAMES)}); name the "
-                  "checkpoint's tokenizer with --config.task.tokenizer=FILE")
+                  f"checkpoint's tokenizer with --{field}=FILE")
 
 
 def _pretraining_run(path: epath.Path, config, mesh) -> Start:
@@ -109,7 +114,7 @@ def _pretraining_run(path: epath.Path, config, mesh) -> Start:
   if "data" not in saved or "model" not in saved:
     raise UserError(f"{field}: not a pretraining workdir (its config.json has no data "
                     "section: a fine-tuning run's?)")
-  tokenizer = _tokenizer(path, config)
+  tokenizer = _tokenizer(path, config.task.tokenizer, config)
   pretrained_cfg = pretraining_model(path, saved, tokenizer)
   step, params = pretrained_params(path, field, pretrained_cfg, saved.data, mesh)
   bert = params["bert"]
@@ -160,17 +165,21 @@ def pretrained_params(path: epath.Path, field: str, model_cfg: BertConfig, data,
   raise CheckpointError(f"{field}: no checkpoint can be restored")
 
 
-def load_hf_pretraining(path, model) -> tuple[BertConfig, dict]:
-  """(config, weights) of a Hugging Face BERT directory for pretraining:
-  {'bert', 'mlm', 'nsp'} from a BertForPreTraining, or {'bert'} alone (the
-  heads then start random) from any other BERT; `model` is the config's
-  model section, whose runtime fields apply."""
+def load_hf_pretraining(path, config) -> tuple[BertConfig, dict, Tokenizer]:
+  """(model config, weights, tokenizer) of a Hugging Face BERT directory for
+  pretraining: {'bert', 'mlm', 'nsp'} from a BertForPreTraining, or {'bert'}
+  alone (the heads then start random) from any other BERT; the runtime
+  fields of config.model apply, and config.data.tokenizer may only name the
+  directory's own tokenizer."""
+  tokenizer = _tokenizer(path, config.data.tokenizer, config, "config.data.tokenizer")
   try:
-    return load_hf_bert(path, heads=True, **_runtime(model))
+    model_cfg, params = load_hf_bert(path, heads=True, **_runtime(config.model))
   except CheckpointError as e:
     if "tensor cls." not in str(e):
       raise
-  return load_hf_bert(path, heads=False, **_runtime(model))
+    model_cfg, params = load_hf_bert(path, heads=False, **_runtime(config.model))
+  check_vocabulary(tokenizer, model_cfg, f"Hugging Face BERT {path}")
+  return model_cfg, params, tokenizer
 
 
 def with_params(state, shardings, params: dict):
