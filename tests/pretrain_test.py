@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -220,6 +221,36 @@ def test_sigterm_before_the_first_step_exits_zero_with_one_line(tmp_path):
   assert err.strip().splitlines()[-1] == (
       "SIGTERM outside the training steps: nothing unsaved; exiting")
   assert "Traceback" not in err and not (tmp_path / "w").exists()
+
+
+def _under_read_only_mount(directory, argv):
+  """`argv` run with `directory` bind-mounted read-only in a mount namespace of
+  its own; None where this machine lets no process make one."""
+  if shutil.which("unshare") is None or subprocess.run(
+      ["unshare", "-m", "true"], capture_output=True, check=False).returncode != 0:
+    return None
+  script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+  return ["unshare", "-m", "sh", "-c", script, "sh", str(directory), *argv]
+
+
+def _tree(directory):
+  return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+          for p in sorted(Path(directory).rglob("*"))}
+
+
+def test_a_read_only_mount_is_one_line_for_a_new_run_and_a_resume(env, tmp_path, uninterrupted):
+  mount = tmp_path / "mount"
+  shutil.copytree(uninterrupted[0], mount / "run")
+  before = _tree(mount)
+  for workdir, extra in ((mount / "new", ()), (mount / "run", ("--config.train.steps=40",))):
+    argv = _under_read_only_mount(mount, command(workdir, *extra))
+    if argv is None:
+      pytest.skip("this machine allows no read-only bind mount (unshare -m refused)")
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        f"error: {workdir}: cannot write there (a read-only file system, or no permission)"]
+  assert _tree(mount) == before
 
 
 def test_help_lists_every_config_field_with_its_default_and_comment():
