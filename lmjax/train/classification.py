@@ -37,10 +37,9 @@ def losses(logits_BxK: jax.Array, labels_B: jax.Array) -> jax.Array:
   return -jnp.take_along_axis(log_probs_BxK, labels_B[:, None].astype(jnp.int32), -1)[:, 0]
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    accum_steps: int = 1, schedule=None):
-  """Returns `train_step(state, batch, rng) -> (state, metrics)`: the mean
-  loss over the batch, and accuracy for a classifier."""
+def make_loss(model: nn.Module):
+  """Returns `loss_fn(params, batch, rng) -> (loss, parts)`: the mean loss of
+  a forward pass with dropout, and the counts that make accuracy."""
 
   def loss_fn(params, batch, rng):
     logits_BxK = model.apply({"params": params}, *model_inputs(batch),
@@ -52,10 +51,18 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       parts["correct"] = correct.sum().astype(jnp.float32)
     return loss_B.mean(), parts
 
+  return loss_fn
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    accum_steps: int = 1, schedule=None):
+  """Returns `train_step(state, batch, rng) -> (state, metrics)`: the mean
+  loss over the batch, and accuracy for a classifier."""
+
   def summarize(parts):
     return {"accuracy": parts["correct"] / parts["count"]} if "correct" in parts else {}
 
-  return steps.make_step(loss_fn, tx, accum_steps, schedule, summarize)
+  return steps.make_step(make_loss(model), tx, accum_steps, schedule, summarize)
 
 
 def make_eval_step(model: nn.Module):

@@ -54,11 +54,9 @@ def losses(outputs: dict, batch: steps.Batch) -> dict[str, jax.Array]:
               nsp_count=jnp.float32(batch["nsp_labels"].shape[0]))
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    weights: LossWeights = LossWeights(), accum_steps: int = 1,
-                    schedule=None):
-  """Returns `train_step(state, batch, rng) -> (state, metrics)`: MLM and NSP
-  losses, weighted, with their accuracies."""
+def make_loss(model: nn.Module, weights: LossWeights = LossWeights()):
+  """Returns `loss_fn(params, batch, rng) -> (loss, parts)`: the weighted sum
+  of the MLM and NSP losses of a forward pass with dropout."""
 
   def loss_fn(params, batch, rng):
     outputs = model.apply({"params": params}, **model_inputs(batch),
@@ -66,12 +64,21 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     parts = losses(outputs, batch)
     return weights.mlm * parts["mlm_loss"] + weights.nsp * parts["nsp_loss"], parts
 
+  return loss_fn
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    weights: LossWeights = LossWeights(), accum_steps: int = 1,
+                    schedule=None):
+  """Returns `train_step(state, batch, rng) -> (state, metrics)`: MLM and NSP
+  losses, weighted, with their accuracies."""
+
   def summarize(parts):
     return dict(mlm_loss=parts["mlm_loss"], nsp_loss=parts["nsp_loss"],
                 mlm_accuracy=parts["mlm_correct"] / jnp.maximum(parts["mlm_count"], 1),
                 nsp_accuracy=parts["nsp_correct"] / parts["nsp_count"])
 
-  return steps.make_step(loss_fn, tx, accum_steps, schedule, summarize)
+  return steps.make_step(make_loss(model, weights), tx, accum_steps, schedule, summarize)
 
 
 def make_eval_step(model: nn.Module):

@@ -1,0 +1,78 @@
+"""Benchmarks the training step lmjax's trainer runs, over a sweep:
+
+  python -m lmjax.benchmark --size=small,base --batch=8,32 --output=runs/bench
+
+Each list flag is one axis of the sweep; every combination is a point, run in
+a process of its own. A line per point as it goes; results.jsonl,
+results.csv and results.png in --output. --compare=hf_torch also times
+transformers' torch BERT on the same workload (CPU), taking turns with lmjax.
+"""
+
+import jax
+from absl import flags
+
+from lmjax import cli
+from lmjax.errors import UserError
+from lmjax.runs import benchmark
+
+_SIZE = flags.DEFINE_list("size", ["small"], "BERT sizes (tiny, mini, small, medium, base, large)")
+_SEQ_LEN = flags.DEFINE_list("seq_len", ["128"], "sequence lengths")
+_BATCH = flags.DEFINE_list("batch", ["32"], "global batch sizes")
+_DTYPE = flags.DEFINE_list("dtype", ["float32"], "computation dtypes (float32, bfloat16)")
+_ATTENTION = flags.DEFINE_list("attention_impl", ["xla"], "attention: xla, cudnn (GPU)")
+_REMAT = flags.DEFINE_list("remat_policy", ["none"], "remat: none, full, dots, dots_no_batch")
+_SCAN = flags.DEFINE_list("scan_layers", ["false"], "nn.scan over layers: true, false")
+_MESH = flags.DEFINE_list("mesh", ["auto"], "DATAxFSDPxTENSOR meshes, or auto (all on data)")
+_OBJECTIVE = flags.DEFINE_list("objective", ["mlm_nsp"], "mlm_nsp, classification")
+_MODE = flags.DEFINE_string("mode", "train", "train (forward, backward, AdamW) or "
+                            "forward_backward (no optimizer)")
+_STEPS = flags.DEFINE_integer("steps", 10, "timed steps a round")
+_ROUNDS = flags.DEFINE_integer("rounds", 2, "rounds of timed steps (turns with --compare)")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "untimed steps after compilation")
+_VOCAB = flags.DEFINE_integer("vocab_size", 30522, "vocabulary size")
+_MASK_RATE = flags.DEFINE_float("mask_rate", 0.15, "MLM positions: ceil(rate * seq_len)")
+_DROPOUT = flags.DEFINE_float("dropout", 0.1, "hidden and attention dropout")
+_PEAK = flags.DEFINE_float("cpu_peak_tflops", 0.2, "the host's peak TFLOP/s, for MFU on CPU")
+_COMPARE = flags.DEFINE_string("compare", "", "a peer to time alongside: hf_torch (CPU)")
+_OUTPUT = flags.DEFINE_string("output", "runs/benchmark", "directory for the results")
+
+
+def _values(flag, kind):
+  parsed = []
+  for text in flag.value:
+    text = text.strip()
+    try:
+      if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+          raise ValueError(text)
+        parsed.append(text.lower() in ("true", "1"))
+      else:
+        parsed.append(kind(text))
+    except ValueError:
+      what = "a boolean" if kind is bool else "an integer"
+      raise UserError(f"--{flag.name}: {text!r} is not {what}") from None
+  if not parsed:
+    raise UserError(f"--{flag.name} is empty")
+  return parsed
+
+
+def main(argv):
+  del argv
+  points = benchmark.sweep(dict(
+      size=_values(_SIZE, str), seq_len=_values(_SEQ_LEN, int), batch=_values(_BATCH, int),
+      dtype=_values(_DTYPE, str), attention_impl=_values(_ATTENTION, str),
+      remat_policy=_values(_REMAT, str), scan_layers=_values(_SCAN, bool),
+      mesh=_values(_MESH, str), objective=_values(_OBJECTIVE, str)))
+  settings = benchmark.Settings(
+      mode=_MODE.value, steps=_STEPS.value, rounds=_ROUNDS.value, warmup=_WARMUP.value,
+      vocab_size=_VOCAB.value, mask_rate=_MASK_RATE.value, dropout=_DROPOUT.value,
+      cpu_peak_tflops=_PEAK.value, peer=_COMPARE.value)
+  benchmark.check(points, settings, jax.device_count(), jax.devices()[0].platform)
+  output = benchmark.prepare_output(_OUTPUT.value)
+  rows = benchmark.run(points, settings, output, echo=lambda text: print(text, flush=True))
+  failed = sum("error" in r for r in rows)
+  print(f"{len(points)} points, {failed} failed; results in {output}", flush=True)
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,415 @@
+"""The benchmark: the trainer's own jitted step, timed over a sweep.
+
+A sweep is the product of lists (sizes, lengths, batches, dtypes, ...); each
+point runs in a process of its own, so its compile time, device memory and
+host RSS are what a fresh run of that point would see. With a peer (Hugging
+Face's torch BERT, `lmjax.runs.peers`) the two processes take turns, round by
+round, on the same workload, so a busy machine slows both alike.
+
+Figures per point: compile time, step time (median and min over the timed
+steps), tokens/s, model and useful MFU, the compiled step's memory and the
+device's peak where the platform reports it, and the host's peak RSS.
+"""
+
+import csv
+import dataclasses
+import importlib.util
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import resource
+import statistics
+import traceback
+import types
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from lmjax import paths
+from lmjax.errors import UserError
+from lmjax.model import config as model_config
+
+OBJECTIVES = ("mlm_nsp", "classification")
+MODES = ("train", "forward_backward")  # the whole step, or no optimizer
+PEERS = ("hf_torch",)
+
+# The pretraining config's optimizer: AdamW, clipping, BERT's b1, b2 and eps.
+TRAIN = types.SimpleNamespace(
+    optimizer="adamw", learning_rate=1e-4, warmup_steps=10, steps=10_000,
+    schedule="linear", end_learning_rate_fraction=0.0, weight_decay=0.01, b1=0.9,
+    b2=0.999, eps=1e-6, grad_clip_norm=1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  """One configuration of a sweep."""
+  size: str  # BERT's named size: tiny .. large
+  seq_len: int
+  batch: int  # global batch
+  dtype: str = "float32"  # computation dtype; parameters stay float32
+  attention_impl: str = "xla"
+  remat_policy: str = "none"
+  scan_layers: bool = False
+  mesh: str = "auto"  # DATAxFSDPxTENSOR, or auto: every device on data
+  objective: str = "mlm_nsp"  # mlm_nsp (pretraining) | classification (fine-tuning)
+
+  def label(self) -> str:
+    return (f"{self.size} L{self.seq_len} B{self.batch} {self.dtype} {self.attention_impl}"
+            f" remat={self.remat_policy} scan={int(self.scan_layers)} mesh={self.mesh}"
+            f" {self.objective}")
+
+
+SWEEP_FIELDS = tuple(f.name for f in dataclasses.fields(Point))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What every point of a sweep shares."""
+  mode: str = "train"
+  steps: int = 10  # timed steps a round
+  rounds: int = 2  # rounds of timed steps (taking turns with a peer)
+  warmup: int = 2  # untimed steps after compilation
+  vocab_size: int = 30522
+  mask_rate: float = 0.15  # MLM predictions a sequence: ceil(mask_rate * seq_len)
+  dropout: float = 0.1  # hidden and attention dropout (attention 0 with cudnn)
+  cpu_peak_tflops: float = 0.2  # the host's peak, for MFU on CPU
+  peer: str = ""  # '' or one of PEERS
+
+
+def predictions(settings: Settings, seq_len: int) -> int:
+  return max(1, math.ceil(settings.mask_rate * seq_len))
+
+
+def parse_mesh(text: str, device_count: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) of 'DATAxFSDPxTENSOR' or 'auto'; UserError when
+  it does not cover the devices."""
+  if text == "auto":
+    return device_count, 1, 1
+  parts = text.split("x")
+  if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+    raise UserError(f"--mesh={text}: expected DATAxFSDPxTENSOR (e.g. 2x2x2) or auto")
+  sizes = tuple(int(p) for p in parts)
+  if math.prod(sizes) != device_count:
+    raise UserError(f"--mesh={text}: {math.prod(sizes)} devices, but there are "
+                    f"{device_count}")
+  return sizes
+
+
+def sweep(values: dict[str, Sequence[Any]]) -> list[Point]:
+  """Every combination of the lists in `values` (a list per Point field)."""
+  names = [n for n in SWEEP_FIELDS if n in values]
+  return [Point(**dict(zip(names, combo, strict=True)))
+          for combo in itertools.product(*(values[n] for n in names))]
+
+
+def check(points: Sequence[Point], settings: Settings, device_count: int,
+          platform: str) -> None:
+  """UserError naming the first impossible value of the sweep or settings,
+  before anything compiles."""
+  if not points:
+    raise UserError("the sweep is empty")
+  for name, ok, need in (
+      ("mode", settings.mode in MODES, f"one of {', '.join(MODES)}"),
+      ("steps", settings.steps >= 1, "at least 1"),
+      ("rounds", settings.rounds >= 1, "at least 1"),
+      ("warmup", settings.warmup >= 0, "non-negative"),
+      ("vocab_size", settings.vocab_size >= 8, "at least 8"),
+      ("mask_rate", 0 < settings.mask_rate <= 1, "in (0, 1]"),
+      ("dropout", 0 <= settings.dropout < 1, "in [0, 1)"),
+      ("cpu_peak_tflops", settings.cpu_peak_tflops >= 0, "non-negative"),
+      ("compare", settings.peer in ("", *PEERS), f"one of {', '.join(PEERS)}"),
+      ("compare", not settings.peer or platform == "cpu",
+       f"for CPU runs (the peer runs on the host; this is {platform})")):
+    if not ok:
+      raise UserError(f"--{name}={getattr(settings, name, settings.peer)!r}: must be {need}")
+  missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+  if settings.peer and missing:
+    raise UserError(f"--compare={settings.peer} needs {' and '.join(missing)} installed "
+                    "(pip install -r requirements-test.txt)")
+  for p in points:
+    for name, ok, need in (
+        ("size", p.size in model_config.SIZES, f"one of {', '.join(model_config.SIZES)}"),
+        ("seq_len", 2 <= p.seq_len <= 512, "in [2, 512] (BERT's position table)"),
+        ("batch", p.batch >= 1, "at least 1"),
+        ("dtype", p.dtype in ("float32", "bfloat16", "float16"),
+         "float32, bfloat16 or float16"),
+        ("attention_impl", p.attention_impl in model_config.ATTENTION_IMPLS,
+         f"one of {', '.join(model_config.ATTENTION_IMPLS)}"),
+        ("attention_impl", p.attention_impl != "cudnn" or platform == "gpu",
+         f"xla on {platform} (cudnn is for NVIDIA GPUs)"),
+        ("remat_policy", p.remat_policy in model_config.REMAT_POLICIES,
+         f"one of {', '.join(model_config.REMAT_POLICIES)}"),
+        ("objective", p.objective in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}")):
+      if not ok:
+        raise UserError(f"--{name}={getattr(p, name)}: must be {need}")
+    data, fsdp, _ = parse_mesh(p.mesh, device_count)
+    if p.batch % (data * fsdp):
+      raise UserError(f"--batch={p.batch}: must be divisible by the mesh's data x fsdp "
+                      f"({data * fsdp} with --mesh={p.mesh})")
+    if settings.peer and (p.mesh != "auto" or p.remat_policy != "none"):
+      raise UserError(f"--compare={settings.peer}: compares the default mesh and no remat "
+                      "only (the peer has neither)")
+
+
+def synthetic_batch(point: Point, settings: Settings, seed: int = 0) -> dict[str, np.ndarray]:
+  """A batch shaped as the trainer's: full-length sequence pairs with
+  ceil(mask_rate * L) MLM positions, or classification pairs with labels."""
+  rng = np.random.default_rng(seed)
+  b, length = point.batch, point.seq_len
+  first = length // 2
+  batch = dict(
+      input_ids=rng.integers(5, settings.vocab_size, (b, length)).astype(np.int32),
+      segment_ids=np.broadcast_to(np.arange(length) >= first, (b, length)).astype(np.int32),
+      input_mask=np.ones((b, length), np.int32))
+  if point.objective == "classification":
+    batch["labels"] = rng.integers(0, 2, b).astype(np.int32)
+    return batch
+  p = predictions(settings, length)
+  positions = np.stack([np.sort(rng.choice(np.arange(1, length), p, replace=False))
+                        for _ in range(b)]).astype(np.int32)
+  batch.update(masked_positions=positions,
+               masked_ids=np.take_along_axis(batch["input_ids"], positions, 1),
+               masked_weights=np.ones((b, p), np.float32),
+               nsp_labels=rng.integers(0, 2, b).astype(np.int32))
+  return batch
+
+
+def flops_per_token(point: Point, settings: Settings) -> tuple[float, float]:
+  """(model, useful) training FLOPs per token: the model's counts the MLM
+  decoder at every position, as BERT's reference implementation computes
+  it; the useful count only at the masked ones (what lmjax computes)."""
+  from lmjax.model import costs  # pylint: disable=import-outside-toplevel
+  cfg = model_config.BertConfig.named(point.size, vocab_size=settings.vocab_size)
+  if point.objective == "classification":
+    flops = costs.flops_per_token(cfg, point.seq_len, 0)
+    return flops, flops
+  return (costs.flops_per_token(cfg, point.seq_len, point.seq_len),
+          costs.flops_per_token(cfg, point.seq_len, predictions(settings, point.seq_len)))
+
+
+def peak_rss_bytes() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# --- the processes that run a point -------------------------------------------
+
+def _serve(connection, make_worker: Callable, point: Point, settings: Settings) -> None:
+  """A point's process: builds the worker (compiling its step), then runs
+  timed steps on request until told to finish."""
+  try:
+    worker = make_worker(point, settings)
+    connection.send(("ready", worker.setup()))
+    while True:
+      command, count = connection.recv()
+      if command == "finish":
+        connection.send(("done", {**worker.finish(), "peak_rss_bytes": peak_rss_bytes()}))
+        return
+      connection.send(("times", worker.run(count)))
+  except Exception as e:  # pylint: disable=broad-except
+    lines = [line for line in f"{type(e).__name__}: {e}".splitlines() if line.strip()]
+    connection.send(("error", lines[0][:400], traceback.format_exc()))
+
+
+class _Process:
+  """The parent's handle on one point's process."""
+
+  def __init__(self, make_worker: Callable, point: Point, settings: Settings):
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited JAX
+    self._connection, child = context.Pipe()
+    self._process = context.Process(target=_serve, args=(child, make_worker, point, settings),
+                                    daemon=True)
+    self._process.start()
+    child.close()
+
+  def ask(self, *message) -> Any:
+    if message:
+      self._connection.send(message)
+    try:
+      reply = self._connection.recv()
+    except EOFError:
+      self._process.join(5)
+      raise _PointFailed("the point's process died (exit status "
+                         f"{self._process.exitcode})") from None
+    if reply[0] == "error":
+      raise _PointFailed(reply[1], reply[2])
+    return reply[1]
+
+  def close(self) -> None:
+    self._process.join(10)
+    if self._process.is_alive():
+      self._process.kill()
+      self._process.join()
+
+
+class _PointFailed(Exception):
+  """A point that could not run (out of memory, say): the sweep goes on."""
+
+  def __init__(self, message: str, details: str = ""):
+    super().__init__(message)
+    self.details = details
+
+
+def _lmjax_worker(point, settings):
+  from lmjax.runs import benchmark_step  # pylint: disable=import-outside-toplevel
+  return benchmark_step.StepWorker(point, settings)
+
+
+def _peer_worker(point, settings):
+  from lmjax.runs import peers  # pylint: disable=import-outside-toplevel
+  return peers.WORKERS[settings.peer](point, settings)
+
+
+def measure(point: Point, settings: Settings, lmjax_worker: Callable = _lmjax_worker,
+            peer_worker: Callable = _peer_worker) -> list[dict]:
+  """The rows of one point: lmjax's, then the peer's when there is one.
+  Their timed rounds alternate. A point that fails is one row with `error`."""
+  names = ["lmjax"] + ([settings.peer] if settings.peer else [])
+  makers = {"lmjax": lmjax_worker, settings.peer: peer_worker}
+  processes, setups, times = {}, {}, {name: [] for name in names}
+  rows = []
+  try:
+    for name in names:  # one at a time: compile times are each alone on the host
+      processes[name] = _Process(makers[name], point, settings)
+      setups[name] = processes[name].ask()
+    for _ in range(settings.rounds):
+      for name in names:
+        times[name] += processes[name].ask("run", settings.steps)
+    finished = {name: processes[name].ask("finish", 0) for name in names}
+  except _PointFailed as e:
+    if os.environ.get("LMJAX_BENCHMARK_DEBUG") and e.details:
+      print(e.details, flush=True)
+    return [_row(point, settings, "lmjax", error=str(e))]
+  finally:
+    for process in processes.values():
+      process.close()
+  for name in names:
+    rows.append(_row(point, settings, name, times=times[name],
+                     **setups[name], **finished[name]))
+  if settings.peer:
+    rows[0]["speedup_vs_peer"] = round(rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"], 3)
+  return rows
+
+
+def _row(point: Point, settings: Settings, implementation: str, times=(), error=None,
+         peak_flops_per_device=None, devices=1, **measured) -> dict:
+  row = dict(implementation=implementation, **dataclasses.asdict(point),
+             mode=settings.mode, predictions=predictions(settings, point.seq_len)
+             if point.objective == "mlm_nsp" else 0, dropout=settings.dropout)
+  if error is not None:
+    return {**row, "error": error}
+  tokens = point.batch * point.seq_len
+  median, fastest = statistics.median(times), min(times)
+  model, useful = flops_per_token(point, settings)
+  row.update(measured, devices=devices, steps_timed=len(times),
+             step_ms_median=round(1e3 * median, 3), step_ms_min=round(1e3 * fastest, 3),
+             tokens_per_s=round(tokens / median, 1))
+  peak = peak_flops_per_device * devices if peak_flops_per_device else None
+  row["model_mfu"] = round(model * tokens / median / peak, 4) if peak else None
+  row["useful_mfu"] = round(useful * tokens / median / peak, 4) if peak else None
+  row["useful_tflops_per_s"] = round(useful * tokens / median / 1e12, 4)
+  return row
+
+
+# --- what a sweep leaves ---------------------------------------------------------
+
+def line(row: dict) -> str:
+  """A row as one console line."""
+  name = f"{row['implementation']:>8} {Point(**{k: row[k] for k in SWEEP_FIELDS}).label()}"
+  if "error" in row:
+    return f"{name}: failed: {row['error']}"
+  mfu = f", useful MFU {row['useful_mfu']:.1%}" if row.get("useful_mfu") else ""
+  speedup = f", {row['speedup_vs_peer']:.2f}x the peer" if "speedup_vs_peer" in row else ""
+  compile_s = f", compile {row['compile_s']:.1f} s" if "compile_s" in row else ""
+  return (f"{name}: {row['tokens_per_s']:,.0f} tokens/s, step {row['step_ms_median']:.1f} ms"
+          f" (min {row['step_ms_min']:.1f}){mfu}{compile_s}, peak RSS "
+          f"{row['peak_rss_bytes'] / 2**30:.2f} GiB{speedup}")
+
+
+def append_jsonl(output, row: dict) -> None:
+  with open(os.path.join(output, "results.jsonl"), "a", encoding="utf-8") as f:
+    f.write(json.dumps(row) + "\n")
+
+
+def write_csv(output, rows: Iterable[dict]) -> None:
+  rows = list(rows)
+  columns = list(dict.fromkeys(k for row in rows for k in row))
+  path = os.path.join(output, "results.csv")
+  with open(path + ".tmp", "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+  os.replace(path + ".tmp", path)
+
+
+def plot(output, rows: Iterable[dict]) -> str:
+  """results.png: tokens/s and useful MFU against batch, a line for each
+  configuration (size and whatever else the sweep varies) and implementation."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  rows = [r for r in rows if "error" not in r]
+  varying = [f for f in SWEEP_FIELDS if f != "batch" and len({r[f] for r in rows}) > 1]
+  keys = ["size", *[f for f in varying if f != "size"], "implementation"]
+  figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+  groups: dict[tuple, list[dict]] = {}
+  for row in rows:
+    groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+  for key, group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    group.sort(key=lambda r: r["batch"])
+    batches = [r["batch"] for r in group]
+    style = "-o" if key[-1] == "lmjax" else "--s"
+    label = " ".join(str(k) for k in key)
+    left.plot(batches, [r["tokens_per_s"] for r in group], style, label=label)
+    if all(r.get("useful_mfu") is not None for r in group):
+      right.plot(batches, [100 * r["useful_mfu"] for r in group], style, label=label)
+  for axis, title in ((left, "tokens/s"), (right, "useful MFU (%)")):
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("global batch")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+  left.legend(fontsize=7)
+  device = rows[0].get("device", "") if rows else ""
+  figure.suptitle(f"lmjax benchmark ({device})", fontsize=10)
+  figure.tight_layout()
+  path = os.path.join(output, "results.png")
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+  return path
+
+
+def prepare_output(output: str) -> str:
+  """The output directory, made; UserError for a file or an unwritable place.
+  Earlier results in it are replaced (a sweep's files belong together)."""
+  if not output:
+    raise UserError("--output is empty; name a directory")
+  if paths.is_remote(output):
+    raise UserError(f"--output={output}: the benchmark writes a local directory")
+  path = os.path.abspath(os.path.expanduser(output))
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"--output={output} is a file, not a directory")
+  paths.check_writable(path)
+  os.makedirs(path, exist_ok=True)
+  for name in ("results.jsonl", "results.csv", "results.png"):
+    if os.path.exists(os.path.join(path, name)):
+      os.remove(os.path.join(path, name))
+  return path
+
+
+def run(points: Sequence[Point], settings: Settings, output: str,
+        echo: Callable[[str], None] = print) -> list[dict]:
+  """Measures every point, printing a line each and appending it to
+  results.jsonl as it goes; then results.csv and results.png."""
+  rows = []
+  for i, point in enumerate(points, 1):
+    echo(f"[{i}/{len(points)}] {point.label()} ...")
+    for row in measure(point, settings):
+      rows.append(row)
+      append_jsonl(output, row)
+      echo(line(row))
+  write_csv(output, rows)
+  if any("error" not in r for r in rows):
+    plot(output, rows)
+  return rows

@@ -1,0 +1,82 @@
+"""The peers the benchmark compares lmjax with, on the same workload: Hugging
+Face's torch BertForPreTraining / BertForSequenceClassification, trained as
+lmjax trains (dropout, AdamW with BERT's b1, b2 and eps, clipping at 1).
+
+torch and transformers are not lmjax dependencies: `--compare=hf_torch`
+needs them installed (`pip install -r requirements-test.txt`)."""
+
+import time
+
+from lmjax.runs.benchmark import TRAIN, Point, Settings, synthetic_batch
+
+
+class HfTorchWorker:
+  """transformers' BERT on torch (CPU), eager, its default attention."""
+
+  def __init__(self, point: Point, settings: Settings):
+    import torch  # pylint: disable=import-outside-toplevel
+    import transformers  # pylint: disable=import-outside-toplevel
+    from lmjax.model.config import SIZES  # pylint: disable=import-outside-toplevel
+    self.torch, self.point, self.settings = torch, point, settings
+    torch.manual_seed(0)
+    layers, hidden = SIZES[point.size]
+    cfg = transformers.BertConfig(
+        vocab_size=settings.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=hidden // 64, intermediate_size=4 * hidden,
+        hidden_dropout_prob=settings.dropout, attention_probs_dropout_prob=settings.dropout,
+        max_position_embeddings=512)
+    host = synthetic_batch(point, settings)
+    tensor = lambda x: torch.from_numpy(x).long()  # noqa: E731
+    self.inputs = dict(input_ids=tensor(host["input_ids"]),
+                       token_type_ids=tensor(host["segment_ids"]),
+                       attention_mask=tensor(host["input_mask"]))
+    if point.objective == "classification":
+      self.model = transformers.BertForSequenceClassification(cfg)
+      self.inputs["labels"] = tensor(host["labels"])
+    else:
+      self.model = transformers.BertForPreTraining(cfg)
+      labels = torch.full(self.inputs["input_ids"].shape, -100, dtype=torch.long)
+      labels.scatter_(1, tensor(host["masked_positions"]), tensor(host["masked_ids"]))
+      self.inputs.update(labels=labels, next_sentence_label=tensor(host["nsp_labels"]))
+    self.model.train()
+    self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=TRAIN.learning_rate,
+                                       betas=(TRAIN.b1, TRAIN.b2), eps=TRAIN.eps,
+                                       weight_decay=TRAIN.weight_decay)
+    self.dtype = {"float32": None, "bfloat16": torch.bfloat16,
+                  "float16": torch.float16}[point.dtype]
+    self.loss = float("nan")
+
+  def _step(self):
+    torch = self.torch
+    with torch.autocast("cpu", dtype=self.dtype, enabled=self.dtype is not None):
+      loss = self.model(**self.inputs).loss
+    loss.backward()
+    if self.settings.mode == "train":
+      torch.nn.utils.clip_grad_norm_(self.model.parameters(), TRAIN.grad_clip_norm)
+      self.optimizer.step()
+    self.optimizer.zero_grad(set_to_none=True)
+    self.loss = float(loss.detach())
+
+  def setup(self) -> dict:
+    start = time.perf_counter()
+    self._step()
+    first_step_s = time.perf_counter() - start
+    for _ in range(self.settings.warmup):
+      self._step()
+    return dict(device="cpu", platform="cpu", devices=1, first_step_s=round(first_step_s, 2),
+                torch_version=self.torch.__version__, torch_threads=self.torch.get_num_threads(),
+                peak_flops_per_device=self.settings.cpu_peak_tflops * 1e12 or None)
+
+  def run(self, count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+      start = time.perf_counter()
+      self._step()
+      times.append(time.perf_counter() - start)
+    return times
+
+  def finish(self) -> dict:
+    return dict(final_loss=round(self.loss, 4), loss_finite=self.loss == self.loss)
+
+
+WORKERS = {"hf_torch": HfTorchWorker}

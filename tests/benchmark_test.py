@@ -1,0 +1,128 @@
+"""`python -m lmjax.benchmark`: a tiny sweep writes its files with real
+figures, the peer comparison takes turns, and bad sweeps fail before any
+compilation."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmjax.errors import UserError
+from lmjax.model import BertConfig, flops_per_token
+from lmjax.runs import benchmark
+from lmjax.runs.benchmark import Point, Settings
+
+ROOT = Path(__file__).parents[1]
+QUICK = Settings(steps=2, rounds=2, warmup=0, vocab_size=512)
+
+
+def _failing_worker(point, settings):
+  raise MemoryError("RESOURCE_EXHAUSTED: out of memory allocating 1.2 GiB")
+
+
+@pytest.mark.slow
+def test_a_tiny_sweep_writes_rows_csv_and_plot(tmp_path):
+  points = benchmark.sweep(dict(size=["tiny"], seq_len=[16], batch=[8, 16],
+                                objective=["mlm_nsp", "classification"]))
+  assert len(points) == 4
+  lines = []
+  rows = benchmark.run(points, QUICK, str(tmp_path), echo=lines.append)
+  assert [r["implementation"] for r in rows] == ["lmjax"] * 4
+  for row in rows:
+    assert "error" not in row, row
+    assert row["devices"] == 8 and row["steps_timed"] == 4
+    assert row["step_ms_min"] <= row["step_ms_median"]
+    assert row["tokens_per_s"] == pytest.approx(
+        row["batch"] * row["seq_len"] / row["step_ms_median"] * 1e3, rel=1e-3)
+    assert 0 < row["useful_mfu"] <= row["model_mfu"] and row["compile_s"] > 0
+    assert row["compiled_peak_bytes"] > row["compiled_argument_bytes"] > 0
+    assert row["peak_rss_bytes"] > 100 * 2**20 and row["loss_finite"]
+  # The MLM decoder at 3 of 16 positions is useful work; at all 16, model work.
+  mlm = rows[0]
+  cfg = BertConfig.named("tiny", vocab_size=512)
+  assert mlm["predictions"] == 3 and mlm["model_mfu"] / mlm["useful_mfu"] == pytest.approx(
+      flops_per_token(cfg, 16, 16) / flops_per_token(cfg, 16, 3), rel=1e-2)
+  assert rows[1]["objective"] == "classification" and rows[1]["model_mfu"] == rows[1]["useful_mfu"]
+  stored = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+  assert stored == rows
+  with open(tmp_path / "results.csv", encoding="utf-8") as f:
+    table = list(csv.DictReader(f))
+  assert [int(r["batch"]) for r in table] == [8, 8, 16, 16]
+  assert float(table[1]["tokens_per_s"]) == rows[1]["tokens_per_s"]
+  assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert len(lines) == 8 and "tokens/s" in lines[1] and lines[0].startswith("[1/4] tiny")
+
+
+@pytest.mark.slow
+def test_forward_backward_mode_and_the_torch_peer_take_turns(tmp_path):
+  settings = Settings(steps=2, rounds=2, warmup=0, vocab_size=512, peer="hf_torch",
+                      mode="forward_backward")
+  rows = benchmark.measure(Point("tiny", 16, 8), settings)
+  assert [r["implementation"] for r in rows] == ["lmjax", "hf_torch"]
+  lmjax, peer = rows
+  assert lmjax["steps_timed"] == peer["steps_timed"] == 4 and peer["loss_finite"]
+  assert lmjax["speedup_vs_peer"] == pytest.approx(
+      lmjax["tokens_per_s"] / peer["tokens_per_s"], rel=1e-2)
+  # Untrained BERTs of 512 tokens start near ln(512) + ln(2).
+  assert abs(lmjax["final_loss"] - peer["final_loss"]) < 0.5
+
+
+def test_a_point_that_fails_is_a_row_and_the_sweep_goes_on(tmp_path):
+  rows = benchmark.measure(Point("tiny", 16, 8), QUICK, lmjax_worker=_failing_worker)
+  assert rows == [{**rows[0], "error": "MemoryError: RESOURCE_EXHAUSTED: out of memory "
+                   "allocating 1.2 GiB"}]
+  assert "failed: MemoryError" in benchmark.line(rows[0])
+
+
+@pytest.mark.parametrize("values, settings, message", [
+    (dict(size=["huge"]), {}, "--size=huge: must be one of tiny"),
+    (dict(seq_len=[1000]), {}, "--seq_len=1000: must be in [2, 512]"),
+    (dict(batch=[0]), {}, "--batch=0: must be at least 1"),
+    (dict(batch=[12]), {}, "--batch=12: must be divisible by the mesh's data x fsdp (8"),
+    (dict(dtype=["int8"]), {}, "--dtype=int8: must be float32, bfloat16 or float16"),
+    (dict(attention_impl=["cudnn"]), {}, "--attention_impl=cudnn: must be xla on cpu"),
+    (dict(remat_policy=["most"]), {}, "--remat_policy=most: must be one of none"),
+    (dict(objective=["mlm"]), {}, "--objective=mlm: must be one of mlm_nsp"),
+    (dict(mesh=["4x1x1"]), {}, "--mesh=4x1x1: 4 devices, but there are 8"),
+    (dict(mesh=["2x2"]), {}, "--mesh=2x2: expected DATAxFSDPxTENSOR"),
+    (dict(mesh=["2x2x2"], batch=[6]), {}, "--batch=6: must be divisible by the mesh's"),
+    ({}, dict(steps=0), "--steps=0: must be at least 1"),
+    ({}, dict(mode="fast"), "--mode='fast': must be one of train"),
+    ({}, dict(peer="hf_flax"), "--compare='hf_flax': must be one of hf_torch"),
+    (dict(mesh=["2x2x2"]), dict(peer="hf_torch"), "--compare=hf_torch: compares the default"),
+])
+def test_bad_sweeps_fail_in_one_line_before_anything_compiles(values, settings, message):
+  points = benchmark.sweep({"size": ["tiny"], "seq_len": [16], "batch": [8], **values})
+  with pytest.raises(UserError) as raised:
+    benchmark.check(points, Settings(**settings), device_count=8, platform="cpu")
+  assert str(raised.value).startswith(message), str(raised.value)
+
+
+def _cli(*args, cwd=ROOT):
+  return subprocess.run([sys.executable, "-m", "lmjax.benchmark", *args], capture_output=True,
+                        text=True, cwd=cwd, check=False,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch=8,x"], "error: --batch: 'x' is not an integer"),
+    (["--scan_layers=maybe"], "error: --scan_layers: 'maybe' is not a boolean"),
+    (["--size=tiny", "--seq_len=16", "--batch=8", "--output="], "error: --output is empty"),
+])
+def test_the_command_line_refuses_bad_values_in_one_line(args, message, tmp_path):
+  done = _cli(*args, "--steps=1", cwd=tmp_path)
+  assert done.returncode == 2 and done.stderr.strip().startswith(message), done.stderr[-2000:]
+  assert len(done.stderr.strip().splitlines()) == 1
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_that_is_a_file_is_one_line_and_stays(tmp_path):
+  (tmp_path / "out").write_text("keep")
+  done = _cli("--size=tiny", "--seq_len=16", "--batch=8", f"--output={tmp_path / 'out'}")
+  assert done.returncode == 2, done.stderr[-2000:]
+  assert done.stderr.strip() == f"error: --output={tmp_path / 'out'} is a file, not a directory"
+  assert (tmp_path / "out").read_text() == "keep"
