@@ -8,7 +8,7 @@ import pytest
 
 from lmjax.data import builtin
 from lmjax.data import tasks
-from lmjax.data.loader import evaluation_batches, examples_dataset
+from lmjax.data.loader import bucket_lengths, evaluation_batches, examples_dataset
 from lmjax.data.tokenization import CLS_ID, PAD_ID, SEP_ID, Tokenizer
 from lmjax.errors import ConfigError, UserError
 
@@ -183,3 +183,55 @@ def test_training_batches_visit_every_example_each_epoch_in_new_orders():
   shares = [examples_dataset(arrays, 8, 3, p, 2) for p in range(2)]
   assert (np.concatenate([shares[0][2]["labels"], shares[1][2]["labels"]])
           == ds[2]["labels"]).all()
+
+
+def _varied_lengths(n=40, length=32, seed=0):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(3, length + 1, n)
+  mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+  ids = rng.integers(5, 100, (n, length)).astype(np.int32) * mask
+  return dict(input_ids=ids, segment_ids=np.zeros_like(ids), input_mask=mask,
+              labels=np.arange(n)), lengths
+
+
+def test_bucket_lengths_are_a_few_multiples_of_eight_ending_at_the_maximum():
+  assert bucket_lengths(128, 4) == (32, 64, 96, 128)
+  assert bucket_lengths(128, 1) == (128,)
+  assert bucket_lengths(100, 3) == (40, 72, 100)
+  assert bucket_lengths(12, 8) == (8, 12)
+
+
+def test_training_batches_pad_to_their_bucket_and_keep_their_examples():
+  arrays, lengths = _varied_lengths()
+  buckets = bucket_lengths(32, 4)
+  plain, bucketed = examples_dataset(arrays, 8, seed=3), examples_dataset(arrays, 8, 3,
+                                                                          buckets=buckets)
+  seen = set()
+  for k in range(10):
+    a, b = plain[k], bucketed[k]
+    longest = lengths[a["labels"]].max()
+    width = b["input_ids"].shape[1]
+    assert width == min(x for x in buckets if x >= longest)
+    assert (a["labels"] == b["labels"]).all()
+    assert (a["input_ids"][:, :width] == b["input_ids"]).all()
+    assert (a["input_mask"][:, width:] == 0).all()  # only padding was cut
+    seen.add(width)
+    shares = [examples_dataset(arrays, 8, 3, p, 2, buckets=buckets)[k] for p in range(2)]
+    assert {s["input_ids"].shape[1] for s in shares} == {width}  # every process alike
+    assert (np.concatenate([s["labels"] for s in shares]) == b["labels"]).all()
+  assert len(seen) > 1
+
+
+def test_evaluation_in_length_order_gives_each_example_its_own_logits():
+  import jax  # pylint: disable=import-outside-toplevel
+  from lmjax import parallel  # pylint: disable=import-outside-toplevel
+  from lmjax.runs.finetuning import device_batches, logits  # pylint: disable=import-outside-toplevel
+  arrays, lengths = _varied_lengths(n=45)
+  mesh = parallel.make_mesh()
+  batches = device_batches(arrays, 16, mesh, bucket_lengths(32, 4))
+  widths = [b["input_ids"].shape[1] for b in batches.batches]
+  assert widths == sorted(widths) and widths[0] < 32  # short examples first, in short batches
+  step = jax.jit(lambda params, b: jax.numpy.stack(
+      [b["input_mask"].sum(1), b["input_ids"].sum(1)], 1).astype(jax.numpy.float32))
+  out = logits(step, None, batches)
+  assert (out[:, 0] == lengths).all() and (out[:, 1] == arrays["input_ids"].sum(1)).all()

@@ -70,13 +70,6 @@ def _local_batch(global_batch: int, process_index: int, process_count: int) -> i
   return global_batch // process_count
 
 
-def _process_batches(dataset: grain.MapDataset, global_batch: int, process_index: int,
-                     process_count: int) -> grain.MapDataset:
-  local = _local_batch(global_batch, process_index, process_count)
-  return (dataset.batch(local, drop_remainder=True, batch_fn=_stack)
-          .slice(slice(process_index, None, process_count)))
-
-
 @dataclasses.dataclass(frozen=True)
 class _Rows:
   """Row i of a dict of equally long arrays, as a dict."""
@@ -89,27 +82,76 @@ class _Rows:
     return {k: v[i] for k, v in self.arrays.items()}
 
 
+# The [N, L] arrays of encoded examples, which length bucketing shortens.
+SEQUENCE_FIELDS = ("input_ids", "segment_ids", "input_mask")
+
+
+def bucket_lengths(max_length: int, count: int) -> tuple[int, ...]:
+  """The lengths a batch of examples is padded to: `count` of them, evenly
+  spaced up to `max_length` and rounded up to multiples of 8 (one length,
+  max_length, when count is 1)."""
+  return tuple(sorted({min(max_length, -(-max_length * k // count // 8) * 8)
+                       for k in range(1, count + 1)} | {max_length}))
+
+
+def trim_to_bucket(batch: dict[str, np.ndarray], buckets: tuple[int, ...]) -> dict:
+  """`batch` with its sequences cut to the shortest bucket length that holds
+  its longest example (the padding beyond is all that goes)."""
+  if not buckets:
+    return batch
+  longest = int(batch["input_mask"].sum(1).max(initial=0))
+  length = next((b for b in buckets if b >= longest), buckets[-1])
+  return {k: v[:, :length] if k in SEQUENCE_FIELDS else v for k, v in batch.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Share:
+  """A process's rows of a global batch, cut to the global batch's bucket
+  (every process pads to the same length). Picklable, for grain."""
+  process_index: int
+  local: int
+  buckets: tuple[int, ...]
+
+  def __call__(self, batch):
+    start = self.process_index * self.local
+    return {k: v[start:start + self.local]
+            for k, v in trim_to_bucket(batch, self.buckets).items()}
+
+
 def examples_dataset(arrays: dict[str, np.ndarray], global_batch: int, seed: int,
-                     process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+                     process_index: int = 0, process_count: int = 1,
+                     buckets: tuple[int, ...] = ()) -> grain.MapDataset:
   """This process's share of global batches of encoded examples, reshuffled
-  every epoch, endless: `ds[k]` is its share of global batch k."""
-  dataset = grain.MapDataset.source(_Rows(arrays)).shuffle(seed=seed).repeat(None)
-  return _process_batches(dataset, global_batch, process_index, process_count)
+  every epoch, endless: `ds[k]` is its share of global batch k, padded to
+  the shortest of `buckets` that holds it (none: as encoded)."""
+  local = _local_batch(global_batch, process_index, process_count)
+  return (grain.MapDataset.source(_Rows(arrays)).shuffle(seed=seed).repeat(None)
+          .batch(global_batch, drop_remainder=True, batch_fn=_stack)
+          .map(_Share(process_index, local, tuple(buckets))))
 
 
 def evaluation_batches(arrays: dict[str, np.ndarray], global_batch: int,
-                       process_index: int = 0, process_count: int = 1) -> list[dict]:
+                       process_index: int = 0, process_count: int = 1,
+                       buckets: tuple[int, ...] = ()) -> list[dict]:
   """Every example once, in order, as this process's shares of global
-  batches. The last batch is padded with copies of row 0 whose `weights` are
-  0; real rows have weight 1."""
+  batches, each padded to the shortest of `buckets` that holds it. The last
+  batch is padded with copies of row 0 whose `weights` are 0; real rows have
+  weight 1."""
   n = len(next(iter(arrays.values())))
   total = -(-n // global_batch) * global_batch
   padded = {k: np.concatenate([v, np.repeat(v[:1], total - n, axis=0)])
             for k, v in arrays.items()}
   padded["weights"] = (np.arange(total) < n).astype(np.float32)
-  local = global_batch // process_count
-  return [{k: v[start + process_index * local:start + (process_index + 1) * local]
-           for k, v in padded.items()} for start in range(0, total, global_batch)]
+  share = _Share(process_index, _local_batch(global_batch, process_index, process_count),
+                 tuple(buckets))
+  return [share({k: v[start:start + global_batch] for k, v in padded.items()})
+          for start in range(0, total, global_batch)]
+
+
+def by_length(arrays: dict[str, np.ndarray]) -> np.ndarray:
+  """The order that sorts encoded examples by length (stable): batches of
+  neighbours in it pad little."""
+  return np.argsort(arrays["input_mask"].sum(1), kind="stable")
 
 
 class Loader:

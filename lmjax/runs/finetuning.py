@@ -19,7 +19,7 @@ import numpy as np
 
 from lmjax import parallel, paths
 from lmjax.data import tasks
-from lmjax.data.loader import evaluation_batches, examples_dataset
+from lmjax.data.loader import bucket_lengths, by_length, evaluation_batches, examples_dataset
 from lmjax.data.sources import MissingSplitError
 from lmjax.errors import ConfigError, UserError, check_fields
 from lmjax.model import BertForSequenceClassification, flops_per_token
@@ -49,6 +49,7 @@ def check_config(config) -> None:
                         f"{', '.join(METRICS)})")
   check_fields("config.task", config.task, [
       ("max_seq_length", config.task.max_seq_length >= 4, "at least 4"),
+      ("length_buckets", 1 <= config.task.length_buckets <= 64, "in [1, 64]"),
       ("num_threads", config.task.num_threads >= 0, "at least 0")])
   train = config.train
   scaffold.check_train_fields(train)
@@ -104,16 +105,30 @@ def _encoded_splits(task, config, start: starts.Start) -> dict[str, tasks.Encode
   return encoded
 
 
-def device_batches(arrays: dict, batch_size: int, mesh) -> list[dict]:
-  """Every example once, as sharded global batches (the last one padded)."""
-  return [parallel.shard_batch(b, mesh)
-          for b in evaluation_batches(arrays, batch_size, **parallel.process_share())]
+@dataclasses.dataclass
+class DeviceBatches:
+  """Every example of a split once, as sharded global batches: in order of
+  length, each padded to its bucket (the last also with dummy rows).
+  `order[i]` is the example in row i."""
+  batches: list[dict]
+  order: np.ndarray
 
 
-def logits(eval_step, params, batches: list[dict], count: int) -> np.ndarray:
-  """The model's float64 logits [count, K] over `batches`, padding dropped."""
-  out = jax.device_get([eval_step(params, b) for b in batches])
-  return np.concatenate(out)[:count].astype(np.float64)
+def device_batches(arrays: dict, batch_size: int, mesh, buckets=()) -> DeviceBatches:
+  order = by_length(arrays) if buckets else np.arange(len(arrays["input_ids"]))
+  ordered = {k: v[order] for k, v in arrays.items()}
+  return DeviceBatches(
+      [parallel.shard_batch(b, mesh) for b in evaluation_batches(
+          ordered, batch_size, buckets=buckets, **parallel.process_share())], order)
+
+
+def logits(eval_step, params, batches: DeviceBatches) -> np.ndarray:
+  """The model's float64 logits [N, K] of the examples, in their order."""
+  out = jax.device_get([eval_step(params, b) for b in batches.batches])
+  ordered = np.concatenate(out)[:len(batches.order)].astype(np.float64)
+  result = np.empty_like(ordered)
+  result[batches.order] = ordered
+  return result
 
 
 @dataclasses.dataclass
@@ -121,12 +136,17 @@ class _Scorer:
   """A labelled split on device, scored with the task's metrics."""
   eval_step: object
   metrics: tuple[str, ...]
-  batches: list[dict]
+  batches: DeviceBatches
   labels: np.ndarray
 
   def __call__(self, params, prefix: str) -> dict[str, float]:
-    out = logits(self.eval_step, params, self.batches, len(self.labels))
+    out = logits(self.eval_step, params, self.batches)
     return classification.score(self.metrics, out, self.labels, prefix)
+
+
+def length_buckets(task_config) -> tuple[int, ...]:
+  """The lengths batches are padded to (config.task.length_buckets of them)."""
+  return bucket_lengths(task_config.max_seq_length, task_config.length_buckets)
 
 
 def _schedule(config, train_size: int) -> tuple[Schedule, ml_collections.ConfigDict]:
@@ -155,8 +175,10 @@ def _job(config, mesh, task, start: starts.Start, encoded, best: BestCheckpoint)
     state = starts.with_params(state, shardings, start.params)
   eval_step = steps.jit_eval_step(classification.make_eval_step(model), shardings.params,
                                   mesh)
+  buckets = length_buckets(config.task)
   scorers = {name: _Scorer(eval_step, task.metrics, device_batches(
-      encoded[name].arrays, config.train.eval_batch_size, mesh), encoded[name].arrays["labels"])
+      encoded[name].arrays, config.train.eval_batch_size, mesh, buckets),
+                           encoded[name].arrays["labels"])
              for name in ("validation", "test") if name in encoded}
 
   def evaluate(state, step: int) -> dict:
@@ -171,7 +193,7 @@ def _job(config, mesh, task, start: starts.Start, encoded, best: BestCheckpoint)
           model, tx, config.train.grad_accum_steps,
           optimizer.learning_rate_schedule(resolved)), shardings, mesh),
       train_data=examples_dataset(train_arrays, config.train.batch_size, config.seed,
-                                  **parallel.process_share()),
+                                  **parallel.process_share(), buckets=buckets),
       evaluate=evaluate, schedule=schedule,
       throughput=Throughput(config.train.batch_size * length,
                             flops_per_token(start.config, length, 0),

@@ -13,6 +13,7 @@ from etils import epath
 
 from lmjax import parallel, paths
 from lmjax.data import tasks
+from lmjax.data.loader import bucket_lengths
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError
 from lmjax.model import BertConfig, BertForSequenceClassification
@@ -70,9 +71,10 @@ def predict(config, workdir: paths.PathLike) -> dict:
                               mesh)
   eval_step = steps.jit_eval_step(classification.make_eval_step(model),
                                   jax.tree.map(lambda x: x.sharding, params), mesh)
-  out = logits(eval_step, params, device_batches(encoded.arrays,
-                                                 config.train.eval_batch_size, mesh),
-               len(texts))
+  buckets = bucket_lengths(saved["task"]["max_seq_length"],
+                           saved["task"].get("length_buckets", 1))  # 1: an older workdir
+  out = logits(eval_step, params, device_batches(encoded.arrays, config.train.eval_batch_size,
+                                                 mesh, buckets))
   output = paths.resolve(config.predict.output or workdir / "predictions.jsonl")
   paths.check_writable(output.parent)
   if scaffold.is_lead():

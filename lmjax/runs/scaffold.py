@@ -141,7 +141,25 @@ def compile_step(job: Job, state, batch: dict, rng: jax.Array):
         f"{k} {v / 2**20:,.1f} MiB" for k, v in sizes.items())
   if is_lead():
     print(line, flush=True)
-  return compiled
+  return _CompiledByShape(job.train_step, {_shapes(batch): compiled})
+
+
+def _shapes(batch: dict) -> tuple:
+  return tuple(sorted((k, v.shape) for k, v in batch.items()))
+
+
+class _CompiledByShape:
+  """The train step compiled ahead of time once for each batch shape it
+  meets (length buckets make a few; pretraining batches have one)."""
+
+  def __init__(self, train_step, compiled: dict):
+    self._train_step, self._compiled = train_step, compiled
+
+  def __call__(self, state, batch: dict, rng):
+    shapes = _shapes(batch)
+    if shapes not in self._compiled:
+      self._compiled[shapes] = self._train_step.lower(state, batch, rng).compile()
+    return self._compiled[shapes](state, batch, rng)
 
 
 class Run:
