@@ -9,7 +9,7 @@ import flax.linen as nn
 from lmjax.model import (BertConfig, BertForPreTraining,
                          BertForSequenceClassification, MultiHeadAttention)
 from lmjax.model.encoder import stack_layers, unstack_layers
-from lmjax.model.layers import attention_probs
+from lmjax.model.layers import Dropout, attention_probs, keep_mask
 
 CFG = BertConfig(vocab_size=97, hidden_size=32, num_layers=3, num_heads=4,
                  intermediate_size=40, max_position=32)
@@ -170,3 +170,25 @@ def test_attention_module_shapes():
   assert variables["params"]["query"]["kernel"].shape == (32, 4, 8)
   assert variables["params"]["out"]["kernel"].shape == (4, 8, 32)
   assert module.apply(variables, x, jnp.ones((2, 5)), True).shape == x.shape
+
+
+def test_dropout_masks_keep_their_rate_and_do_not_depend_on_padding():
+  seed = jnp.uint32(7)
+  mask = keep_mask(seed, (16, 4, 64, 64), 0.9)
+  assert abs(float(mask.mean()) - 0.9) < 0.002
+  # The same elements of a shorter (less padded) array have the same masks.
+  assert (keep_mask(seed, (16, 4, 40, 40), 0.9) == mask[:, :, :40, :40]).all()
+  assert (keep_mask(seed, (8, 4, 64, 64), 0.9) == mask[:8]).all()
+  other = keep_mask(jnp.uint32(8), (16, 4, 64, 64), 0.9)
+  assert 0.15 < float((other != mask).mean()) < 0.2  # independent: 2 * 0.9 * 0.1
+  # Neighbouring positions are not correlated.
+  rows = mask.reshape(-1, 64).astype(jnp.float32)
+  assert abs(float(jnp.corrcoef(rows[:, :-1].ravel(), rows[:, 1:].ravel())[0, 1])) < 0.01
+
+
+def test_dropout_scales_what_it_keeps():
+  x = jnp.ones((64, 128, 32))
+  y = Dropout(0.25).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(3)})
+  assert set(np.unique(np.asarray(y)).tolist()) == {0.0, float(np.float32(1) / np.float32(0.75))}
+  assert abs(float(y.mean()) - 1.0) < 0.01
+  assert (Dropout(0.25).apply({}, x, deterministic=True) == x).all()

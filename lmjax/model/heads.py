@@ -6,7 +6,7 @@ import flax.linen as nn
 
 from lmjax.model.config import BertConfig
 from lmjax.model.encoder import BertModel
-from lmjax.model.layers import (ACTIVATIONS, dense, layer_norm, logits_dtype,
+from lmjax.model.layers import (ACTIVATIONS, Dropout, dense, layer_norm, logits_dtype,
                                 zeros_init)
 
 
@@ -80,7 +80,7 @@ class BertForSequenceClassification(nn.Module):
     if self.num_labels < 1:
       raise ValueError(f"num_labels must be positive, got {self.num_labels}")
     self.bert = BertModel(self.config)
-    self.dropout = nn.Dropout(self.config.dropout_rate)
+    self.dropout = Dropout(self.config.dropout_rate)
     self.classifier = dense(self.config, self.num_labels, ("embed", None),
                             "classifier")
 

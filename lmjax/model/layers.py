@@ -47,6 +47,43 @@ def layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
       bias_init=zeros_init(("embed",)), name=name)
 
 
+def keep_mask(seed, shape: tuple[int, ...], keep: float) -> jax.Array:
+  """A boolean mask, true with probability `keep`, hashed from `seed` and each
+  element's index along every axis (murmur3's finalizer, chained over the
+  axes). Element (i, j, ...) has the same value whatever the array's shape,
+  so a batch padded less keeps the masks of its tokens; it costs a few
+  integer operations an element."""
+  h = seed.astype(jnp.uint32)
+  for axis, size in enumerate(shape):
+    index = jax.lax.broadcasted_iota(
+        jnp.uint32, [size if i == axis else 1 for i in range(len(shape))], axis)
+    h = _mix(h ^ (index * jnp.uint32(0x9E3779B9) + jnp.uint32(0x7F4A7C15)))
+  return h < jnp.uint32(min(int(keep * 2**32), 2**32 - 1))
+
+
+def _mix(h):
+  h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
+  h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+class Dropout(nn.Module):
+  """Inverted dropout with `keep_mask`'s masks: the same distribution as
+  flax's, independent of padding, and about 20 times cheaper to draw on a
+  CPU than threefry bits."""
+
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    seed = jax.random.bits(self.make_rng("dropout"), (), jnp.uint32)
+    return jnp.where(keep_mask(seed, x.shape, keep), x / jnp.asarray(keep, x.dtype),
+                     jnp.zeros((), x.dtype))
+
+
 class Embeddings(nn.Module):
   """Word + position + segment embeddings, then LayerNorm and dropout."""
 
@@ -64,7 +101,7 @@ class Embeddings(nn.Module):
     self.position_embeddings = embed(cfg.max_position, (None, "embed"))
     self.token_type_embeddings = embed(cfg.type_vocab_size, (None, "embed"))
     self.layer_norm = layer_norm(cfg, "layer_norm")
-    self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.dropout = Dropout(cfg.dropout_rate)
 
   def __call__(self, input_ids_BxL, segment_ids_BxL, deterministic: bool):
     """Returns the embedded sequence [B, L, D]."""
@@ -156,7 +193,7 @@ class MultiHeadAttention(nn.Module):
       # Explicit attention: for dropout on the probabilities, and in float64,
       # where the fused function would still round its softmax to float32.
       probs_BxNxLxL = attention_probs(q_BxLxNxH, k_BxLxNxH, mask_Bx1x1xL)
-      probs_BxNxLxL = nn.Dropout(cfg.attention_dropout_rate)(
+      probs_BxNxLxL = Dropout(cfg.attention_dropout_rate)(
           probs_BxNxLxL, deterministic=deterministic)
       out_BxLxNxH = jnp.einsum("bnqk,bknh->bqnh", probs_BxNxLxL, v_BxLxNxH)
     out_BxLxNxH = nn.with_logical_constraint(out_BxLxNxH, axes)
@@ -203,7 +240,7 @@ class EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD, mask_BxL, deterministic: bool):
     cfg = self.config
-    dropout = nn.Dropout(cfg.dropout_rate)
+    dropout = Dropout(cfg.dropout_rate)
     y_BxLxD = MultiHeadAttention(cfg, name="attention")(x_BxLxD, mask_BxL,
                                                         deterministic)
     y_BxLxD = dropout(y_BxLxD, deterministic=deterministic)

@@ -51,8 +51,8 @@ class Point:
   batch: int  # global batch
   dtype: str = "float32"  # computation dtype; parameters stay float32
   attention_impl: str = "xla"
-  remat_policy: str = "none"
-  scan_layers: bool = False
+  remat_policy: str = "dots"  # as the pretraining config's
+  scan_layers: bool = True  # as the trainer's configs
   mesh: str = "auto"  # DATAxFSDPxTENSOR, or auto: every device on data
   objective: str = "mlm_nsp"  # mlm_nsp (pretraining) | classification (fine-tuning)
 
@@ -75,7 +75,7 @@ class Settings:
   vocab_size: int = 30522
   mask_rate: float = 0.15  # MLM predictions a sequence: ceil(mask_rate * seq_len)
   dropout: float = 0.1  # hidden and attention dropout (attention 0 with cudnn)
-  cpu_peak_tflops: float = 0.2  # the host's peak, for MFU on CPU
+  cpu_peak_tflops: float = 0.0  # the host's peak for MFU on CPU; 0 = measured (a matmul)
   peer: str = ""  # '' or one of PEERS
 
 
@@ -149,9 +149,6 @@ def check(points: Sequence[Point], settings: Settings, device_count: int,
     if p.batch % (data * fsdp):
       raise UserError(f"--batch={p.batch}: must be divisible by the mesh's data x fsdp "
                       f"({data * fsdp} with --mesh={p.mesh})")
-    if settings.peer and (p.mesh != "auto" or p.remat_policy != "none"):
-      raise UserError(f"--compare={settings.peer}: compares the default mesh and no remat "
-                      "only (the peer has neither)")
 
 
 def synthetic_batch(point: Point, settings: Settings, seed: int = 0) -> dict[str, np.ndarray]:
@@ -285,6 +282,10 @@ def measure(point: Point, settings: Settings, lmjax_worker: Callable = _lmjax_wo
   finally:
     for process in processes.values():
       process.close()
+  if settings.peer:  # the same host: lmjax's peak, for the whole host
+    setups[settings.peer].update(
+        peak_flops_per_device=(setups["lmjax"]["peak_flops_per_device"] or 0)
+        * setups["lmjax"]["devices"] or None, peak_source=setups["lmjax"].get("peak_source"))
   for name in names:
     rows.append(_row(point, settings, name, times=times[name],
                      **setups[name], **finished[name]))

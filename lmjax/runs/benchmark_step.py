@@ -10,7 +10,7 @@ import optax
 from lmjax import parallel
 from lmjax.model import BertConfig, BertForPreTraining, BertForSequenceClassification
 from lmjax.runs.benchmark import TRAIN, Point, Settings, parse_mesh, synthetic_batch
-from lmjax.runs.throughput import peak_flops_per_device
+from lmjax.runs.throughput import measured_matmul_flops, peak_flops_per_device
 from lmjax.train import classification, mlm_nsp, optimizer, steps
 
 class StepWorker:
@@ -63,7 +63,11 @@ class StepWorker:
     figures = dict(device=device.device_kind, platform=device.platform,
                    devices=jax.device_count(), jax_version=jax.__version__,
                    compile_s=round(compile_s, 2), first_step_s=round(compile_s + first_step_s, 2),
-                   peak_flops_per_device=peak_flops_per_device(self.settings.cpu_peak_tflops))
+                   peak_flops_per_device=peak_flops_per_device(self.settings.cpu_peak_tflops),
+                   peak_source="--cpu_peak_tflops" if device.platform == "cpu" else "datasheet")
+    if device.platform == "cpu" and not self.settings.cpu_peak_tflops:
+      figures.update(peak_flops_per_device=measured_matmul_flops() / jax.device_count(),
+                     peak_source="measured float32 matmul")
     memory = self.compiled.memory_analysis()
     if memory is not None:
       arguments, outputs = memory.argument_size_in_bytes, memory.output_size_in_bytes

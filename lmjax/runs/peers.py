@@ -64,8 +64,7 @@ class HfTorchWorker:
     for _ in range(self.settings.warmup):
       self._step()
     return dict(device="cpu", platform="cpu", devices=1, first_step_s=round(first_step_s, 2),
-                torch_version=self.torch.__version__, torch_threads=self.torch.get_num_threads(),
-                peak_flops_per_device=self.settings.cpu_peak_tflops * 1e12 or None)
+                torch_version=self.torch.__version__, torch_threads=self.torch.get_num_threads())
 
   def run(self, count: int) -> list[float]:
     times = []

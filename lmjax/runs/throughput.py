@@ -4,6 +4,7 @@ import dataclasses
 import time
 
 import jax
+import jax.numpy as jnp
 
 # Dense bf16 peak FLOP/s per chip, from the vendors' datasheets.
 PEAK_FLOPS = {
@@ -24,6 +25,21 @@ def peak_flops_per_device(cpu_peak_tflops: float) -> float | None:
     if device.device_kind.startswith(name):
       return flops
   return None
+
+
+def measured_matmul_flops(size: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of the fastest of `repeats` float32 [size, size] matmuls on the
+  first device: what the host reaches on the work BERT is made of, a peak
+  that needs no datasheet."""
+  x = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  matmul = jax.jit(lambda a: a @ a)
+  matmul(x).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(x).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size**3 / best
 
 
 @dataclasses.dataclass(frozen=True)
