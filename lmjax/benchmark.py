@@ -8,6 +8,9 @@ results.csv and results.png in --output. --compare=hf_torch also times
 transformers' torch BERT on the same workload (CPU), taking turns with lmjax.
 """
 
+import signal
+import sys
+
 import jax
 from absl import flags
 
@@ -57,6 +60,11 @@ def _values(flag, kind):
   return parsed
 
 
+def _interrupt(signum, frame):
+  del signum, frame
+  raise KeyboardInterrupt
+
+
 def main(argv):
   del argv
   points = benchmark.sweep(dict(
@@ -70,7 +78,13 @@ def main(argv):
       cpu_peak_tflops=_PEAK.value, peer=_COMPARE.value)
   benchmark.check(points, settings, jax.device_count(), jax.devices()[0].platform)
   output = benchmark.prepare_output(_OUTPUT.value)
-  rows = benchmark.run(points, settings, output, echo=lambda text: print(text, flush=True))
+  signal.signal(signal.SIGTERM, _interrupt)
+  try:
+    rows = benchmark.run(points, settings, output, echo=lambda text: print(text, flush=True))
+  except KeyboardInterrupt:
+    print(f"interrupted: the points measured so far are in {output}", file=sys.stderr,
+          flush=True)
+    sys.exit(130)
   failed = sum("error" in r for r in rows)
   print(f"{len(points)} points, {failed} failed; results in {output}", flush=True)
 

@@ -20,6 +20,7 @@ import math
 import multiprocessing
 import os
 import resource
+import signal
 import statistics
 import traceback
 import types
@@ -195,7 +196,9 @@ def peak_rss_bytes() -> int:
 
 def _serve(connection, make_worker: Callable, point: Point, settings: Settings) -> None:
   """A point's process: builds the worker (compiling its step), then runs
-  timed steps on request until told to finish."""
+  timed steps on request until told to finish. Ctrl-C is the parent's to
+  handle: it ends the points it started."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   try:
     worker = make_worker(point, settings)
     connection.send(("ready", worker.setup()))
@@ -318,7 +321,10 @@ def _row(point: Point, settings: Settings, implementation: str, times=(), error=
 
 def line(row: dict) -> str:
   """A row as one console line."""
-  name = f"{row['implementation']:>8} {Point(**{k: row[k] for k in SWEEP_FIELDS}).label()}"
+  point = Point(**{k: row[k] for k in SWEEP_FIELDS})
+  label = (point.label() if row["implementation"] == "lmjax" else
+           f"{point.size} L{point.seq_len} B{point.batch} {point.dtype} {point.objective}")
+  name = f"{row['implementation']:>8} {label}"
   if "error" in row:
     return f"{name}: failed: {row['error']}"
   mfu = f", useful MFU {row['useful_mfu']:.1%}" if row.get("useful_mfu") else ""
@@ -404,13 +410,16 @@ def run(points: Sequence[Point], settings: Settings, output: str,
   """Measures every point, printing a line each and appending it to
   results.jsonl as it goes; then results.csv and results.png."""
   rows = []
-  for i, point in enumerate(points, 1):
-    echo(f"[{i}/{len(points)}] {point.label()} ...")
-    for row in measure(point, settings):
-      rows.append(row)
-      append_jsonl(output, row)
-      echo(line(row))
-  write_csv(output, rows)
-  if any("error" not in r for r in rows):
-    plot(output, rows)
+  try:
+    for i, point in enumerate(points, 1):
+      echo(f"[{i}/{len(points)}] {point.label()} ...")
+      for row in measure(point, settings):
+        rows.append(row)
+        append_jsonl(output, row)
+        echo(line(row))
+  finally:  # an interrupted sweep keeps the table and plot of its points so far
+    if rows:
+      write_csv(output, rows)
+    if any("error" not in r for r in rows):
+      plot(output, rows)
   return rows
