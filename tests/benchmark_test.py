@@ -5,6 +5,7 @@ compilation."""
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,8 @@ def _cli(*args, cwd=ROOT):
     (["--batch=8,x"], "error: --batch: 'x' is not an integer"),
     (["--scan_layers=maybe"], "error: --scan_layers: 'maybe' is not a boolean"),
     (["--size=tiny", "--seq_len=16", "--batch=8", "--output="], "error: --output is empty"),
+    (["--size=tiny", "--seq_len=16", "--batch=8", "--output=/proc/lmjax"],
+     "error: --output=/proc/lmjax: cannot write there"),
 ])
 def test_the_command_line_refuses_bad_values_in_one_line(args, message, tmp_path):
   done = _cli(*args, "--steps=1", cwd=tmp_path)
@@ -125,3 +128,22 @@ def test_an_output_that_is_a_file_is_one_line_and_stays(tmp_path):
   assert done.returncode == 2, done.stderr[-2000:]
   assert done.stderr.strip() == f"error: --output={tmp_path / 'out'} is a file, not a directory"
   assert (tmp_path / "out").read_text() == "keep"
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_keeps_its_points_so_far(tmp_path):
+  process = subprocess.Popen(
+      [sys.executable, "-m", "lmjax.benchmark", "--size=tiny", "--seq_len=16",
+       "--batch=8,16,24", "--steps=2", "--rounds=1", "--vocab_size=512",
+       f"--output={tmp_path}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  for line in process.stdout:
+    if "tokens/s" in line:  # the first point is measured
+      process.send_signal(signal.SIGTERM)
+      break
+  _, err = process.communicate(timeout=120)
+  assert process.returncode == 130, err[-2000:]
+  assert err.strip() == f"interrupted: the points measured so far are in {tmp_path}"
+  rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+  assert [r["batch"] for r in rows] == [8]
+  assert (tmp_path / "results.csv").exists() and (tmp_path / "results.png").exists()

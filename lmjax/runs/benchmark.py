@@ -398,10 +398,13 @@ def prepare_output(output: str) -> str:
   if os.path.exists(path) and not os.path.isdir(path):
     raise UserError(f"--output={output} is a file, not a directory")
   paths.check_writable(path)
-  os.makedirs(path, exist_ok=True)
-  for name in ("results.jsonl", "results.csv", "results.png"):
-    if os.path.exists(os.path.join(path, name)):
-      os.remove(os.path.join(path, name))
+  try:
+    os.makedirs(path, exist_ok=True)
+    for name in ("results.jsonl", "results.csv", "results.png"):
+      if os.path.exists(os.path.join(path, name)):
+        os.remove(os.path.join(path, name))
+  except OSError as e:
+    raise UserError(f"--output={output}: cannot write there ({e.strerror})") from None
   return path
 
 
