@@ -22,6 +22,7 @@ import os
 import resource
 import signal
 import statistics
+import time
 import traceback
 import types
 from collections.abc import Callable, Iterable, Sequence
@@ -186,6 +187,16 @@ def flops_per_token(point: Point, settings: Settings) -> tuple[float, float]:
     return flops, flops
   return (costs.flops_per_token(cfg, point.seq_len, point.seq_len),
           costs.flops_per_token(cfg, point.seq_len, predictions(settings, point.seq_len)))
+
+
+def timed_steps(step: Callable[[], None], count: int) -> list[float]:
+  """Seconds of each of `count` calls of `step` (which waits for its work)."""
+  times = []
+  for _ in range(count):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  return times
 
 
 def peak_rss_bytes() -> int:

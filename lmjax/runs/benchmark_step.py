@@ -9,7 +9,8 @@ import optax
 
 from lmjax import parallel
 from lmjax.model import BertConfig, BertForPreTraining, BertForSequenceClassification
-from lmjax.runs.benchmark import TRAIN, Point, Settings, parse_mesh, synthetic_batch
+from lmjax.runs.benchmark import (TRAIN, Point, Settings, parse_mesh, synthetic_batch,
+                                   timed_steps)
 from lmjax.runs.throughput import measured_matmul_flops, peak_flops_per_device
 from lmjax.train import classification, mlm_nsp, optimizer, steps
 
@@ -92,12 +93,7 @@ class StepWorker:
 
   def run(self, count: int) -> list[float]:
     """Seconds of each of `count` steps, each waited for."""
-    times = []
-    for _ in range(count):
-      start = time.perf_counter()
-      self._step()
-      times.append(time.perf_counter() - start)
-    return times
+    return timed_steps(self._step, count)
 
   def finish(self) -> dict:
     stats = jax.local_devices()[0].memory_stats() or {}

@@ -7,7 +7,7 @@ needs them installed (`pip install -r requirements-test.txt`)."""
 
 import time
 
-from lmjax.runs.benchmark import TRAIN, Point, Settings, synthetic_batch
+from lmjax.runs.benchmark import TRAIN, Point, Settings, synthetic_batch, timed_steps
 
 
 class HfTorchWorker:
@@ -67,12 +67,7 @@ class HfTorchWorker:
                 torch_version=self.torch.__version__, torch_threads=self.torch.get_num_threads())
 
   def run(self, count: int) -> list[float]:
-    times = []
-    for _ in range(count):
-      start = time.perf_counter()
-      self._step()
-      times.append(time.perf_counter() - start)
-    return times
+    return timed_steps(self._step, count)
 
   def finish(self) -> dict:
     return dict(final_loss=round(self.loss, 4), loss_finite=self.loss == self.loss)
