@@ -26,15 +26,17 @@ def run(config, workdir: str) -> dict:
 
 def report(summary: dict, seconds: float) -> str | None:
   """Where the predictions went, or the best checkpoint's main metric next
-  to the majority class's."""
+  to the baselines' (the majority class, TF-IDF with a linear model)."""
   if "predictions" in summary:
     return f"wrote {summary['predictions']} predictions to {summary['output']}"
   metric = summary["main_metric"]
   for prefix, split in (("test", "test"), ("eval", "validation")):
     if f"{prefix}_{metric}" in summary:
-      majority = summary.get(f"{prefix}_majority_{metric}")
+      baselines = [(name, summary.get(f"{prefix}_{key}_{metric}")) for name, key in
+                   (("majority class", "majority"), ("TF-IDF + linear model", "tfidf"))]
+      shown = ", ".join(f"{name}: {value:.4f}" for name, value in baselines if value is not None)
       return (f"{summary['task']}: {split} {metric} {summary[f'{prefix}_{metric}']:.4f}"
-              + (f" (majority class: {majority:.4f})" if majority is not None else "")
+              + (f" ({shown})" if shown else "")
               + f", best checkpoint step {summary['best_step']}; {seconds:.0f}s")
   return None
 

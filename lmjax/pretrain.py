@@ -20,10 +20,12 @@ def report(summary: dict, seconds: float) -> str | None:
   """The final evaluation next to the baselines, in a line."""
   if "eval_mlm_accuracy" not in summary:
     return None
+  cp = (f", CP top-1 in batch {summary['eval_cp_accuracy']:.4f}"
+        if "eval_cp_accuracy" in summary else "")
   return (f"step {summary['step']}: eval MLM accuracy {summary['eval_mlm_accuracy']:.4f} "
           f"(always the most frequent token: {summary['baseline_mlm_accuracy']:.4f}), "
           f"NSP accuracy {summary['eval_nsp_accuracy']:.4f} (majority label: "
-          f"{summary['baseline_nsp_accuracy']:.4f}); {seconds:.0f}s")
+          f"{summary['baseline_nsp_accuracy']:.4f}){cp}; {seconds:.0f}s")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,8 @@ def test_random_start_learns_the_task_beyond_the_majority_class(trained):
   assert summary["test_accuracy"] > summary["test_majority_accuracy"] + 0.15
   assert summary["eval_accuracy"] > summary["eval_majority_accuracy"] + 0.15
   assert 0.5 < summary["test_majority_accuracy"] < 0.7
+  # A keyword decides the label: the bag-of-words baseline finds it.
+  assert summary["test_tfidf_accuracy"] > 0.95 and summary["eval_tfidf_f1"] > 0.95
   lines = metric_lines(workdir)
   evals = {line["step"]: line["eval_accuracy"] for line in lines if "eval_accuracy" in line}
   assert sorted(evals) == [0, 40, 80, 120]

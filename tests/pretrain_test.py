@@ -190,11 +190,18 @@ def test_bad_configs_fail_before_any_work(env, tmp_path, override, message):
     ("model.size", "huge", "config.model.size must be one of"),
     ("data.max_seq_length", 1024, "exceeds config.model.max_position (512)"),
     ("data.masked_lm_prob", 0.0, "config.data.masked_lm_prob must be in (0, 1)"),
+    ("train.cp_weight", -1.0, "config.train.cp_weight must be non-negative, got -1.0"),
+    ("train.mlm_weight,train.nsp_weight", 0.0, "config.train.mlm_weight must be positive, "
+     "or nsp_weight or cp_weight (all three are 0: nothing to learn)"),
+    ("train.cp_weight,train.batch_size", 1, "config.train.cp_weight must be 0 with batches "
+     "(or micro-batches) of one example: CP needs negatives"),
+    ("train.cp_temperature", 0.0, "config.train.cp_temperature must be positive"),
 ])
 def test_the_whole_config_is_checked_in_one_place(field, value, message):
   config = _pretrain_config()
-  section, name = field.split(".")
-  config[section][name] = value
+  for path in field.split(","):
+    section, name = path.split(".")
+    config[section][name] = type(config[section][name])(value)
   with pytest.raises(ConfigError, match=re.escape(message)):
     pretraining.check_config(config)
   pretraining.check_config(_pretrain_config())  # the defaults pass

@@ -65,6 +65,11 @@ class BertForPreTraining(nn.Module):
     return dict(sequence_output=seq_BxLxD, pooled_output=pooled_BxD,
                 mlm_logits=mlm_logits_BxPxV, nsp_logits=nsp_logits_Bx2)
 
+  def pooled(self, input_ids, segment_ids, input_mask,
+             deterministic: bool = True) -> jax.Array:
+    """The encoder's pooled output [B, D] alone (contrastive prediction)."""
+    return self.bert(input_ids, segment_ids, input_mask, deterministic)[1]
+
 
 class BertForSequenceClassification(nn.Module):
   """BERT with dropout + a linear layer on the pooled output.

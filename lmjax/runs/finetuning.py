@@ -28,7 +28,7 @@ from lmjax.runs import scaffold, starts
 from lmjax.runs.checkpoints import BestCheckpoint
 from lmjax.runs.loop import Schedule
 from lmjax.runs.throughput import Throughput, peak_flops_per_device
-from lmjax.train import classification, optimizer, steps
+from lmjax.train import baselines, classification, optimizer, steps
 from lmjax.train.task_metrics import METRICS, REGRESSION_METRICS
 
 _MUST_MATCH = ("seed", "init", "task", "model", "train.batch_size", "train.epochs",
@@ -91,7 +91,8 @@ def _load_splits(task: tasks.Task, data_dir) -> dict[str, tasks.Examples]:
   return splits
 
 
-def _encoded_splits(task, config, start: starts.Start) -> dict[str, tasks.Encoded]:
+def _encoded_splits(task, config, start: starts.Start
+                    ) -> tuple[dict[str, tasks.Examples], dict[str, tasks.Encoded]]:
   length = config.task.max_seq_length
   if length > start.config.max_position:
     raise ConfigError(f"config.task.max_seq_length ({length}) exceeds the model's "
@@ -102,7 +103,7 @@ def _encoded_splits(task, config, start: starts.Start) -> dict[str, tasks.Encode
         f"truncated to {length} tokens: "
         f"{', '.join(f'{k} {e.truncated}' for k, e in encoded.items())}; "
         f"encoder from {start.origin}", flush=True)
-  return encoded
+  return splits, encoded
 
 
 @dataclasses.dataclass
@@ -206,18 +207,20 @@ def _job(config, mesh, task, start: starts.Start, encoded, best: BestCheckpoint)
   return job, scorers
 
 
-def _final_scores(task, encoded, scorers, best: BestCheckpoint, params) -> dict:
+def _final_scores(task, splits, scorers, best: BestCheckpoint, params) -> dict:
   """Validation and test scores of the best checkpoint, next to the majority
-  class's."""
+  class's and a TF-IDF baseline's."""
   summary = {"best_step": best.step}
-  train_labels = encoded["train"].arrays["labels"]
-  for name, prefix in (("validation", "eval"), ("test", "test")):
-    if name in scorers:
-      summary.update(scorers[name](params, prefix))
-      if not task.is_regression:
-        summary.update(classification.majority(
-            task.metrics, task.num_labels, train_labels, encoded[name].arrays["labels"],
-            prefix))
+  train = splits["train"]
+  scored = {prefix: (splits[name].texts, splits[name].labels)
+            for name, prefix in (("validation", "eval"), ("test", "test")) if name in scorers}
+  for prefix, (_, labels) in scored.items():
+    summary.update(scorers["validation" if prefix == "eval" else "test"](params, prefix))
+    if not task.is_regression:
+      summary.update(classification.majority(task.metrics, task.num_labels, train.labels,
+                                              labels, prefix))
+  summary.update(baselines.tfidf(task.metrics, task.num_labels, train.texts, train.labels,
+                                 scored))
   return summary
 
 
@@ -228,7 +231,7 @@ def finetune(config, workdir: str | os.PathLike) -> dict:
   task = tasks.resolve_task(config.task, config.task.data_dir or None)
   _check_task(task)
   start = starts.load_start(config, mesh, task.num_labels)
-  encoded = _encoded_splits(task, config, start)
+  splits, encoded = _encoded_splits(task, config, start)
   paths.check_writable(workdir)
   best = BestCheckpoint(paths.resolve(workdir) / "best", f"eval_{task.metrics[0]}")
   try:
@@ -242,7 +245,7 @@ def finetune(config, workdir: str | os.PathLike) -> dict:
       if not result.stopped_by:
         params = best.params(steps.abstract_like(result.state.params,
                                                  job.shardings.params))
-        summary.update(_final_scores(task, encoded, scorers, best, params))
+        summary.update(_final_scores(task, splits, scorers, best, params))
         run.log(result.step, {k: v for k, v in summary.items() if k.startswith("test_")})
       summary = {k: round(v, 5) if isinstance(v, float) else v for k, v in summary.items()}
       run.write_summary(summary)

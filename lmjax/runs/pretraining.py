@@ -41,7 +41,13 @@ def check_config(config) -> None:
       ("steps", train.steps >= 1, "at least 1"),
       ("warmup_steps", 0 <= train.warmup_steps <= train.steps, "in [0, steps]"),
       *((f, train[f] >= 1, "at least 1") for f in ("eval_every", "eval_batches",
-                                                   "checkpoint_every"))])
+                                                   "checkpoint_every")),
+      *((f, train[f] >= 0, "non-negative") for f in ("mlm_weight", "nsp_weight", "cp_weight")),
+      ("mlm_weight", train.mlm_weight + train.nsp_weight + train.cp_weight > 0,
+       "positive, or nsp_weight or cp_weight (all three are 0: nothing to learn)"),
+      ("cp_temperature", train.cp_temperature > 0, "positive"),
+      ("cp_weight", not train.cp_weight or train.batch_size // max(train.grad_accum_steps, 1)
+       >= 2, "0 with batches (or micro-batches) of one example: CP needs negatives")])
   check_data_config(config.data)
   check_section(config.model)
   if config.data.max_seq_length > config.model.max_position:
@@ -71,14 +77,18 @@ def _job(config, mesh, model_cfg, train_data, host_eval, tokenizer) -> scaffold.
   tx = optimizer.create_optimizer(train)
   init = mlm_nsp.init_params(model, {k: v[:1] for k, v in train_data[0].items()})
   state, shardings = steps.create_train_state(init, tx, mesh, jax.random.key(config.seed))
+  weights = mlm_nsp.LossWeights(train.mlm_weight, train.nsp_weight, train.cp_weight,
+                                train.cp_temperature)
   train_step = steps.jit_train_step(
-      mlm_nsp.make_train_step(model, tx, mlm_nsp.LossWeights(train.mlm_weight,
-                                                             train.nsp_weight),
-                              train.grad_accum_steps, optimizer.learning_rate_schedule(train)),
+      mlm_nsp.make_train_step(model, tx, weights, train.grad_accum_steps,
+                              optimizer.learning_rate_schedule(train)),
       shardings, mesh)
-  eval_step = steps.jit_eval_step(mlm_nsp.make_eval_step(model), shardings.params, mesh)
+  eval_step = steps.jit_eval_step(mlm_nsp.make_eval_step(model, weights), shardings.params,
+                                  mesh)
   eval_batches = [parallel.shard_batch(b, mesh) for b in host_eval]
   flops = flops_per_token(model_cfg, data.max_seq_length, data.max_predictions_per_seq)
+  if train.cp_weight:  # CP encodes each segment again, at the pair's length
+    flops += 2 * flops_per_token(model_cfg, data.max_seq_length, 0)
   return scaffold.Job(
       name="pretrain", config=config, mesh=mesh, state=state, shardings=shardings,
       train_step=train_step, train_data=train_data,

@@ -14,15 +14,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lmjax.train import steps
+from lmjax.train import contrastive, steps
 
 MODEL_INPUTS = ("input_ids", "segment_ids", "input_mask", "masked_positions")
 
 
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
+  """The objectives' weights in the loss; contrastive prediction (CP,
+  lmjax.train.contrastive) runs only with a positive weight."""
   mlm: float = 1.0
   nsp: float = 1.0
+  cp: float = 0.0
+  cp_temperature: float = 0.05
 
 
 def model_inputs(batch: steps.Batch) -> dict:
@@ -56,15 +60,33 @@ def losses(outputs: dict, batch: steps.Batch) -> dict[str, jax.Array]:
 
 def make_loss(model: nn.Module, weights: LossWeights = LossWeights()):
   """Returns `loss_fn(params, batch, rng) -> (loss, parts)`: the weighted sum
-  of the MLM and NSP losses of a forward pass with dropout."""
+  of the MLM, NSP (and CP) losses of forward passes with dropout."""
 
   def loss_fn(params, batch, rng):
     outputs = model.apply({"params": params}, **model_inputs(batch),
                           deterministic=False, rngs={"dropout": rng})
     parts = losses(outputs, batch)
-    return weights.mlm * parts["mlm_loss"] + weights.nsp * parts["nsp_loss"], parts
+    loss = weights.mlm * parts["mlm_loss"] + weights.nsp * parts["nsp_loss"]
+    if weights.cp:
+      parts.update(contrastive.losses(_pooled(model, params, rng), batch,
+                                      weights.cp_temperature))
+      loss = loss + weights.cp * parts["cp_loss"]
+    return loss, parts
 
   return loss_fn
+
+
+def _pooled(model: nn.Module, params, rng=None):
+  """`(inputs, stream) -> pooled output [B, D]` of one segment, with dropout
+  stream `stream` of `rng` (no dropout without one)."""
+
+  def pooled(inputs, stream):
+    if rng is None:
+      return model.apply({"params": params}, **inputs, method="pooled")
+    return model.apply({"params": params}, **inputs, deterministic=False, method="pooled",
+                       rngs={"dropout": jax.random.fold_in(rng, stream + 1)})
+
+  return pooled
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
@@ -74,23 +96,33 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   losses, weighted, with their accuracies."""
 
   def summarize(parts):
-    return dict(mlm_loss=parts["mlm_loss"], nsp_loss=parts["nsp_loss"],
-                mlm_accuracy=parts["mlm_correct"] / jnp.maximum(parts["mlm_count"], 1),
-                nsp_accuracy=parts["nsp_correct"] / parts["nsp_count"])
+    metrics = dict(mlm_loss=parts["mlm_loss"], nsp_loss=parts["nsp_loss"],
+                   mlm_accuracy=parts["mlm_correct"] / jnp.maximum(parts["mlm_count"], 1),
+                   nsp_accuracy=parts["nsp_correct"] / parts["nsp_count"])
+    if "cp_loss" in parts:
+      metrics.update(cp_loss=parts["cp_loss"],
+                     cp_accuracy=parts["cp_correct"] / jnp.maximum(parts["cp_count"], 1))
+    return metrics
 
   return steps.make_step(make_loss(model, weights), tx, accum_steps, schedule, summarize)
 
 
-def make_eval_step(model: nn.Module):
+def make_eval_step(model: nn.Module, weights: LossWeights = LossWeights()):
   """Returns `eval_step(params, batch) -> sums` (losses weighted by counts,
-  correct predictions and counts), to be added over an evaluation set."""
+  correct predictions and counts), to be added over an evaluation set; CP's
+  too when it has a weight (negatives: the evaluation batch's)."""
 
   def eval_step(params, batch: steps.Batch):
     parts = losses(model.apply({"params": params}, **model_inputs(batch)), batch)
-    return dict(mlm_loss_sum=parts["mlm_loss"] * parts["mlm_count"],
+    sums = dict(mlm_loss_sum=parts["mlm_loss"] * parts["mlm_count"],
                 nsp_loss_sum=parts["nsp_loss"] * parts["nsp_count"],
                 **{k: parts[k] for k in ("mlm_correct", "mlm_count",
                                          "nsp_correct", "nsp_count")})
+    if weights.cp:
+      cp = contrastive.losses(_pooled(model, params), batch, weights.cp_temperature)
+      sums.update(cp_loss_sum=cp["cp_loss"] * cp["cp_count"], cp_correct=cp["cp_correct"],
+                  cp_count=cp["cp_count"])
+    return sums
 
   return eval_step
 
@@ -104,10 +136,15 @@ def evaluate(eval_step, params, batches) -> dict[str, float]:
   sums = jax.device_get(sums)
   mlm_count, nsp_count = max(sums["mlm_count"], 1.0), max(sums["nsp_count"], 1.0)
   mlm_loss, nsp_loss = sums["mlm_loss_sum"] / mlm_count, sums["nsp_loss_sum"] / nsp_count
-  return dict(eval_mlm_loss=float(mlm_loss), eval_nsp_loss=float(nsp_loss),
-              eval_loss=float(mlm_loss + nsp_loss),
-              eval_mlm_accuracy=float(sums["mlm_correct"] / mlm_count),
-              eval_nsp_accuracy=float(sums["nsp_correct"] / nsp_count))
+  scores = dict(eval_mlm_loss=float(mlm_loss), eval_nsp_loss=float(nsp_loss),
+                eval_loss=float(mlm_loss + nsp_loss),
+                eval_mlm_accuracy=float(sums["mlm_correct"] / mlm_count),
+                eval_nsp_accuracy=float(sums["nsp_correct"] / nsp_count))
+  if "cp_count" in sums:
+    cp_count = max(sums["cp_count"], 1.0)
+    scores.update(eval_cp_loss=float(sums["cp_loss_sum"] / cp_count),
+                  eval_cp_accuracy=float(sums["cp_correct"] / cp_count))
+  return scores
 
 
 def target_counts(host_batches: list[dict], vocab_size: int) -> np.ndarray:

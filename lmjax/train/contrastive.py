@@ -1,0 +1,71 @@
+"""Contrastive prediction (CP): the two segments of a pretraining pair, each
+encoded on its own and pooled, should find each other among all the batch's
+segments (in-batch InfoNCE, symmetric, cosine similarity over a temperature).
+
+Only actual-next pairs are positives; every B segment of the batch is a
+negative for the others. The similarity matrix spans the global batch: under
+a sharded jit the B segments of every device meet every A. With gradient
+accumulation the negatives are those of the micro-batch.
+"""
+
+import jax
+import jax.numpy as jnp
+
+Batch = dict[str, jax.Array]
+
+
+def original_ids(batch: Batch) -> jax.Array:
+  """The pair's token ids with the masked positions' original tokens back."""
+  ids_BxL, positions_BxP = batch["input_ids"], batch["masked_positions"]
+  rows_Bx1 = jnp.arange(ids_BxL.shape[0])[:, None]
+  kept_BxP = jnp.where(batch["masked_weights"] > 0, batch["masked_ids"],
+                       ids_BxL[rows_Bx1, positions_BxP])
+  return ids_BxL.at[rows_Bx1, positions_BxP].set(kept_BxP)
+
+
+def segments(batch: Batch) -> tuple[dict, dict]:
+  """The A and B segments of `[CLS] A [SEP] B [SEP]` pairs as sequences of
+  their own, `[CLS] A [SEP]` and `[CLS] B [SEP]`, at the pair's length with
+  padding after them (model inputs: input_ids, segment_ids, input_mask)."""
+  ids_BxL = original_ids(batch)
+  mask_BxL, segment_BxL = batch["input_mask"], batch["segment_ids"]
+  length = ids_BxL.shape[1]
+  a_mask_BxL = mask_BxL * (segment_BxL == 0)
+  a_len_B, pair_len_B = a_mask_BxL.sum(1), mask_BxL.sum(1)
+  # B's i-th position (i >= 1) is the pair's position a_len + i - 1; 0 is [CLS].
+  source_BxL = jnp.clip(a_len_B[:, None] + jnp.arange(length)[None] - 1, 0, length - 1)
+  b_ids_BxL = jnp.take_along_axis(ids_BxL, source_BxL, 1).at[:, 0].set(ids_BxL[:, 0])
+  b_mask_BxL = (jnp.arange(length)[None] < (pair_len_B - a_len_B + 1)[:, None])
+  zeros_BxL = jnp.zeros_like(segment_BxL)
+  return (dict(input_ids=ids_BxL, segment_ids=zeros_BxL, input_mask=a_mask_BxL),
+          dict(input_ids=b_ids_BxL, segment_ids=zeros_BxL,
+               input_mask=b_mask_BxL.astype(mask_BxL.dtype)))
+
+
+def info_nce(a_BxD: jax.Array, b_BxD: jax.Array, positive_B: jax.Array,
+             temperature: float) -> dict[str, jax.Array]:
+  """Symmetric InfoNCE of pooled A and B segments: row i's positive is
+  column i, the other columns are negatives. Averaged over the rows where
+  `positive_B` is 1; with the top-1 retrieval count (A finds its B)."""
+  a_BxD = _unit(a_BxD.astype(jnp.float32))
+  b_BxD = _unit(b_BxD.astype(jnp.float32))
+  logits_BxB = a_BxD @ b_BxD.T / temperature
+  diagonal = jnp.arange(logits_BxB.shape[0])
+  a_to_b_B = -jax.nn.log_softmax(logits_BxB, axis=1)[diagonal, diagonal]
+  b_to_a_B = -jax.nn.log_softmax(logits_BxB, axis=0)[diagonal, diagonal]
+  weights_B = positive_B.astype(jnp.float32)
+  count = weights_B.sum()
+  correct = ((logits_BxB.argmax(1) == diagonal) * weights_B).sum()
+  return dict(cp_loss=(weights_B * (a_to_b_B + b_to_a_B) / 2).sum() / jnp.maximum(count, 1.0),
+              cp_correct=correct, cp_count=count)
+
+
+def _unit(x_BxD):
+  return x_BxD / jnp.maximum(jnp.linalg.norm(x_BxD, axis=-1, keepdims=True), 1e-6)
+
+
+def losses(pooled, batch: Batch, temperature: float) -> dict[str, jax.Array]:
+  """CP's loss and counts; `pooled(inputs, stream) -> [B, D]` encodes one
+  segment's inputs with dropout stream `stream` (0 for A, 1 for B)."""
+  a, b = segments(batch)
+  return info_nce(pooled(a, 0), pooled(b, 1), batch["nsp_labels"] == 0, temperature)
