@@ -75,6 +75,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       profile_steps="",  # START,END: a jax.profiler trace of those steps in DIR/profile
   ))
 
+  # A linear probe at each evaluation: a logistic regression on the frozen
+  # encoder's features of a labelled task logs eval_probe_accuracy.
+  config.probe = ml_collections.ConfigDict(dict(
+      source="rt_polarity",  # rt_polarity | glue/NAME | tsv:PATH | csv:PATH | jsonl:PATH; '' = none
+      text_fields="",  # local files: COLUMN or COLUMN,PAIR_COLUMN; '' = text, sentence, ...
+      label_field="label",
+      labels="",  # local files: class names in order, comma-separated; '' = those of train
+      data_dir="",  # tfds data directory; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+      train_examples=2000,  # a fixed sample of the training split fits the probe
+      eval_examples=1000,  # and one of the validation split scores it
+  ))
+
   # dcn_data > 1: the data axis spans that many TPU slices (multi-slice).
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
 

@@ -22,6 +22,8 @@ def report(summary: dict, seconds: float) -> str | None:
     return None
   cp = (f", CP top-1 in batch {summary['eval_cp_accuracy']:.4f}"
         if "eval_cp_accuracy" in summary else "")
+  if "eval_probe_accuracy" in summary:
+    cp += f", linear probe accuracy {summary['eval_probe_accuracy']:.4f}"
   return (f"step {summary['step']}: eval MLM accuracy {summary['eval_mlm_accuracy']:.4f} "
           f"(always the most frequent token: {summary['baseline_mlm_accuracy']:.4f}), "
           f"NSP accuracy {summary['eval_nsp_accuracy']:.4f} (majority label: "

@@ -69,3 +69,14 @@ def test_scores_and_pairs():
   train, test = pairs(400), pairs(100)
   scores = baselines.tfidf(("pearson", "spearman"), 1, *train, {"test": test})
   assert scores["test_tfidf_pearson"] > 0.9 and scores["test_tfidf_spearman"] > 0.9
+
+
+def test_the_linear_probe_scores_standardized_features():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 2, 400)
+  features = rng.normal(size=(400, 16)) * 100.0  # a large scale the probe standardizes
+  features[:, 3] += labels * 800.0  # one feature carries the label
+  accuracy = baselines.linear_probe(features[:300], labels[:300], features[300:], labels[300:])
+  assert accuracy > 0.95
+  noise = rng.normal(size=(400, 16))
+  assert baselines.linear_probe(noise[:300], labels[:300], noise[300:], labels[300:]) < 0.7

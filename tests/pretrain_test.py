@@ -24,7 +24,8 @@ TINY = ["--config.model.size=tiny", "--config.data.max_seq_length=32",
         "--config.data.max_predictions_per_seq=5", "--config.train.batch_size=8",
         "--config.train.steps=30", "--config.train.warmup_steps=5",
         "--config.train.log_every=1", "--config.train.eval_every=1000",
-        "--config.train.eval_batches=2", "--config.train.checkpoint_every=5"]
+        "--config.train.eval_batches=2", "--config.train.checkpoint_every=5",
+        "--config.probe.source="]
 METRICS = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "grad_norm",
            "learning_rate")
 
@@ -166,12 +167,38 @@ def test_a_small_local_corpus_trains_and_evaluates_on_train_batches(env, tmp_pat
   assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == 10
 
 
+@pytest.mark.slow
+def test_a_linear_probe_scores_every_evaluation(env, tmp_path):
+  rng = random.Random(0)
+  words = ["plot", "scene", "actor", "music", "story", "light", "shot", "cut", "frame"]
+  rows = []
+  for i in range(300):
+    label = rng.random() < 0.5
+    text = rng.sample(words, 5) + ["splendid" if label else "dreadful"]
+    rng.shuffle(text)
+    rows.append(f"{' '.join(text)} {i}\t{'pos' if label else 'neg'}")
+  task = tmp_path / "task.tsv"
+  task.write_text("text\tlabel\n" + "\n".join(rows) + "\n")
+  done = run(env, tmp_path / "w", f"--config.probe.source=tsv:{task}", "--config.train.steps=10",
+             "--config.train.eval_every=5", "--config.probe.train_examples=200")
+  lines = [json.loads(x) for x in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+  probes = {x["step"]: x["eval_probe_accuracy"] for x in lines if "eval_probe_accuracy" in x}
+  assert sorted(probes) == [5, 10]
+  assert all(p > 0.8 for p in probes.values())  # a keyword decides the label
+  summary = json.loads(done.stdout.strip().splitlines()[-1])
+  assert summary["eval_probe_accuracy"] == pytest.approx(probes[10], abs=1e-5)
+  assert "linear probe accuracy" in done.stdout
+
+
 @pytest.mark.parametrize("override,message", [
     ("--config.train.nosuchkey=1", "nosuchkey"),
     ("--config.train.steps=zero", "steps"),
     ("--config.train.optimizer=sgd", "config.train.optimizer"),
     ("--config.model.size=huge", "size"),
     ("--config.data.source=text:/no/such/corpus.txt", "no such file"),
+    ("--config.probe.source=tsv:/no/such/task.tsv", "config.probe: "),
+    ("--config.probe.source=sst", "config.probe.source 'sst' is not rt_polarity"),
+    ("--config.probe.train_examples=1", "config.probe.train_examples must be at least 2"),
 ])
 def test_bad_configs_fail_before_any_work(env, tmp_path, override, message):
   done = run(env, tmp_path / "w", override, check=False)

@@ -65,6 +65,14 @@ class BertForPreTraining(nn.Module):
     return dict(sequence_output=seq_BxLxD, pooled_output=pooled_BxD,
                 mlm_logits=mlm_logits_BxPxV, nsp_logits=nsp_logits_Bx2)
 
+  def mean_pooled(self, input_ids, segment_ids, input_mask) -> jax.Array:
+    """The last layer's mean over real tokens [B, D], in float32, with no
+    dropout: features for a linear probe."""
+    seq_BxLxD, _ = self.bert(input_ids, segment_ids, input_mask, True)
+    mask_BxLx1 = input_mask[..., None].astype(jnp.float32)
+    return ((seq_BxLxD.astype(jnp.float32) * mask_BxLx1).sum(1)
+            / jnp.maximum(mask_BxLx1.sum(1), 1.0))
+
   def pooled(self, input_ids, segment_ids, input_mask,
              deterministic: bool = True) -> jax.Array:
     """The encoder's pooled output [B, D] alone (contrastive prediction)."""

@@ -17,7 +17,7 @@ from lmjax.data.sources import MissingSplitError
 from lmjax.errors import ConfigError, check_fields
 from lmjax.model import BertConfig, BertForPreTraining, flops_per_token
 from lmjax.model.config import check_section
-from lmjax.runs import scaffold, starts
+from lmjax.runs import probe, scaffold, starts
 from lmjax.runs.loop import Schedule, TrainingDiverged
 from lmjax.runs.throughput import Throughput, peak_flops_per_device
 from lmjax.train import mlm_nsp, optimizer, steps
@@ -71,7 +71,8 @@ def _inputs(config):
   return train_data, host_eval, tokenizer, sizes
 
 
-def _job(config, mesh, model_cfg, train_data, host_eval, tokenizer) -> scaffold.Job:
+def _job(config, mesh, model_cfg, train_data, host_eval, tokenizer,
+         probe_task=None) -> scaffold.Job:
   train, data = config.train, config.data
   model = BertForPreTraining(model_cfg)
   tx = optimizer.create_optimizer(train)
@@ -86,13 +87,21 @@ def _job(config, mesh, model_cfg, train_data, host_eval, tokenizer) -> scaffold.
   eval_step = steps.jit_eval_step(mlm_nsp.make_eval_step(model, weights), shardings.params,
                                   mesh)
   eval_batches = [parallel.shard_batch(b, mesh) for b in host_eval]
+  linear_probe = probe_task and probe.Probe(probe_task, config.probe, model, tokenizer,
+                                            data.max_seq_length, shardings.params, mesh)
+
+  def evaluate(state, step):
+    del step
+    scores = mlm_nsp.evaluate(eval_step, state.params, eval_batches)
+    return {**scores, **linear_probe(state.params)} if linear_probe else scores
+
   flops = flops_per_token(model_cfg, data.max_seq_length, data.max_predictions_per_seq)
   if train.cp_weight:  # CP encodes each segment again, at the pair's length
     flops += 2 * flops_per_token(model_cfg, data.max_seq_length, 0)
   return scaffold.Job(
       name="pretrain", config=config, mesh=mesh, state=state, shardings=shardings,
       train_step=train_step, train_data=train_data,
-      evaluate=lambda state, step: mlm_nsp.evaluate(eval_step, state.params, eval_batches),
+      evaluate=evaluate,
       schedule=Schedule(train.steps, train.log_every, train.eval_every,
                         train.checkpoint_every,
                         profile_steps=scaffold.profile_steps(train)),
@@ -129,12 +138,13 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   """Pretrains BertForPreTraining as `config` says; returns the summary
   (also DIR/summary.json)."""
   check_config(config)
+  probe_task = probe.resolve(config.probe)
   config, model_cfg, params = _start(config)
   mesh = parallel.make_mesh(**config.mesh)
   train_data, host_eval, tokenizer, sizes = _inputs(config)
   model_cfg = model_cfg or BertConfig.from_section(config.model,
                                                    vocab_size=tokenizer.vocab_size)
-  job = _job(config, mesh, model_cfg, train_data, host_eval, tokenizer)
+  job = _job(config, mesh, model_cfg, train_data, host_eval, tokenizer, probe_task)
   if params is not None:
     job = dataclasses.replace(job, state=starts.with_params(job.state, job.shardings, params))
   with scaffold.Run(job, workdir, seed=config.seed + 1) as run:

@@ -5,6 +5,8 @@ same training split. Plain scikit-learn; no JAX."""
 import numpy as np
 import sklearn.feature_extraction.text
 import sklearn.linear_model
+import sklearn.pipeline
+import sklearn.preprocessing
 
 from lmjax.train.task_metrics import task_metrics
 
@@ -37,3 +39,13 @@ def tfidf(metrics: tuple[str, ...], num_labels: int, train_texts, train_labels: 
     scores.update({f"{prefix}_tfidf_{k}": v
                    for k, v in task_metrics(metrics, outputs, labels).items()})
   return scores
+
+
+def linear_probe(train_features: np.ndarray, train_labels: np.ndarray,
+                 eval_features: np.ndarray, eval_labels: np.ndarray) -> float:
+  """Accuracy of a logistic regression on standardized frozen features."""
+  model = sklearn.pipeline.make_pipeline(
+      sklearn.preprocessing.StandardScaler(),
+      sklearn.linear_model.LogisticRegression(max_iter=2000))
+  model.fit(train_features, train_labels)
+  return float(model.score(eval_features, eval_labels))

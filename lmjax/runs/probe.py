@@ -1,0 +1,71 @@
+"""A linear probe of what pretraining learned: at each evaluation, the
+frozen encoder's features of a labelled task's examples (mean of the last
+layer over real tokens) train a logistic regression on a sample of the task's
+training split, scored on a sample of its validation split. A run then shows
+whether its representations improve, not only its MLM loss."""
+
+import ml_collections
+import numpy as np
+
+from lmjax.data import tasks
+from lmjax.data.loader import bucket_lengths
+from lmjax.data.sources import MissingSplitError
+from lmjax.errors import ConfigError, UserError
+from lmjax.runs.finetuning import device_batches, logits
+from lmjax.train import baselines, steps
+
+
+def resolve(section) -> tasks.Task | None:
+  """The probe's task (config.probe), None when `source` is ''; a bad one
+  is one line naming config.probe."""
+  for name in ("train_examples", "eval_examples"):
+    if section[name] < 2:
+      raise ConfigError(f"config.probe.{name} must be at least 2, got {section[name]!r}")
+  if not section.source:
+    return None
+  task_section = ml_collections.ConfigDict(dict(
+      source=section.source, text_fields=section.text_fields, label_field=section.label_field,
+      labels=section.labels, regression=False, metrics="accuracy"))
+  try:
+    task = tasks.resolve_task(task_section, section.data_dir or None)
+  except UserError as e:
+    message = str(e).replace("config.task.", "config.probe.")
+    raise type(e)(message if message.startswith("config.probe") else
+                  f"config.probe: {message}") from None
+  return task
+
+
+def _sample(examples: tasks.Examples, count: int, seed: int) -> tasks.Examples:
+  order = np.random.default_rng(seed).permutation(len(examples))[:count]
+  return tasks.Examples([examples.texts[i] for i in order], examples.labels[order])
+
+
+class Probe:
+  """`probe(params) -> {eval_probe_accuracy}` for BertForPreTraining params."""
+
+  def __init__(self, task: tasks.Task, section, model, tokenizer, max_seq_length: int,
+               params_shardings, mesh, batch_size: int = 128):
+    splits = {}
+    for split, count in (("train", section.train_examples),
+                         ("validation", section.eval_examples)):
+      try:
+        examples = tasks.load_split(task, split, section.data_dir or None)
+      except MissingSplitError as e:
+        raise UserError(f"config.probe: {e}") from None
+      splits[split] = _sample(examples, count, seed=len(split))
+    buckets = bucket_lengths(max_seq_length, 4)
+    self._batches = {
+        split: device_batches(tasks.encode(ex, tokenizer, max_seq_length).arrays, batch_size,
+                              mesh, buckets) for split, ex in splits.items()}
+    self._labels = {split: ex.labels for split, ex in splits.items()}
+    self._features = steps.jit_eval_step(
+        lambda params, batch: model.apply({"params": params}, batch["input_ids"],
+                                          batch["segment_ids"], batch["input_mask"],
+                                          method="mean_pooled"), params_shardings, mesh)
+
+  def __call__(self, params) -> dict[str, float]:
+    features = {split: logits(self._features, params, batches)
+                for split, batches in self._batches.items()}
+    return {"eval_probe_accuracy": baselines.linear_probe(
+        features["train"], self._labels["train"], features["validation"],
+        self._labels["validation"])}
