@@ -133,3 +133,26 @@ def test_preparing_a_builtin_corpus_says_one_line_and_no_download(tmp_path, capf
   assert out.strip() == (f"preparing built-in dataset austen in {tmp_path} (once, from the "
                          "text packaged with lmjax)")
   assert "Downloading" not in out + err and "dataset_info" not in err and "%|" not in err
+
+
+def test_a_tasks_texts_are_a_corpus_an_example_a_document(tmp_path, data_dir):
+  rows = [f"A fine film {i}. It moves.\tpos" if i % 2 else f"A dull one {i}.\tneg"
+          for i in range(60)]
+  task = tmp_path / "reviews.tsv"
+  task.write_text("text\tlabel\n" + "\n".join(rows) + "\n")
+  train = sources.load_corpus(f"task:tsv:{task}", "train")
+  validation = sources.load_corpus(f"task:tsv:{task}", "validation")
+  assert train.name == f"task:tsv:{task}"
+  assert 40 <= len(train.documents) < 60 and validation.documents  # the task's own splits
+  odd = next(d for d in train.documents if d[0].startswith("A fine"))
+  assert len(odd) == 2 and odd[1] == "It moves."  # one example, its sentences
+  assert not {tuple(d) for d in train.documents} & {tuple(d) for d in validation.documents}
+  key = sources.corpus_key(f"task:tsv:{task}", "train")
+  task.write_text("text\tlabel\n" + "\n".join(rows[:50]) + "\n")
+  assert sources.corpus_key(f"task:tsv:{task}", "train") != key
+  builtin_task = sources.load_corpus("task:rt_polarity", "train", str(data_dir))
+  assert len(builtin_task.documents) > 9000  # rt_polarity's training snippets
+  with pytest.raises(UserError, match="task:tsv:/no/such.tsv: "):
+    sources.load_corpus("task:tsv:/no/such.tsv", "train")
+  with pytest.raises(UserError, match="task:sst: "):
+    sources.load_corpus("task:sst", "train")

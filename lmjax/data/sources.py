@@ -4,6 +4,9 @@ A pretraining source is a string:
   austen                 a built-in corpus (prepared offline through tfds)
   tfds:NAME[/CONFIG]     any tensorflow-datasets dataset with a text field
   text:PATH_OR_GLOB      BERT's format: a sentence a line, blank lines between documents
+  task:TASK_SOURCE       a labelled task's texts, an example a document, labels unused
+                         (task:rt_polarity, task:tsv:PATH, ...: pretraining on a task's
+                         own training text)
   A+B                    the documents of both (e.g. austen+rt_polarity)
 Every source yields documents as lists of sentences. Local files have no
 splits, so 'validation' is the documents whose text hashes into 5 of 100
@@ -17,11 +20,12 @@ import io
 import importlib.util
 import os
 import re
+import types
 from pathlib import Path
 
 from absl import logging
 
-from lmjax.data import builtin, documents
+from lmjax.data import builtin, documents, task_files
 from lmjax.errors import UserError
 
 # A sentence ends at . ! or ? (perhaps closed by a quote or bracket) before
@@ -79,7 +83,30 @@ def load_corpus(source: str, split: str, data_dir: str | None = None,
                   sum(p.undecodable_lines for p in parts))
   if source.startswith("text:"):
     return _read_text_files(source[len("text:"):], split)
+  if source.startswith("task:"):
+    return _read_task(source[len("task:"):], split, data_dir)
   return _read_tfds(tfds_name(source), split, data_dir_or_default(data_dir), text_field)
+
+
+def _read_task(task_source: str, split: str, data_dir: str | None) -> Corpus:
+  """The texts of a split of a labelled task (lmjax.data.tasks), a document
+  an example: its text, or its pair's two, in sentences. The label column
+  must be there (`label`), but its values are not used."""
+  from lmjax.data import tasks  # pylint: disable=import-outside-toplevel  (tasks imports this)
+  section = types.SimpleNamespace(source=task_source, text_fields="", label_field="label",
+                                  labels="", regression=False, metrics="")
+  try:
+    examples = tasks.load_split(tasks.resolve_task(section, data_dir), split, data_dir)
+  except MissingSplitError:
+    raise
+  except UserError as e:
+    raise UserError(f"task:{task_source}: {str(e).removeprefix('config.task.source ')}"
+                    ) from None
+  docs = [sentences for texts in examples.texts
+          if (sentences := [s for text in texts for s in split_sentences(text)])]
+  if not docs:
+    raise UserError(f"task:{task_source}: no text in its {split} split")
+  return Corpus(f"task:{task_source}", docs)
 
 
 def tfds_name(source: str) -> str:
@@ -225,6 +252,15 @@ def corpus_key(source: str, split: str, data_dir: str | None = None,
   if source.startswith("text:"):
     stamps = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns)
               for p in _text_paths(source[len("text:"):]) if os.path.isfile(p)]
+    return f"{source}|{split}|{stamps}"
+  if source.startswith("task:"):
+    local = task_files.parse_source(source[len("task:"):])
+    if local is None:  # a built-in or tfds task
+      name = source[len("task:"):]
+      return f"{source}|{builtin.VERSIONS.get(name, '')}|{split}|{data_dir_or_default(data_dir)}"
+    files = {local[1].replace("{split}", s) for s in ("train", split)}
+    stamps = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in sorted(files)
+              if os.path.isfile(p)]
     return f"{source}|{split}|{stamps}"
   name = tfds_name(source)
   version = builtin.VERSIONS.get(name, "")
