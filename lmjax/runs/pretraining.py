@@ -87,8 +87,8 @@ def _job(config, mesh, model_cfg, train_data, host_eval, tokenizer,
   eval_step = steps.jit_eval_step(mlm_nsp.make_eval_step(model, weights), shardings.params,
                                   mesh)
   eval_batches = [parallel.shard_batch(b, mesh) for b in host_eval]
-  linear_probe = probe_task and probe.Probe(probe_task, config.probe, model, tokenizer,
-                                            data.max_seq_length, shardings.params, mesh)
+  linear_probe = probe.Probe(probe_task, config.probe, model, tokenizer, data.max_seq_length,
+                             shardings.params, mesh) if probe_task else None
 
   def evaluate(state, step):
     del step

@@ -45,15 +45,18 @@ class Probe:
 
   def __init__(self, task: tasks.Task, section, model, tokenizer, max_seq_length: int,
                params_shardings, mesh, batch_size: int = 128):
+    """Reads and encodes the probe's samples and puts them on `mesh` in
+    batches of about `batch_size`, by length."""
     splits = {}
-    for split, count in (("train", section.train_examples),
-                         ("validation", section.eval_examples)):
+    for seed, (split, count) in enumerate((("train", section.train_examples),
+                                           ("validation", section.eval_examples))):
       try:
         examples = tasks.load_split(task, split, section.data_dir or None)
       except MissingSplitError as e:
         raise UserError(f"config.probe: {e}") from None
-      splits[split] = _sample(examples, count, seed=len(split))
+      splits[split] = _sample(examples, count, seed)
     buckets = bucket_lengths(max_seq_length, 4)
+    batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size  # splits evenly
     self._batches = {
         split: device_batches(tasks.encode(ex, tokenizer, max_seq_length).arrays, batch_size,
                               mesh, buckets) for split, ex in splits.items()}
