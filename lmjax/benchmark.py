@@ -60,11 +60,6 @@ def _values(flag, kind):
   return parsed
 
 
-def _interrupt(signum, frame):
-  del signum, frame
-  raise KeyboardInterrupt
-
-
 def main(argv):
   del argv
   points = benchmark.sweep(dict(
@@ -78,7 +73,8 @@ def main(argv):
       cpu_peak_tflops=_PEAK.value, peer=_COMPARE.value)
   benchmark.check(points, settings, jax.device_count(), jax.devices()[0].platform)
   output = benchmark.prepare_output(_OUTPUT.value)
-  signal.signal(signal.SIGTERM, _interrupt)
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, benchmark.interrupt)
   try:
     rows = benchmark.run(points, settings, output, echo=lambda text: print(text, flush=True))
   except KeyboardInterrupt:

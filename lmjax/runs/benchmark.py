@@ -11,6 +11,7 @@ steps), tokens/s, model and useful MFU, the compiled step's memory and the
 device's peak where the platform reports it, and the host's peak RSS.
 """
 
+import contextlib
 import csv
 import dataclasses
 import importlib.util
@@ -210,6 +211,7 @@ def _serve(connection, make_worker: Callable, point: Point, settings: Settings) 
   timed steps on request until told to finish. Ctrl-C is the parent's to
   handle: it ends the points it started."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  connection.send(("started", None))
   try:
     worker = make_worker(point, settings)
     connection.send(("ready", worker.setup()))
@@ -224,6 +226,33 @@ def _serve(connection, make_worker: Callable, point: Point, settings: Settings) 
     connection.send(("error", lines[0][:400], traceback.format_exc()))
 
 
+class _Interrupts:
+  deferring = False
+  pending = False
+
+
+def interrupt(signum, frame) -> None:
+  """The SIGINT and SIGTERM handler of a sweep: KeyboardInterrupt, held back
+  while a point's process is starting."""
+  del signum, frame
+  if _Interrupts.deferring:
+    _Interrupts.pending = True
+    return
+  raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+  _Interrupts.deferring = True
+  try:
+    yield
+  finally:
+    _Interrupts.deferring = False
+    if _Interrupts.pending:
+      _Interrupts.pending = False
+      raise KeyboardInterrupt
+
+
 class _Process:
   """The parent's handle on one point's process."""
 
@@ -232,8 +261,13 @@ class _Process:
     self._connection, child = context.Pipe()
     self._process = context.Process(target=_serve, args=(child, make_worker, point, settings),
                                     daemon=True)
-    self._process.start()
-    child.close()
+    # The child unpickles its end of the pipe from this process; an interrupt
+    # before it has (this process gone) would leave it a traceback. Ctrl-C
+    # waits the second that takes.
+    with _interrupts_deferred():
+      self._process.start()
+      child.close()
+      self.ask()  # "started"
 
   def ask(self, *message) -> Any:
     if message:
@@ -248,8 +282,8 @@ class _Process:
       raise _PointFailed(reply[1], reply[2])
     return reply[1]
 
-  def close(self) -> None:
-    self._process.join(10)
+  def close(self, wait: float = 10) -> None:
+    self._process.join(wait)
     if self._process.is_alive():
       self._process.kill()
       self._process.join()
@@ -293,6 +327,10 @@ def measure(point: Point, settings: Settings, lmjax_worker: Callable = _lmjax_wo
     if os.environ.get("LMJAX_BENCHMARK_DEBUG") and e.details:
       print(e.details, flush=True)
     return [_row(point, settings, "lmjax", error=str(e))]
+  except BaseException:  # interrupted: the points' processes end now
+    for process in processes.values():
+      process.close(wait=0)
+    raise
   finally:
     for process in processes.values():
       process.close()
