@@ -16,7 +16,7 @@ from absl import flags
 
 from lmjax import cli
 from lmjax.errors import UserError
-from lmjax.runs import benchmark
+from lmjax.runs import benchmark, benchmark_output
 
 _SIZE = flags.DEFINE_list("size", ["small"], "BERT sizes (tiny, mini, small, medium, base, large)")
 _SEQ_LEN = flags.DEFINE_list("seq_len", ["128"], "sequence lengths")
@@ -72,11 +72,11 @@ def main(argv):
       vocab_size=_VOCAB.value, mask_rate=_MASK_RATE.value, dropout=_DROPOUT.value,
       cpu_peak_tflops=_PEAK.value, peer=_COMPARE.value)
   benchmark.check(points, settings, jax.device_count(), jax.devices()[0].platform)
-  output = benchmark.prepare_output(_OUTPUT.value)
+  output = benchmark_output.prepare_output(_OUTPUT.value)
   for signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(signum, benchmark.interrupt)
   try:
-    rows = benchmark.run(points, settings, output, echo=lambda text: print(text, flush=True))
+    rows = benchmark_output.run(points, settings, output, echo=lambda text: print(text, flush=True))
   except KeyboardInterrupt:
     print(f"interrupted: the points measured so far are in {output}", file=sys.stderr,
           flush=True)

@@ -14,7 +14,7 @@ import pytest
 
 from lmjax.errors import UserError
 from lmjax.model import BertConfig, flops_per_token
-from lmjax.runs import benchmark
+from lmjax.runs import benchmark, benchmark_output
 from lmjax.runs.benchmark import Point, Settings
 
 ROOT = Path(__file__).parents[1]
@@ -31,7 +31,7 @@ def test_a_tiny_sweep_writes_rows_csv_and_plot(tmp_path):
                                 objective=["mlm_nsp", "classification"]))
   assert len(points) == 4
   lines = []
-  rows = benchmark.run(points, QUICK, str(tmp_path), echo=lines.append)
+  rows = benchmark_output.run(points, QUICK, str(tmp_path), echo=lines.append)
   assert [r["implementation"] for r in rows] == ["lmjax"] * 4
   for row in rows:
     assert "error" not in row, row
@@ -76,7 +76,7 @@ def test_a_point_that_fails_is_a_row_and_the_sweep_goes_on(tmp_path):
   rows = benchmark.measure(Point("tiny", 16, 8), QUICK, lmjax_worker=_failing_worker)
   assert rows == [{**rows[0], "error": "MemoryError: RESOURCE_EXHAUSTED: out of memory "
                    "allocating 1.2 GiB"}]
-  assert "failed: MemoryError" in benchmark.line(rows[0])
+  assert "failed: MemoryError" in benchmark_output.line(rows[0])
 
 
 @pytest.mark.parametrize("values, settings, message", [
