@@ -1,7 +1,8 @@
 """Fine-tuning configs: `--config=configs/finetune.py`.
 
 The default fine-tunes the encoder of the default pretraining run
-(runs/pretrain) on the built-in rt_polarity sentiment task. Every field can be
+(runs/pretrain) on the built-in rt_polarity sentiment task; `:transfer` is
+the recipe for a small encoder pretrained on a task's own text. Every field can be
 overridden on the command line, e.g. `--config.task.source=glue/sst2` or
 `--config.init.source=hf:/path/to/bert`.
 """
@@ -10,8 +11,8 @@ import ml_collections
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg:
-    raise ValueError(f"configs/finetune.py takes no variant, got {arg!r}")
+  if arg not in (None, "", "transfer"):
+    raise ValueError(f"unknown finetune config variant {arg!r} (use transfer)")
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.mode = "train"  # train | predict (with config.predict.input)
@@ -80,4 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # dcn_data > 1: the data axis spans that many TPU slices (multi-slice).
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
+  if arg == "transfer":
+    # Fine-tuning a small encoder on a few thousand examples (lmjax.transfer).
+    config.train.update(learning_rate=5e-4, epochs=5.0)
   return config

@@ -12,6 +12,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   '' (default): BERT-tiny on the built-in Austen corpus, about ten minutes on
   a 2-core CPU. 'base' / 'large': BERT's sizes and recipe, for accelerators.
+  'transfer': pretraining on a task's own text (data.source=task:SOURCE)
+  that fine-tuning on that task gains from, within minutes on a CPU.
   """
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -103,6 +105,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         checkpoint_every=5_000)
     if variant == "large":
       config.train.update(batch_size=1024, learning_rate=1e-4, optimizer="lamb")
+  elif variant == "transfer":
+    # Pretraining on a task's own text that pays off in fine-tuning on a 2-core
+    # CPU (lmjax.transfer): MLM alone, the task as its probe.
+    config.data.source = "task:rt_polarity"
+    config.train.update(nsp_weight=0.0, steps=3000, warmup_steps=300)
   elif variant:
-    raise ValueError(f"unknown pretrain config variant {variant!r} (use base or large)")
+    raise ValueError(f"unknown pretrain config variant {variant!r} "
+                     "(use base, large or transfer)")
   return config

@@ -1,0 +1,40 @@
+"""The transfer experiment's config: `--config=configs/transfer.py`.
+
+Pretraining variants on one corpus, each fine-tuned on one task with several
+seeds, next to fine-tuning from random weights. The pretraining and
+fine-tuning runs take the `transfer` variants of configs/pretrain.py and
+configs/finetune.py, and any of their fields can be overridden, e.g.
+`--config.pretrain.train.steps=500 --config.finetune.train.epochs=3`.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+
+def _variant(file: str, variant: str) -> ml_collections.ConfigDict:
+  spec = importlib.util.spec_from_file_location(f"transfer_{Path(file).stem}",
+                                                Path(__file__).parent / file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  if arg:
+    raise ValueError(f"configs/transfer.py takes no variant, got {arg!r}")
+  config = ml_collections.ConfigDict()
+  config.task = "rt_polarity"  # rt_polarity | glue/NAME | tsv:PATH | csv:PATH | jsonl:PATH
+  config.corpus = ""  # the pretraining source; '' = task:TASK, the task's own training text
+  # Pretraining variants (mlm, mlm_nsp, mlm_cp, mlm_nsp_cp, nsp, cp), and
+  # random: fine-tuning from random weights of the same size and vocabulary.
+  config.variants = "mlm,mlm_nsp,mlm_cp,mlm_nsp_cp,random"
+  config.seeds = 3  # fine-tuning seeds per variant: finetune.seed, +1, ...
+  # An objective's weight in the variants that have it.
+  config.mlm_weight = 1.0
+  config.nsp_weight = 1.0
+  config.cp_weight = 0.1
+  config.pretrain = _variant("pretrain.py", "transfer")
+  config.finetune = _variant("finetune.py", "transfer")
+  return config

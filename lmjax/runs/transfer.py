@@ -1,0 +1,163 @@
+"""Does pretraining pay off? Pretraining variants (which objectives) on one
+corpus, each fine-tuned on one task with several seeds, next to the same
+fine-tuning from random weights:
+
+  DIR/pretrain/<variant>/                 a pretraining run per variant
+  DIR/finetune/<variant>/seed_<s>/        a fine-tuning run per variant and seed
+  DIR/results.json, results.md, results.png
+
+Every run is an ordinary workdir: a finished one (its summary.json, made with
+the same config) is read instead of run again, and an unfinished one resumes,
+so the experiment continues where it was stopped.
+"""
+
+import dataclasses
+import json
+from collections.abc import Callable
+
+import ml_collections
+
+from lmjax import paths
+from lmjax.data import tasks
+from lmjax.errors import ConfigError, UserError
+from lmjax.runs import finetuning, pretraining, scaffold, transfer_output
+
+# A variant's objectives: (mlm, nsp, cp) switched on; None is random weights.
+VARIANTS: dict[str, tuple[bool, bool, bool] | None] = {
+    "mlm": (True, False, False),
+    "mlm_nsp": (True, True, False),
+    "mlm_cp": (True, False, True),
+    "mlm_nsp_cp": (True, True, True),
+    "nsp": (False, True, False),
+    "cp": (False, False, True),
+    "random": None,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """The runs of an experiment, in order: pretraining first."""
+  pretraining: dict[str, ml_collections.ConfigDict]  # variant -> config
+  finetuning: dict[tuple[str, int], ml_collections.ConfigDict]  # (variant, seed) -> config
+
+
+def variant_names(config) -> list[str]:
+  names = [n.strip() for n in config.variants.split(",") if n.strip()]
+  for name in names:
+    if name not in VARIANTS:
+      raise ConfigError(f"config.variants: unknown variant {name!r} (use some of "
+                        f"{', '.join(VARIANTS)})")
+  if not names:
+    raise ConfigError("config.variants is empty; name at least one of "
+                      f"{', '.join(VARIANTS)}")
+  if len(set(names)) < len(names):
+    raise ConfigError(f"config.variants names a variant twice: {config.variants!r}")
+  return names
+
+
+def _pretraining_config(config, objectives: tuple[bool, bool, bool]):
+  pre = ml_collections.ConfigDict(config.pretrain.to_dict())
+  pre.data.source = config.corpus or f"task:{config.task}"
+  weights = (config.mlm_weight, config.nsp_weight, config.cp_weight)
+  for field, on, weight in zip(("mlm_weight", "nsp_weight", "cp_weight"), objectives, weights):
+    pre.train[field] = weight if on else 0.0
+  # The probe follows the task, so that a run logs how linearly separable its
+  # features make the very task it is fine-tuned on.
+  for field in ("text_fields", "label_field", "labels", "data_dir"):
+    pre.probe[field] = config.finetune.task[field]
+  pre.probe.source = config.task
+  return pre
+
+
+def _finetuning_config(config, pretrain_dir: str | None, seed: int):
+  fine = ml_collections.ConfigDict(config.finetune.to_dict())
+  fine.seed = seed
+  fine.task.source = config.task
+  if pretrain_dir:
+    fine.init.source = f"pretrain:{pretrain_dir}"
+  else:  # random weights: the pretraining runs' architecture and vocabulary
+    fine.init.source = "random"
+    fine.model.size = config.pretrain.model.size
+    fine.model.max_position = config.pretrain.model.max_position
+    fine.task.tokenizer = config.pretrain.data.tokenizer
+  return fine
+
+
+def plan(config, workdir: str) -> Plan:
+  """The experiment's runs; ConfigError (one line) for any impossible field
+  of any of them, before a run starts."""
+  for field in ("mlm_weight", "nsp_weight", "cp_weight"):
+    if config[field] <= 0:
+      raise ConfigError(f"config.{field} must be positive (leave an objective out by its "
+                        f"variant), got {config[field]!r}")
+  if config.seeds < 1:
+    raise ConfigError(f"config.seeds must be at least 1, got {config.seeds!r}")
+  if not config.task:
+    raise ConfigError("config.task is empty; name the task to fine-tune on (e.g. rt_polarity)")
+  names = variant_names(config)
+  pre = {n: _pretraining_config(config, VARIANTS[n]) for n in names if VARIANTS[n]}
+  fine = {}
+  for name in names:
+    pretrain_dir = str(paths.resolve(workdir) / "pretrain" / name) if VARIANTS[name] else None
+    for seed in range(config.seeds):
+      fine[name, seed] = _finetuning_config(config, pretrain_dir, config.finetune.seed + seed)
+  for section in pre.values():
+    pretraining.check_config(section)
+  for section in fine.values():
+    finetuning.check_config(section)
+  tasks.resolve_task(next(iter(fine.values())).task, config.finetune.task.data_dir or None)
+  return Plan(pre, fine)
+
+
+def _finished(workdir, config) -> dict | None:
+  """The summary of a finished run in `workdir` made with `config`; None
+  when it has not finished; UserError when it was made with another config."""
+  workdir = paths.resolve(workdir)
+  if not (workdir / "summary.json").exists():
+    return None
+  summary = json.loads((workdir / "summary.json").read_text())
+  if summary.get("stopped_by"):
+    return None
+  saved = json.loads((workdir / "config.json").read_text())
+  if saved != json.loads(config.to_json()):
+    raise UserError(f"{workdir} holds a run made with another config; use a new "
+                    "--workdir, or the config it was made with")
+  return summary
+
+
+def _run_once(fn: Callable[[object, str], dict], config, workdir: str, label: str,
+              echo: Callable[[str], None]) -> dict:
+  summary = _finished(workdir, config)
+  if summary is not None:
+    echo(f"{label}: finished earlier, read from {workdir}")
+    return summary
+  echo(f"{label}: running in {workdir}")
+  summary = fn(config, workdir)
+  if summary.get("stopped_by"):
+    raise UserError(f"{label} stopped ({summary['stopped_by']}); run the same command "
+                    "again to continue")
+  return summary
+
+
+def run(config, workdir: str, echo: Callable[[str], None] = print) -> dict:
+  """Runs (or reads) every run of the plan, then writes the results; returns
+  them (also DIR/results.json)."""
+  runs = plan(config, workdir)
+  paths.check_writable(workdir)
+  total = len(runs.pretraining) + len(runs.finetuning)
+  pretrained, finetuned = {}, {}
+  for i, (name, section) in enumerate(runs.pretraining.items(), 1):
+    pretrained[name] = _run_once(pretraining.train_and_evaluate, section,
+                                 str(paths.resolve(workdir) / "pretrain" / name),
+                                 f"[{i}/{total}] pretraining {name}", echo)
+  for i, ((name, seed), section) in enumerate(runs.finetuning.items(),
+                                              len(runs.pretraining) + 1):
+    finetuned[name, seed] = _run_once(
+        finetuning.finetune, section,
+        str(paths.resolve(workdir) / "finetune" / name / f"seed_{section.seed}"),
+        f"[{i}/{total}] fine-tuning {name}, seed {section.seed}", echo)
+  results = transfer_output.results(config, variant_names(config), pretrained, finetuned)
+  if scaffold.is_lead():
+    transfer_output.write(workdir, results)
+  return results
+
