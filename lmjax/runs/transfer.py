@@ -59,7 +59,8 @@ def _pretraining_config(config, objectives: tuple[bool, bool, bool]):
   pre = ml_collections.ConfigDict(config.pretrain.to_dict())
   pre.data.source = config.corpus or f"task:{config.task}"
   weights = (config.mlm_weight, config.nsp_weight, config.cp_weight)
-  for field, on, weight in zip(("mlm_weight", "nsp_weight", "cp_weight"), objectives, weights):
+  for field, on, weight in zip(("mlm_weight", "nsp_weight", "cp_weight"), objectives, weights,
+                               strict=True):
     pre.train[field] = weight if on else 0.0
   # The probe follows the task, so that a run logs how linearly separable its
   # features make the very task it is fine-tuned on.

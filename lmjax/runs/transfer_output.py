@@ -49,8 +49,8 @@ def results(config, names: list[str], pretrained: dict[str, dict],
         pretraining=None if pre is None else
         dict(step=pre["step"], **{k: pre[k] for k in PRETRAINING_KEYS if k in pre}),
         runs=runs,
-        mean={k: round(float(v), 5) for k, v in zip(keys, table.mean(0))},
-        std={k: round(float(v), 5) for k, v in zip(keys, spread)}))
+        mean={k: round(float(v), 5) for k, v in zip(keys, table.mean(0), strict=True)},
+        std={k: round(float(v), 5) for k, v in zip(keys, spread, strict=True)}))
   baselines = {name: {k: first[f"{split}_{name}_{k.split('_', 1)[1]}"] for k in keys
                       if k.startswith(f"{split}_")
                       and f"{split}_{name}_{k.split('_', 1)[1]}" in first}
@@ -105,7 +105,7 @@ def plot(results: dict) -> bytes:
     axis.bar(x, v["mean"][key], yerr=v["std"][key], color="tab:blue", alpha=0.6, capsize=4)
     axis.plot([x] * len(v["runs"]), [r[key] for r in v["runs"]], "k.", alpha=0.8)
   values = [r[key] for v in results["variants"] for r in v["runs"]]
-  for (name, label), style in zip(_BASELINES, ("--", ":")):
+  for (name, label), style in zip(_BASELINES, ("--", ":"), strict=True):
     if key in results["baselines"].get(name, {}):
       value = results["baselines"][name][key]
       values.append(value)
