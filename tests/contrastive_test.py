@@ -128,3 +128,23 @@ def test_a_step_with_cp_learns_to_match_the_segments(accum):
                                               shardings.params, mesh),
                           state.params, [batch]).keys() == {
       "eval_mlm_loss", "eval_nsp_loss", "eval_loss", "eval_mlm_accuracy", "eval_nsp_accuracy"}
+
+
+def test_in_training_a_random_next_pair_has_its_own_a_as_positive():
+  batch = {k: jnp.asarray(v) for k, v in _pair_batch().items()}
+  seen = {}
+
+  def pooled(inputs, stream):
+    seen[stream] = {k: np.asarray(v) for k, v in inputs.items()}
+    return jnp.asarray(inputs["input_ids"][:, :4], jnp.float32) + stream * 0.01
+
+  out = contrastive.losses(pooled, batch, 0.1, dropout_views=True)
+  a, b = contrastive.segments(batch)
+  own = np.asarray(batch["nsp_labels"]) == 1
+  assert own.any() and (~own).any()
+  for key in a:
+    np.testing.assert_array_equal(seen[1][key][own], np.asarray(a[key])[own])
+    np.testing.assert_array_equal(seen[1][key][~own], np.asarray(b[key])[~own])
+  assert float(out["cp_count"]) == len(own)  # every row is a positive
+  evaluation = contrastive.losses(pooled, batch, 0.1)
+  assert float(evaluation["cp_count"]) == (~own).sum()

@@ -2,10 +2,14 @@
 encoded on its own and pooled, should find each other among all the batch's
 segments (in-batch InfoNCE, symmetric, cosine similarity over a temperature).
 
-Only actual-next pairs are positives; every B segment of the batch is a
-negative for the others. The similarity matrix spans the global batch: under
-a sharded jit the B segments of every device meet every A. With gradient
-accumulation the negatives are those of the micro-batch.
+In evaluation only actual-next pairs are positives. In training a pair
+whose B is not A's continuation (every pair of a corpus of one-sentence
+documents) gets A itself as its positive, seen through another dropout mask
+(as in SimCSE, Gao et al., 2021), so every row of the batch trains CP. Every
+B segment of the batch is a negative for the others. The similarity matrix
+spans the global batch: under a sharded jit the B segments of every device
+meet every A. With gradient accumulation the negatives are those of the
+micro-batch.
 """
 
 import jax
@@ -64,8 +68,14 @@ def _unit(x_BxD):
   return x_BxD / jnp.maximum(jnp.linalg.norm(x_BxD, axis=-1, keepdims=True), 1e-6)
 
 
-def losses(pooled, batch: Batch, temperature: float) -> dict[str, jax.Array]:
+def losses(pooled, batch: Batch, temperature: float,
+           dropout_views: bool = False) -> dict[str, jax.Array]:
   """CP's loss and counts; `pooled(inputs, stream) -> [B, D]` encodes one
-  segment's inputs with dropout stream `stream` (0 for A, 1 for B)."""
+  segment's inputs with dropout stream `stream` (0 for A, 1 for B). With
+  `dropout_views`, a random-next pair's B is replaced by its A."""
   a, b = segments(batch)
-  return info_nce(pooled(a, 0), pooled(b, 1), batch["nsp_labels"] == 0, temperature)
+  positive_B = batch["nsp_labels"] == 0
+  if dropout_views:
+    b = {k: jnp.where(positive_B[:, None], b[k], a[k]) for k in b}
+    positive_B = jnp.ones_like(positive_B)
+  return info_nce(pooled(a, 0), pooled(b, 1), positive_B, temperature)

@@ -69,7 +69,7 @@ def make_loss(model: nn.Module, weights: LossWeights = LossWeights()):
     loss = weights.mlm * parts["mlm_loss"] + weights.nsp * parts["nsp_loss"]
     if weights.cp:
       parts.update(contrastive.losses(_pooled(model, params, rng), batch,
-                                      weights.cp_temperature))
+                                      weights.cp_temperature, dropout_views=True))
       loss = loss + weights.cp * parts["cp_loss"]
     return loss, parts
 
