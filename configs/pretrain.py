@@ -109,7 +109,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Pretraining on a task's own text that pays off in fine-tuning on a 2-core
     # CPU (lmjax.transfer): MLM alone, the task as its probe.
     config.data.source = "task:rt_polarity"
-    config.train.update(nsp_weight=0.0, steps=3000, warmup_steps=300)
+    config.train.update(nsp_weight=0.0, steps=2000, warmup_steps=200)
   elif variant:
     raise ValueError(f"unknown pretrain config variant {variant!r} "
                      "(use base, large or transfer)")
