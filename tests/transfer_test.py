@@ -194,3 +194,13 @@ def test_the_table_of_a_task_without_a_test_split_scores_validation():
                                   "tfidf": {"eval_accuracy": 0.75}}
   assert "| random weights | 0.8000 ± 0.0000 | 0.7000 ± 0.0000 |" in \
       transfer_output.markdown(results)
+
+
+def test_a_run_with_a_damaged_config_is_one_line(reviews, tmp_path):
+  run = tmp_path / "exp" / "finetune" / "random" / "seed_0"
+  run.mkdir(parents=True)
+  (run / "summary.json").write_text('{"step": 16}')
+  (run / "config.json").write_text('{"seed": ')
+  with pytest.raises(UserError, match="config.json cannot be read"):
+    transfer.run(small(reviews, variants="random", seeds=1), str(tmp_path / "exp"))
+  assert (run / "config.json").read_text() == '{"seed": '

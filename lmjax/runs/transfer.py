@@ -116,10 +116,14 @@ def _finished(workdir, config) -> dict | None:
   workdir = paths.resolve(workdir)
   if not (workdir / "summary.json").exists():
     return None
-  summary = json.loads((workdir / "summary.json").read_text())
+  try:
+    summary = json.loads((workdir / "summary.json").read_text())
+    saved = json.loads((workdir / "config.json").read_text())
+  except (OSError, ValueError) as e:
+    raise UserError(f"{workdir}: its summary.json or config.json cannot be read "
+                    f"({type(e).__name__}); move the run aside to run it again") from None
   if summary.get("stopped_by"):
     return None
-  saved = json.loads((workdir / "config.json").read_text())
   if saved != json.loads(config.to_json()):
     raise UserError(f"{workdir} holds a run made with another config; use a new "
                     "--workdir, or the config it was made with")
