@@ -35,6 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.mlm_weight = 1.0
   config.nsp_weight = 1.0
   config.cp_weight = 0.1
+  # Each run's config is one of these with what the experiment sets: the
+  # pretraining source, objective weights and probe task; the fine-tuning
+  # task, seed and init.source (pretrain:DIR/pretrain/VARIANT, or random).
   config.pretrain = _variant("pretrain.py", "transfer")
   config.finetune = _variant("finetune.py", "transfer")
   return config
