@@ -119,6 +119,7 @@ def test_the_experiment_writes_its_table_from_every_run(experiment):
   assert pretrained["pretraining"]["eval_mlm_accuracy"] == summary["eval_mlm_accuracy"]
   assert 0 <= pretrained["pretraining"]["eval_probe_accuracy"] <= 1
   assert "eval_cp_accuracy" in pretrained["pretraining"]
+  assert "eval_nsp_accuracy" not in pretrained["pretraining"]  # mlm_cp learns no NSP
   assert random_start["pretraining"] is None
   assert 0.3 < results["baselines"]["majority"]["test_accuracy"] < 0.8
   assert results["baselines"]["tfidf"]["test_accuracy"] > 0.9  # the keyword

@@ -152,9 +152,13 @@ def run(config, workdir: str, echo: Callable[[str], None] = print) -> dict:
   total = len(runs.pretraining) + len(runs.finetuning)
   pretrained, finetuned = {}, {}
   for i, (name, section) in enumerate(runs.pretraining.items(), 1):
-    pretrained[name] = _run_once(pretraining.train_and_evaluate, section,
-                                 str(paths.resolve(workdir) / "pretrain" / name),
-                                 f"[{i}/{total}] pretraining {name}", echo)
+    summary = _run_once(pretraining.train_and_evaluate, section,
+                        str(paths.resolve(workdir) / "pretrain" / name),
+                        f"[{i}/{total}] pretraining {name}", echo)
+    _, nsp, cp = VARIANTS[name]
+    # An objective the variant did not learn is evaluated by an untrained head.
+    untrained = {"eval_nsp_accuracy": not nsp, "eval_cp_accuracy": not cp}
+    pretrained[name] = {k: v for k, v in summary.items() if not untrained.get(k)}
   for i, ((name, seed), section) in enumerate(runs.finetuning.items(),
                                               len(runs.pretraining) + 1):
     finetuned[name, seed] = _run_once(
