@@ -51,9 +51,9 @@ def results(config, names: list[str], pretrained: dict[str, dict],
         runs=runs,
         mean={k: round(float(v), 5) for k, v in zip(keys, table.mean(0), strict=True)},
         std={k: round(float(v), 5) for k, v in zip(keys, spread, strict=True)}))
-  baselines = {name: {k: first[f"{split}_{name}_{k.split('_', 1)[1]}"] for k in keys
-                      if k.startswith(f"{split}_")
-                      and f"{split}_{name}_{k.split('_', 1)[1]}" in first}
+  metrics = [k.removeprefix(f"{split}_") for k in keys if k.startswith(f"{split}_")]
+  baselines = {name: {f"{split}_{m}": first[f"{split}_{name}_{m}"] for m in metrics
+                      if f"{split}_{name}_{m}" in first}
                for name, _ in _BASELINES}
   return dict(task=config.task, corpus=config.corpus or f"task:{config.task}",
               main_metric=first["main_metric"], split="test" if split == "test" else
