@@ -39,7 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       source="austen",  # austen | tfds:NAME[/CONFIG] | text:PATH_OR_GLOB
       text_field="text",  # the text feature of a tfds source
-      tokenizer="",  # a tokenizer file or directory; '' = init.source's, or the built-in
+      tokenizer="",  # a file or dir; learn:N = learned from source; '' = init.source's or built-in
       data_dir="",  # tfds data directory; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
       cache_dir="",  # tokenized-corpus cache; '' = $LMJAX_CACHE or ~/.cache/lmjax
       max_seq_length=128,

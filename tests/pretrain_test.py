@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import ConfigError
 from lmjax.runs import pretraining
 
@@ -223,6 +224,9 @@ def test_bad_configs_fail_before_any_work(env, tmp_path, override, message):
     ("train.cp_weight,train.batch_size", 1, "config.train.cp_weight must be 0 with batches "
      "(or micro-batches) of one example: CP needs negatives"),
     ("train.cp_temperature", 0.0, "config.train.cp_temperature must be positive"),
+    ("data.tokenizer", "learn:many", "config.data.tokenizer=learn:many: learn:N takes a "
+     "number of pieces above 5, e.g. learn:8000"),
+    ("data.tokenizer", "learn:5", "learn:N takes a number of pieces above 5"),
 ])
 def test_the_whole_config_is_checked_in_one_place(field, value, message):
   config = _pretrain_config()
@@ -232,6 +236,52 @@ def test_the_whole_config_is_checked_in_one_place(field, value, message):
   with pytest.raises(ConfigError, match=re.escape(message)):
     pretraining.check_config(config)
   pretraining.check_config(_pretrain_config())  # the defaults pass
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("data.source", "prepared:/data/corpus", "config.data.tokenizer must be a file with a "
+     "prepared: source (it was tokenized when prepared), got 'learn:300'"),
+    ("init.source", "hf:/models/bert", "config.data.tokenizer=learn:300 learns a new "
+     "vocabulary, but config.init.source=hf:/models/bert brings its own"),
+])
+def test_a_learned_tokenizer_needs_raw_text_and_random_weights(field, value, message):
+  config = _pretrain_config()
+  config.data.tokenizer = "learn:300"
+  pretraining.check_config(config)
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    pretraining.check_config(config)
+
+
+@pytest.mark.slow
+def test_a_learned_tokenizer_is_the_runs_own_and_survives_a_changed_corpus(tmp_path,
+                                                                          monkeypatch):
+  monkeypatch.setenv("LMJAX_CACHE", str(tmp_path / "cache"))
+  corpus = tmp_path / "log.txt"
+  corpus.write_text("\n\n".join(
+      "\n".join(f"Station {d} logged reading {s * d} at hour {s}." for s in range(10))
+      for d in range(8)) + "\n")
+  config = _pretrain_config()
+  config.data.update(source=f"text:{corpus}", tokenizer="learn:40", max_seq_length=32,
+                     max_predictions_per_seq=5)
+  config.train.update(batch_size=8, steps=4, warmup_steps=1, eval_every=1000,
+                      checkpoint_every=2, eval_batches=1)
+  config.probe.source = ""
+  summary = pretraining.train_and_evaluate(config, tmp_path / "w")
+  assert summary["step"] == 4
+  own = (tmp_path / "w" / "tokenizer.model").read_bytes()
+  [cached] = (tmp_path / "cache").glob("tokenizer-*.model")
+  assert cached.read_bytes() == own
+  assert Tokenizer.load(tmp_path / "w").vocab_size == 40
+  assert json.loads((tmp_path / "w" / "model.json").read_text())["vocab_size"] == 40
+  # The corpus changes (a new tokenizer would be learned from it), and the run
+  # resumes with the tokenizer it learned.
+  corpus.write_text(corpus.read_text() + "\nQuite different words arrive later.\n")
+  config.train.steps = 6
+  assert pretraining.train_and_evaluate(config, tmp_path / "w")["step"] == 6
+  assert (tmp_path / "w" / "tokenizer.model").read_bytes() == own
+  assert len(list((tmp_path / "cache").glob("tokenizer-*.model"))) == 1
 
 
 def _pretrain_config():

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import ConfigError, UserError
 from lmjax.runs import transfer, transfer_output
 
@@ -59,7 +60,8 @@ def reviews(tmp_path_factory):
 def small(reviews, variants="mlm_cp,random", seeds=2):
   config = transfer_config()
   config.update(task=f"tsv:{reviews}", variants=variants, seeds=seeds)
-  config.pretrain.data.update(max_seq_length=32, max_predictions_per_seq=5)
+  config.pretrain.data.update(tokenizer="learn:40", max_seq_length=32,
+                              max_predictions_per_seq=5)
   config.pretrain.train.update(batch_size=16, steps=12, warmup_steps=2, eval_every=12,
                                eval_batches=2, checkpoint_every=12, log_every=6)
   config.pretrain.probe.update(train_examples=100, eval_examples=40)
@@ -86,8 +88,11 @@ def test_the_plan_has_a_pretraining_per_variant_and_a_fine_tuning_per_seed(revie
   assert random_start.init.source == "random"
   pretrain = plan.pretraining["mlm"]
   assert random_start.model.size == pretrain.model.size
-  assert random_start.task.tokenizer == pretrain.data.tokenizer
-  assert not any(tmp_path.iterdir())  # planning writes nothing
+  # The pretraining learns its tokenizer from the corpus; random weights take
+  # that one, learned once while planning.
+  assert pretrain.data.tokenizer == "learn:40"
+  assert Tokenizer.load(random_start.task.tokenizer).vocab_size == 40
+  assert not any(tmp_path.iterdir())  # planning writes nothing in the workdir
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +126,10 @@ def test_the_experiment_writes_its_table_from_every_run(experiment):
   assert "eval_cp_accuracy" in pretrained["pretraining"]
   assert "eval_nsp_accuracy" not in pretrained["pretraining"]  # mlm_cp learns no NSP
   assert random_start["pretraining"] is None
+  learned = (workdir / "pretrain" / "mlm_cp" / "tokenizer.model").read_bytes()
+  for seed in (0, 1):
+    assert (workdir / "finetune" / "random" / f"seed_{seed}" / "tokenizer.model"
+            ).read_bytes() == learned
   assert 0.3 < results["baselines"]["majority"]["test_accuracy"] < 0.8
   assert results["baselines"]["tfidf"]["test_accuracy"] > 0.9  # the keyword
   table = (workdir / "results.md").read_text()
@@ -159,6 +168,9 @@ def test_a_second_run_reads_the_finished_runs(experiment, reviews):
     ("pretrain.train.steps", 0, "config.train.steps"),
     ("pretrain.train.batch_size", 1, "CP needs negatives"),
     ("finetune.train.learning_rate", -1.0, "config.train.learning_rate"),
+    ("pretrain.data.tokenizer", "learn:some", "learn:N takes a number of pieces"),
+    ("pretrain.data.tokenizer", "learn:5000", "config.data.tokenizer=learn:5000: "
+     "sentencepiece could not train: .*Vocabulary size too high"),
 ])
 def test_bad_input_is_one_error_before_any_work(reviews, tmp_path, field, value, message):
   config = small(reviews)

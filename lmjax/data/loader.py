@@ -186,8 +186,23 @@ class Loader:
 
 
 def load_tokenizer(data_config) -> Tokenizer:
-  """The config's tokenizer, or the built-in one when none is named."""
-  return Tokenizer.load(data_config.tokenizer or builtin.TOKENIZER_FILE)
+  """The config's tokenizer: a file or directory, learn:N (learned from the
+  corpus), or the built-in one when none is named."""
+  return Tokenizer.load(tokenizer_file(data_config))
+
+
+def tokenizer_file(data_config) -> str:
+  """Where the config's tokenizer is: for learn:N, the cached file it is
+  learned into on first use."""
+  if preparation.learned_size(data_config.tokenizer) is not None:
+    return str(preparation.learned_tokenizer(data_config, cache_dir(data_config)))
+  return data_config.tokenizer or str(builtin.TOKENIZER_FILE)
+
+
+def cache_dir(data_config) -> str:
+  """config.data.cache_dir, or $LMJAX_CACHE, or ~/.cache/lmjax."""
+  return data_config.cache_dir or os.environ.get("LMJAX_CACHE") or str(
+      Path.home() / ".cache" / "lmjax")
 
 
 def check_data_config(data) -> None:
@@ -200,6 +215,9 @@ def check_data_config(data) -> None:
       ("masked_lm_prob", 0 < data.masked_lm_prob < 1, "in (0, 1)"),
       ("short_seq_prob", 0 <= data.short_seq_prob <= 1, "in [0, 1]"),
       ("num_threads", data.num_threads >= 0, "at least 0"),
+      ("tokenizer", not (preparation.learned_size(data.tokenizer)
+                         and data.source.startswith("prepared:")),
+       "a file with a prepared: source (it was tokenized when prepared)"),
   ]
   check_fields("config.data", data, checks)
 
@@ -211,9 +229,7 @@ def prepared_pairs(data, seed: int, tokenizer: Tokenizer,
   if data.source.startswith("prepared:"):
     directory, info = Path(data.source[len("prepared:"):]).expanduser(), {"cache": "prepared"}
   else:
-    cache_dir = data.cache_dir or os.environ.get("LMJAX_CACHE") or str(
-        Path.home() / ".cache" / "lmjax")
-    directory, info = preparation.cached(data, seed, tokenizer, cache_dir)
+    directory, info = preparation.cached(data, seed, tokenizer, cache_dir(data))
   pairs = prepared.PreparedPairs(directory, split)
   meta = pairs.metadata
   if (meta.tokenizer_fingerprint, meta.max_seq_length) != (tokenizer.fingerprint,

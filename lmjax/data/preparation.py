@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from lmjax.data import documents, instances, prepared, sources
+from lmjax.data import documents, instances, prepared, sources, tokenization
 from lmjax.data.tokenization import Tokenizer
-from lmjax.errors import UserError
+from lmjax.errors import ConfigError, UserError
 
 CACHE_VERSION = "2"
+LEARN = "learn:"  # data.tokenizer=learn:N: a tokenizer learned from the corpus
+_LEARN_THREADS = 4  # fixed: sentencepiece's model depends on its thread count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,3 +194,46 @@ def cached(data, seed: int, tokenizer: Tokenizer, cache_dir: str) -> tuple[Path,
   prepare_in_process(data.source, settings, directory, data.data_dir or None,
                      data.text_field)
   return directory, {"cache": "miss", "prepare_s": round(time.perf_counter() - start, 2)}
+
+
+def learned_size(tokenizer_field: str) -> int | None:
+  """N of a `data.tokenizer` of 'learn:N', None of a file or ''; ConfigError
+  when N is not a number of pieces."""
+  if not tokenizer_field.startswith(LEARN):
+    return None
+  size = tokenizer_field[len(LEARN):]
+  if not size.isdigit() or int(size) <= tokenization.NUM_SPECIAL:
+    raise ConfigError(f"config.data.tokenizer={tokenizer_field}: learn:N takes a number of "
+                      f"pieces above {tokenization.NUM_SPECIAL}, e.g. learn:8000")
+  return int(size)
+
+
+def learned_tokenizer(data, cache_dir: str) -> Path:
+  """The file of the tokenizer `data.tokenizer='learn:N'` names: an N-piece
+  unigram model of the sentences of data.source's training split, learned
+  into `cache_dir` on first use. Every process learns the same model."""
+  size = learned_size(data.tokenizer)
+  key = "|".join([CACHE_VERSION, sources.corpus_key(data.source, "train", data.data_dir or None,
+                                                    data.text_field),
+                  str(size), str(_LEARN_THREADS)])
+  path = Path(cache_dir) / f"tokenizer-{hashlib.sha256(key.encode()).hexdigest()[:20]}.model"
+  if path.is_file():
+    try:
+      Tokenizer.load(path)
+      return path
+    except UserError:
+      path.unlink(missing_ok=True)  # damaged: learned again below
+  corpus = sources.load_corpus(data.source, "train", data.data_dir or None, data.text_field)
+  print(f"learning a {size:,}-piece tokenizer from {data.source} into {path} (once)",
+        flush=True)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes may share the cache
+  try:
+    tokenization.train((s for d in corpus.documents for s in d), size, tmp,
+                       progress=lambda _: None, num_threads=_LEARN_THREADS)
+    os.replace(tmp, path)
+  except UserError as e:
+    raise UserError(f"config.data.tokenizer={data.tokenizer}: {e}") from None
+  finally:
+    tmp.unlink(missing_ok=True)
+  return path

@@ -10,9 +10,11 @@ import json
 import os
 
 import jax
+import ml_collections
 
-from lmjax import parallel
+from lmjax import parallel, paths
 from lmjax.data.loader import check_data_config, pretraining_input
+from lmjax.data.preparation import learned_size
 from lmjax.data.sources import MissingSplitError
 from lmjax.errors import ConfigError, check_fields
 from lmjax.model import BertConfig, BertForPreTraining, flops_per_token
@@ -49,20 +51,28 @@ def check_config(config) -> None:
       ("cp_weight", not train.cp_weight or train.batch_size // max(train.grad_accum_steps, 1)
        >= 2, "0 with batches (or micro-batches) of one example: CP needs negatives")])
   check_data_config(config.data)
+  if learned_size(config.data.tokenizer) and config.init.source != "random":
+    raise ConfigError(f"config.data.tokenizer={config.data.tokenizer} learns a new "
+                      f"vocabulary, but config.init.source={config.init.source} brings "
+                      "its own; leave config.data.tokenizer empty")
   check_section(config.model)
   if config.data.max_seq_length > config.model.max_position:
     raise ConfigError(f"config.data.max_seq_length ({config.data.max_seq_length}) "
                       f"exceeds config.model.max_position ({config.model.max_position})")
 
 
-def _inputs(config):
+def _inputs(config, workdir):
   """(train dataset, evaluation host batches, tokenizer, corpus sizes)."""
   batch, share = config.train.batch_size, parallel.process_share()
-  train_data, tokenizer, info = pretraining_input(config.data, batch, config.seed, "train",
-                                                  **share)
+  data = config.data
+  learned = paths.resolve(workdir) / "tokenizer.model"
+  if learned_size(data.tokenizer) and learned.is_file():
+    # A run that learned its tokenizer keeps it when it resumes, even if its
+    # corpus changed since.
+    data = ml_collections.ConfigDict({**data.to_dict(), "tokenizer": str(learned)})
+  train_data, tokenizer, info = pretraining_input(data, batch, config.seed, "train", **share)
   try:
-    eval_data, _, _ = pretraining_input(config.data, batch, config.seed, "validation",
-                                        **share)
+    eval_data, _, _ = pretraining_input(data, batch, config.seed, "validation", **share)
   except MissingSplitError as e:
     print(f"{e}; evaluating on training batches instead", flush=True)
     eval_data = train_data
@@ -141,7 +151,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   probe_task = probe.resolve(config.probe)
   config, model_cfg, params = _start(config)
   mesh = parallel.make_mesh(**config.mesh)
-  train_data, host_eval, tokenizer, sizes = _inputs(config)
+  train_data, host_eval, tokenizer, sizes = _inputs(config, workdir)
   model_cfg = model_cfg or BertConfig.from_section(config.model,
                                                    vocab_size=tokenizer.vocab_size)
   job = _job(config, mesh, model_cfg, train_data, host_eval, tokenizer, probe_task)

@@ -18,7 +18,8 @@ from collections.abc import Callable
 import ml_collections
 
 from lmjax import paths
-from lmjax.data import tasks
+from lmjax.data import loader, tasks
+from lmjax.data.preparation import learned_size
 from lmjax.errors import ConfigError, UserError
 from lmjax.runs import finetuning, pretraining, scaffold, transfer_output
 
@@ -70,7 +71,7 @@ def _pretraining_config(config, objectives: tuple[bool, bool, bool]):
   return pre
 
 
-def _finetuning_config(config, pretrain_dir: str | None, seed: int):
+def _finetuning_config(config, pretrain_dir: str | None, seed: int, tokenizer: str):
   fine = ml_collections.ConfigDict(config.finetune.to_dict())
   fine.seed = seed
   fine.task.source = config.task
@@ -80,8 +81,17 @@ def _finetuning_config(config, pretrain_dir: str | None, seed: int):
     fine.init.source = "random"
     fine.model.size = config.pretrain.model.size
     fine.model.max_position = config.pretrain.model.max_position
-    fine.task.tokenizer = config.pretrain.data.tokenizer
+    fine.task.tokenizer = tokenizer
   return fine
+
+
+def _pretraining_tokenizer(config) -> str:
+  """The tokenizer file of the pretraining runs (learned from the corpus
+  first if it is learn:N), '' for the built-in one."""
+  section = _pretraining_config(config, VARIANTS["mlm"])
+  pretraining.check_config(section)
+  data = section.data
+  return loader.tokenizer_file(data) if learned_size(data.tokenizer) else data.tokenizer
 
 
 def plan(config, workdir: str) -> Plan:
@@ -101,12 +111,22 @@ def plan(config, workdir: str) -> Plan:
   for name in names:
     pretrain_dir = str(paths.resolve(workdir) / "pretrain" / name) if VARIANTS[name] else None
     for seed in range(config.seeds):
-      fine[name, seed] = _finetuning_config(config, pretrain_dir, config.finetune.seed + seed)
+      fine[name, seed] = _finetuning_config(config, pretrain_dir, config.finetune.seed + seed,
+                                            config.pretrain.data.tokenizer)
   for section in pre.values():
     pretraining.check_config(section)
   for section in fine.values():
-    finetuning.check_config(section)
+    if section.init.source != "random":
+      finetuning.check_config(section)
   tasks.resolve_task(next(iter(fine.values())).task, config.finetune.task.data_dir or None)
+  # The random variant takes the pretraining's vocabulary: a learned one is
+  # learned here, once, after every field has been checked.
+  if "random" in names:
+    tokenizer = _pretraining_tokenizer(config)
+    for seed in range(config.seeds):
+      fine["random", seed] = _finetuning_config(config, None, config.finetune.seed + seed,
+                                                tokenizer)
+      finetuning.check_config(fine["random", seed])
   return Plan(pre, fine)
 
 
