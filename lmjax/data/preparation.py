@@ -209,9 +209,10 @@ def learned_size(tokenizer_field: str) -> int | None:
 
 
 def learned_tokenizer(data, cache_dir: str) -> Path:
-  """The file of the tokenizer `data.tokenizer='learn:N'` names: an N-piece
-  unigram model of the sentences of data.source's training split, learned
-  into `cache_dir` on first use. Every process learns the same model."""
+  """The file of the tokenizer `data.tokenizer='learn:N'` names: a unigram
+  model of N pieces (fewer if the text has too few) of the sentences of
+  data.source's training split, learned into `cache_dir` on first use.
+  Every process learns the same model."""
   size = learned_size(data.tokenizer)
   key = "|".join([CACHE_VERSION, sources.corpus_key(data.source, "train", data.data_dir or None,
                                                     data.text_field),
@@ -229,9 +230,13 @@ def learned_tokenizer(data, cache_dir: str) -> Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes may share the cache
   try:
-    tokenization.train((s for d in corpus.documents for s in d), size, tmp,
-                       progress=lambda _: None, num_threads=_LEARN_THREADS)
+    learned = tokenization.train((s for d in corpus.documents for s in d), size, tmp,
+                                 progress=lambda _: None, num_threads=_LEARN_THREADS,
+                                 at_most=True)
     os.replace(tmp, path)
+    if learned.vocab_size < size:
+      print(f"{data.source} is too small a text for {size:,} pieces: the tokenizer has "
+            f"{learned.vocab_size:,}", flush=True)
   except UserError as e:
     raise UserError(f"config.data.tokenizer={data.tokenizer}: {e}") from None
   finally:

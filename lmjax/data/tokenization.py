@@ -253,12 +253,13 @@ def check_output(output: str | os.PathLike) -> None:
 def train(sentences: Iterable[str], vocab_size: int, output: str | os.PathLike,
           max_sentences: int = 2_000_000,
           progress: Callable[[str], None] = print,
-          num_threads: int | None = None) -> Tokenizer:
+          num_threads: int | None = None, at_most: bool = False) -> Tokenizer:
   """Trains a unigram model on `sentences` and writes it to `output`.
 
   Reads at most `max_sentences` (sentencepiece samples among them). The
   model depends on `num_threads` (default: one a core): the same sentences
-  and thread count give the same model on every machine.
+  and thread count give the same model on every machine. `at_most`: a text
+  too small for `vocab_size` pieces gets fewer instead of an error.
   """
   if vocab_size <= NUM_SPECIAL:
     raise UserError(f"vocab_size must be above {NUM_SPECIAL}, got {vocab_size}")
@@ -284,7 +285,7 @@ def train(sentences: Iterable[str], vocab_size: int, output: str | os.PathLike,
         pad_id=PAD_ID, unk_id=UNK_ID, bos_id=-1, eos_id=-1,
         pad_piece="[PAD]", unk_piece="[UNK]",
         control_symbols=["[CLS]", "[SEP]", "[MASK]"],
-        num_threads=num_threads or os.cpu_count() or 1,
+        num_threads=num_threads or os.cpu_count() or 1, hard_vocab_limit=not at_most,
         minloglevel=2)
   except RuntimeError as e:
     raise UserError(f"sentencepiece could not train: {str(e).splitlines()[0]}") from None
