@@ -21,6 +21,9 @@ def run(config, workdir: str) -> dict:
 
 def report(results: dict, seconds: float) -> str:
   """A line per variant: its main score next to the baselines'."""
+  if results.get("stopped_by"):
+    return (f"{results['stopped_in']} stopped ({results['stopped_by']}); run the same "
+            "command again to continue")
   key = results["metrics"][0]
   lines = [f"{v['variant']:>12}: {key} {v['mean'][key]:.4f} ± {v['std'][key]:.4f}"
            for v in results["variants"]]

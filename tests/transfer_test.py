@@ -15,6 +15,7 @@ import pytest
 
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import ConfigError, UserError
+from lmjax import transfer as lmjax_transfer
 from lmjax.runs import transfer, transfer_output
 
 ROOT = Path(__file__).parents[1]
@@ -215,3 +216,23 @@ def test_a_run_with_a_damaged_config_is_one_line(reviews, tmp_path):
   with pytest.raises(UserError, match="config.json cannot be read"):
     transfer.run(small(reviews, variants="random", seeds=1), str(tmp_path / "exp"))
   assert (run / "config.json").read_text() == '{"seed": '
+
+
+def test_a_stopped_run_stops_the_experiment_and_says_how_to_continue(reviews, tmp_path,
+                                                                     monkeypatch):
+  calls = []
+
+  def stopped(config, workdir):  # a run that a SIGTERM stopped at its step 3
+    calls.append(workdir)
+    return {"step": 3, "stopped_by": "SIGTERM"}
+
+  monkeypatch.setattr(transfer.finetuning, "finetune", stopped)
+  results = transfer.run(small(reviews, variants="random", seeds=2), str(tmp_path / "exp"),
+                         echo=lambda _: None)
+  assert results == {"stopped_by": "SIGTERM",
+                     "stopped_in": "[1/2] fine-tuning random, seed 0"}
+  assert len(calls) == 1  # the next run does not start
+  assert not (tmp_path / "exp" / "results.json").exists()
+  assert lmjax_transfer.report(results, 1.0) == (
+      "[1/2] fine-tuning random, seed 0 stopped (SIGTERM); run the same command again "
+      "to continue")

@@ -159,14 +159,25 @@ def _run_once(fn: Callable[[object, str], dict], config, workdir: str, label: st
   echo(f"{label}: running in {workdir}")
   summary = fn(config, workdir)
   if summary.get("stopped_by"):
-    raise UserError(f"{label} stopped ({summary['stopped_by']}); run the same command "
-                    "again to continue")
+    raise _Stopped(dict(stopped_by=summary["stopped_by"], stopped_in=label))
   return summary
+
+
+class _Stopped(Exception):
+  """A run stopped before its end (SIGTERM): the experiment stops there."""
 
 
 def run(config, workdir: str, echo: Callable[[str], None] = print) -> dict:
   """Runs (or reads) every run of the plan, then writes the results; returns
-  them (also DIR/results.json)."""
+  them (also DIR/results.json), or {stopped_by, stopped_in} when a run was
+  stopped (SIGTERM): running it again continues."""
+  try:
+    return _run_all(config, workdir, echo)
+  except _Stopped as e:
+    return e.args[0]
+
+
+def _run_all(config, workdir: str, echo: Callable[[str], None]) -> dict:
   runs = plan(config, workdir)
   paths.check_writable(workdir)
   total = len(runs.pretraining) + len(runs.finetuning)
