@@ -83,5 +83,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
   if arg == "transfer":
     # Fine-tuning a small encoder on a few thousand examples (lmjax.transfer).
-    config.train.update(learning_rate=5e-4, epochs=4.0)
+    config.train.update(learning_rate=5e-4, epochs=5.0)
   return config
