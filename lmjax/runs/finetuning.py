@@ -19,6 +19,7 @@ import numpy as np
 
 from lmjax import parallel, paths
 from lmjax.data import tasks
+from lmjax.data.preparation import LEARN
 from lmjax.data.loader import bucket_lengths, by_length, evaluation_batches, examples_dataset
 from lmjax.data.sources import MissingSplitError
 from lmjax.errors import ConfigError, UserError, check_fields
@@ -50,7 +51,10 @@ def check_config(config) -> None:
   check_fields("config.task", config.task, [
       ("max_seq_length", config.task.max_seq_length >= 4, "at least 4"),
       ("length_buckets", 1 <= config.task.length_buckets <= 64, "in [1, 64]"),
-      ("num_threads", config.task.num_threads >= 0, "at least 0")])
+      ("num_threads", config.task.num_threads >= 0, "at least 0"),
+      ("tokenizer", not config.task.tokenizer.startswith(LEARN),
+       "a file: learn:N is for pretraining (config.data.tokenizer); fine-tuning takes its "
+       "encoder's tokenizer, e.g. DIR/tokenizer.model of a pretraining run")])
   train = config.train
   scaffold.check_train_fields(train)
   optimizer.check_config(train)
