@@ -19,8 +19,8 @@ import numpy as np
 
 from lmjax import parallel, paths
 from lmjax.data import tasks
-from lmjax.data.preparation import LEARN
 from lmjax.data.loader import bucket_lengths, by_length, evaluation_batches, examples_dataset
+from lmjax.data.preparation import LEARN
 from lmjax.data.sources import MissingSplitError
 from lmjax.errors import ConfigError, UserError, check_fields
 from lmjax.model import BertForSequenceClassification, flops_per_token

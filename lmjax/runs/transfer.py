@@ -71,7 +71,7 @@ def _pretraining_config(config, objectives: tuple[bool, bool, bool]):
   return pre
 
 
-def _finetuning_config(config, pretrain_dir: str | None, seed: int, tokenizer: str):
+def _finetuning_config(config, pretrain_dir: str | None, seed: int, tokenizer: str = ""):
   fine = ml_collections.ConfigDict(config.finetune.to_dict())
   fine.seed = seed
   fine.task.source = config.task
@@ -111,13 +111,11 @@ def plan(config, workdir: str) -> Plan:
   for name in names:
     pretrain_dir = str(paths.resolve(workdir) / "pretrain" / name) if VARIANTS[name] else None
     for seed in range(config.seeds):
-      fine[name, seed] = _finetuning_config(config, pretrain_dir, config.finetune.seed + seed,
-                                            config.pretrain.data.tokenizer)
+      fine[name, seed] = _finetuning_config(config, pretrain_dir, config.finetune.seed + seed)
   for section in pre.values():
     pretraining.check_config(section)
   for section in fine.values():
-    if section.init.source != "random":
-      finetuning.check_config(section)
+    finetuning.check_config(section)
   tasks.resolve_task(next(iter(fine.values())).task, config.finetune.task.data_dir or None)
   # The random variant takes the pretraining's vocabulary: a learned one is
   # learned here, once, after every field has been checked.
@@ -126,7 +124,6 @@ def plan(config, workdir: str) -> Plan:
     for seed in range(config.seeds):
       fine["random", seed] = _finetuning_config(config, None, config.finetune.seed + seed,
                                                 tokenizer)
-      finetuning.check_config(fine["random", seed])
   return Plan(pre, fine)
 
 
