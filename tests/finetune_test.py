@@ -322,6 +322,7 @@ def test_the_entry_point_exits_2_with_one_line(tmp_path, reviews_tsv):
     ("task.metrics", "accuracy,bleu", "config.task.metrics: unknown metric 'bleu'"),
     ("task.max_seq_length", 2, "config.task.max_seq_length must be at least 4"),
     ("task.num_threads", -1, "config.task.num_threads must be at least 0"),
+    ("task.group_by_length", -1, "config.task.group_by_length must be at least 0"),
     ("task.tokenizer", "learn:8000", "config.task.tokenizer must be a file: learn:N is for "
      "pretraining (config.data.tokenizer)"),
     ("train.epochs", 0.0, "config.train.epochs must be positive"),

@@ -24,7 +24,7 @@ from lmjax.runs.throughput import RateWindow, Throughput
 from lmjax.runs.writer import MetricWriter
 from lmjax.train import steps
 
-THROUGHPUT = Throughput(tokens_per_step=8, flops_per_token=1.0, peak_flops_per_device=None)
+THROUGHPUT = Throughput(flops_per_token=1.0, peak_flops_per_device=None, token_field="x")
 
 
 class FakeLoader:
@@ -322,3 +322,14 @@ def test_a_checkpoint_that_cannot_be_saved_stops_the_run_with_one_line(tmp_path,
              rate=RateWindow(THROUGHPUT))
   assert str(e.value) == ("a checkpoint could not be saved ([Errno 28] No space left on "
                           "device); stopped at step 6: the newest checkpoint on disk is step 3")
+
+
+def test_rates_count_the_tokens_of_the_batches_as_padded():
+  times = iter([10.0, 12.0, 13.0])
+  rate = RateWindow(Throughput(flops_per_token=2.0, peak_flops_per_device=100.0),
+                    clock=lambda: next(times))
+  assert rate.tokens({"input_ids": np.zeros((8, 32)), "labels": np.zeros(8)}) == 256
+  assert rate.read(999) == {}  # the first reading opens the window (compilation)
+  assert rate.read(400) == {"tokens_per_s": 200.0,
+                            "mfu": pytest.approx(200.0 * 2 / (100 * jax.device_count()))}
+  assert rate.read(96)["tokens_per_s"] == 96.0  # shorter batches, fewer tokens

@@ -222,6 +222,35 @@ def test_training_batches_pad_to_their_bucket_and_keep_their_examples():
   assert len(seen) > 1
 
 
+def test_grouped_batches_hold_like_lengths_and_every_example_once_an_epoch():
+  arrays, lengths = _varied_lengths(n=100)
+  buckets = bucket_lengths(32, 4)
+  grouped = examples_dataset(arrays, 8, 3, buckets=buckets, group_window=4)
+  plain = examples_dataset(arrays, 8, 3, buckets=buckets)
+  epochs = [[grouped[e * 12 + i]["labels"] for i in range(12)] for e in range(2)]
+  for batches in epochs:  # 12 batches of 8: the 4 examples left over sit the epoch out
+    rows = np.concatenate(batches)
+    assert len(set(rows)) == 96
+  assert not all((a == b).all() for a, b in zip(*epochs, strict=True))  # reshuffled every epoch
+
+  def spread(ds):
+    return np.mean([np.ptp(lengths[ds[k]["labels"]]) for k in range(24)])
+  assert spread(grouped) < spread(plain) / 2
+  widths = [grouped[k]["input_ids"].shape[1] for k in range(24)]
+  assert np.mean(widths) < np.mean([plain[k]["input_ids"].shape[1] for k in range(24)])
+  for k in (0, 13, 30):  # any batch alone, as a resumed loader reads it
+    again = examples_dataset(arrays, 8, 3, buckets=buckets, group_window=4)[k]
+    assert all((again[f] == grouped[k][f]).all() for f in again)
+    longest = lengths[again["labels"]].max()
+    assert again["input_ids"].shape[1] == min(x for x in buckets if x >= longest)
+    shares = [examples_dataset(arrays, 8, 3, p, 2, buckets=buckets, group_window=4)[k]
+              for p in range(2)]
+    assert (np.concatenate([s["labels"] for s in shares]) == again["labels"]).all()
+    assert {s["input_ids"].shape[1] for s in shares} == {again["input_ids"].shape[1]}
+  few = {k: v[:5] for k, v in arrays.items()}  # fewer examples than a batch: as shuffled
+  assert examples_dataset(few, 8, 3, group_window=4)[0]["labels"].shape == (8,)
+
+
 def test_evaluation_in_length_order_gives_each_example_its_own_logits():
   import jax  # pylint: disable=import-outside-toplevel
   from lmjax import parallel  # pylint: disable=import-outside-toplevel

@@ -8,7 +8,9 @@ number of batches it has handed out, so a restored loader continues exactly.
 """
 
 import dataclasses
+import functools
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,14 +122,56 @@ class _Share:
 
 def examples_dataset(arrays: dict[str, np.ndarray], global_batch: int, seed: int,
                      process_index: int = 0, process_count: int = 1,
-                     buckets: tuple[int, ...] = ()) -> grain.MapDataset:
+                     buckets: tuple[int, ...] = (), group_window: int = 0
+                     ) -> grain.MapDataset:
   """This process's share of global batches of encoded examples, reshuffled
   every epoch, endless: `ds[k]` is its share of global batch k, padded to
-  the shortest of `buckets` that holds it (none: as encoded)."""
+  the shortest of `buckets` that holds it (none: as encoded).
+
+  group_window > 0 groups examples of similar length into batches (see
+  `grouped_batches`), which then pad little; 0 batches them as shuffled."""
   local = _local_batch(global_batch, process_index, process_count)
+  share = _Share(process_index, local, tuple(buckets))
+  if group_window and len(_Rows(arrays)) >= global_batch:
+    return grain.MapDataset.source(_GroupedRows(
+        arrays, arrays["input_mask"].sum(1), global_batch, seed, group_window)).map(share)
   return (grain.MapDataset.source(_Rows(arrays)).shuffle(seed=seed).repeat(None)
-          .batch(global_batch, drop_remainder=True, batch_fn=_stack)
-          .map(_Share(process_index, local, tuple(buckets))))
+          .batch(global_batch, drop_remainder=True, batch_fn=_stack).map(share))
+
+
+def grouped_batches(lengths: np.ndarray, global_batch: int, seed: int, epoch: int,
+                    window: int) -> np.ndarray:
+  """The [B, global_batch] example indices of epoch `epoch`'s batches, made of
+  examples of similar length: the examples shuffled with (seed, epoch), each
+  run of `window` batches' worth sorted by length and cut into batches, and
+  the batches shuffled. The last len % global_batch examples of the shuffle
+  sit the epoch out."""
+  rng = np.random.default_rng((seed, epoch))
+  order = rng.permutation(len(lengths))[:len(lengths) // global_batch * global_batch]
+  chunk = window * global_batch
+  for start in range(0, len(order), chunk):
+    part = order[start:start + chunk]
+    order[start:start + chunk] = part[np.argsort(lengths[part], kind="stable")]
+  batches = order.reshape(-1, global_batch)
+  return batches[rng.permutation(len(batches))]
+
+
+class _GroupedRows:
+  """Global batch k of endless epochs of `grouped_batches`, stacked."""
+
+  def __init__(self, arrays: dict, lengths: np.ndarray, global_batch: int, seed: int,
+               window: int):
+    self.arrays, self.per_epoch = arrays, len(lengths) // global_batch
+    self.epoch_batches = functools.lru_cache(maxsize=2)(functools.partial(
+        grouped_batches, lengths, global_batch, seed, window=window))
+
+  def __len__(self):
+    return sys.maxsize  # endless
+
+  def __getitem__(self, k):
+    epoch, i = divmod(k, self.per_epoch)
+    rows = self.epoch_batches(epoch)[i]
+    return {name: v[rows] for name, v in self.arrays.items()}
 
 
 def evaluation_batches(arrays: dict[str, np.ndarray], global_batch: int,

@@ -51,6 +51,7 @@ def check_config(config) -> None:
   check_fields("config.task", config.task, [
       ("max_seq_length", config.task.max_seq_length >= 4, "at least 4"),
       ("length_buckets", 1 <= config.task.length_buckets <= 64, "in [1, 64]"),
+      ("group_by_length", config.task.group_by_length >= 0, "at least 0"),
       ("num_threads", config.task.num_threads >= 0, "at least 0"),
       ("tokenizer", not config.task.tokenizer.startswith(LEARN),
        "a file: learn:N is for pretraining (config.data.tokenizer); fine-tuning takes its "
@@ -198,10 +199,10 @@ def _job(config, mesh, task, start: starts.Start, encoded, best: BestCheckpoint)
           model, tx, config.train.grad_accum_steps,
           optimizer.learning_rate_schedule(resolved)), shardings, mesh),
       train_data=examples_dataset(train_arrays, config.train.batch_size, config.seed,
-                                  **parallel.process_share(), buckets=buckets),
+                                  **parallel.process_share(), buckets=buckets,
+                                  group_window=config.task.group_by_length),
       evaluate=evaluate, schedule=schedule,
-      throughput=Throughput(config.train.batch_size * length,
-                            flops_per_token(start.config, length, 0),
+      throughput=Throughput(flops_per_token(start.config, length, 0),
                             peak_flops_per_device(config.train.cpu_peak_tflops)),
       files={**start.tokenizer.files,
              "task.json": json.dumps(task.to_json(), indent=2) + "\n",

@@ -84,10 +84,12 @@ class _Metrics:
     self._writer, self._rate, self._ckpts = writer, rate, ckpts
     self._bar, self._keys = bar, progress_keys
     self._pending: list = []
+    self._tokens = 0  # the token positions of the pending steps' batches
     self.healthy: int | None = None  # the newest checkpoint with a healthy evaluation
 
-  def add(self, step: int, metrics: dict) -> None:
+  def add(self, step: int, metrics: dict, tokens: int) -> None:
     self._pending.append((step, metrics))
+    self._tokens += tokens
 
   def flush(self, step: int) -> None:
     if not self._pending:
@@ -96,7 +98,7 @@ class _Metrics:
     for s, m in fetched:
       if not np.isfinite(m["loss"]):
         self._diverged(s, m["loss"])
-    rate = self._rate.read(step)
+    rate, self._tokens = self._rate.read(self._tokens), 0
     for s, m in fetched:
       self._writer.write(s, {**{k: float(v) for k, v in m.items()},
                              **(rate if s == step else {})})
@@ -217,10 +219,11 @@ def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
     try:
       while step < schedule.steps:
         profile.before(step + 1)
-        state, step_metrics = train_step(state, parallel.shard_batch(next(loader), mesh), rng)
+        batch = parallel.shard_batch(next(loader), mesh)
+        state, step_metrics = train_step(state, batch, rng)
         step += 1
         profile.after(step, (state, step_metrics))
-        metrics.add(step, step_metrics)
+        metrics.add(step, step_metrics, rate.tokens(batch))
         bar.update(1)
         stopping = _stop_signal(stop, ckpts, step)
         saving = stopping or schedule.is_due(step, schedule.checkpoint_every)

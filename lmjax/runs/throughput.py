@@ -44,10 +44,10 @@ def measured_matmul_flops(size: int = 2048, repeats: int = 5) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Throughput:
-  """What turns steps per second into tokens/s and MFU."""
-  tokens_per_step: int
+  """What turns a batch into tokens, and tokens per second into MFU."""
   flops_per_token: float
   peak_flops_per_device: float | None
+  token_field: str = "input_ids"  # a batch's tokens: this array's size, padding included
 
 
 class RateWindow:
@@ -56,16 +56,21 @@ class RateWindow:
 
   def __init__(self, throughput: Throughput, clock=time.perf_counter):
     self._throughput, self._clock = throughput, clock
-    self._start: tuple[float, int] | None = None
+    self._start: float | None = None
 
-  def read(self, step: int) -> dict:
-    """{tokens_per_s, mfu} since the previous reading ({} for the first)."""
+  def tokens(self, batch: dict) -> int:
+    """The token positions of a (global) batch."""
+    return batch[self._throughput.token_field].size
+
+  def read(self, tokens: int) -> dict:
+    """{tokens_per_s, mfu} of the `tokens` (padding included) that the steps
+    since the previous reading took in ({} for the first)."""
     now, previous = self._clock(), self._start
-    self._start = (now, step)
+    self._start = now
     if previous is None:
       return {}
     t = self._throughput
-    rate = (step - previous[1]) * t.tokens_per_step / max(now - previous[0], 1e-9)
+    rate = tokens / max(now - previous, 1e-9)
     peak = t.peak_flops_per_device
     mfu = rate * t.flops_per_token / (peak * jax.device_count()) if peak else None
     return dict(tokens_per_s=round(rate, 1), mfu=None if mfu is None else round(mfu, 5))

@@ -1,0 +1,89 @@
+r"""Benchmark: what length bucketing does to a fine-tuning epoch. For each
+setting of `--config.task.length_buckets` and `--config.task.group_by_length`,
+runs `lmjax.finetune` for 1 and for `--epochs` epochs (each in a fresh
+process) and prints the seconds an epoch takes once compiled (the
+difference of the two runs' wall times over the extra epochs: training,
+the epoch's evaluation and its checkpoint), the speed-up against the first
+setting, and the runs' best validation and test scores, for every seed.
+
+  python benchmarks/finetune_epoch.py --workdir=/tmp/finetune_epoch \
+      --settings=1:0,4:0,4:16 --seeds=0,1,2 -- --config.init.source=random
+
+The first setting is the reference: 1:0 pads every batch to
+max_seq_length and batches examples as shuffled. Flags after `--` go to
+every run (the default task and encoder are configs/finetune.py:transfer's,
+from random weights). Results also land in WORKDIR/results.json.
+"""
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/lmjax_finetune_epoch", "runs and results")
+_SETTINGS = flags.DEFINE_list("settings", ["1:0", "4:0", "4:16"],
+                              "LENGTH_BUCKETS:GROUP_BY_LENGTH pairs, the first the reference")
+_EPOCHS = flags.DEFINE_integer("epochs", 5, "epochs of the long run (the short run has 1)")
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "seeds; epoch time is timed on the first")
+
+ROOT = Path(__file__).parents[1]
+
+
+def finetune(workdir: Path, setting: str, seed: int, epochs: int, extra: list[str]) -> dict:
+  """Runs lmjax.finetune once; its summary with the wall time it took."""
+  buckets, group = setting.split(":")
+  command = [sys.executable, "-m", "lmjax.finetune",
+             f"--config={ROOT / 'configs/finetune.py'}:transfer", f"--workdir={workdir}",
+             "--config.init.source=random", f"--config.seed={seed}",
+             f"--config.train.epochs={epochs}", f"--config.task.length_buckets={buckets}",
+             f"--config.task.group_by_length={group}", *extra]
+  if not (workdir / "summary.json").is_file():
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    (workdir / "wall_s").write_text(f"{time.perf_counter() - start:.2f}")
+  summary = json.loads((workdir / "summary.json").read_text())
+  return {**summary, "wall_s": float((workdir / "wall_s").read_text())}
+
+
+def measure(setting: str, seeds: list[int], extra: list[str]) -> dict:
+  root = Path(_WORKDIR.value) / setting.replace(":", "_")
+  short = finetune(root / "short", setting, seeds[0], 1, extra)
+  long = [finetune(root / f"seed_{s}", setting, s, _EPOCHS.value, extra) for s in seeds]
+  main = long[0]["main_metric"]
+  return dict(setting=setting, epoch_s=(long[0]["wall_s"] - short["wall_s"]) / (_EPOCHS.value - 1),
+              short_run_s=short["wall_s"], long_run_s=long[0]["wall_s"],
+              best_eval=[r[f"eval_{main}"] for r in long],
+              test=[r.get(f"test_{main}") for r in long], metric=main)
+
+
+def _mean_std(values) -> str:
+  values = [v for v in values if v is not None]
+  if not values:
+    return "-"
+  spread = statistics.stdev(values) if len(values) > 1 else 0.0
+  return f"{statistics.mean(values):.4f} ± {spread:.4f}"
+
+
+def main(argv):
+  extra, seeds = argv[1:], [int(s) for s in _SEEDS.value]
+  if _EPOCHS.value < 2:
+    raise app.UsageError("--epochs must be at least 2")
+  rows = []
+  for setting in _SETTINGS.value:
+    row = measure(setting, seeds, extra)
+    row["speedup"] = rows[0]["epoch_s"] / row["epoch_s"] if rows else 1.0
+    rows.append(row)
+    print(f"buckets:group {setting}: epoch {row['epoch_s']:.1f} s ({row['speedup']:.2f}x), "
+          f"runs of 1 and {_EPOCHS.value} epochs {row['short_run_s']:.0f} / "
+          f"{row['long_run_s']:.0f} s; best eval {row['metric']} "
+          f"{' '.join(f'{v:.4f}' for v in row['best_eval'])} ({_mean_std(row['best_eval'])}), "
+          f"test {_mean_std(row['test'])}", flush=True)
+  (Path(_WORKDIR.value) / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
