@@ -1,6 +1,7 @@
 """Fine-tuning data: tasks, local files, encoding, batches."""
 
 import json
+import pickle
 
 import ml_collections
 import numpy as np
@@ -247,6 +248,8 @@ def test_grouped_batches_hold_like_lengths_and_every_example_once_an_epoch():
               for p in range(2)]
     assert (np.concatenate([s["labels"] for s in shares]) == again["labels"]).all()
     assert {s["input_ids"].shape[1] for s in shares} == {again["input_ids"].shape[1]}
+  copied = pickle.loads(pickle.dumps(grouped))  # grain's worker processes take a copy
+  assert (copied[13]["labels"] == grouped[13]["labels"]).all()
   few = {k: v[:5] for k, v in arrays.items()}  # fewer examples than a batch: as shuffled
   assert examples_dataset(few, 8, 3, group_window=4)[0]["labels"].shape == (8,)
 

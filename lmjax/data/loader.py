@@ -8,7 +8,6 @@ number of batches it has handed out, so a restored loader continues exactly.
 """
 
 import dataclasses
-import functools
 import os
 import sys
 import time
@@ -157,21 +156,28 @@ def grouped_batches(lengths: np.ndarray, global_batch: int, seed: int, epoch: in
 
 
 class _GroupedRows:
-  """Global batch k of endless epochs of `grouped_batches`, stacked."""
+  """Global batch k of endless epochs of `grouped_batches`, stacked. Keeps
+  the current epoch's batches (one tuple, swapped whole: safe across
+  grain's threads); picklable, for grain's worker processes."""
 
   def __init__(self, arrays: dict, lengths: np.ndarray, global_batch: int, seed: int,
                window: int):
-    self.arrays, self.per_epoch = arrays, len(lengths) // global_batch
-    self.epoch_batches = functools.lru_cache(maxsize=2)(functools.partial(
-        grouped_batches, lengths, global_batch, seed, window=window))
+    self.arrays, self.lengths, self.global_batch = arrays, lengths, global_batch
+    self.seed, self.window = seed, window
+    self.per_epoch = len(lengths) // global_batch
+    self._epoch: tuple[int, np.ndarray | None] = (-1, None)
 
   def __len__(self):
     return sys.maxsize  # endless
 
   def __getitem__(self, k):
     epoch, i = divmod(k, self.per_epoch)
-    rows = self.epoch_batches(epoch)[i]
-    return {name: v[rows] for name, v in self.arrays.items()}
+    cached, batches = self._epoch
+    if cached != epoch:
+      batches = grouped_batches(self.lengths, self.global_batch, self.seed, epoch,
+                                self.window)
+      self._epoch = (epoch, batches)
+    return {name: v[batches[i]] for name, v in self.arrays.items()}
 
 
 def evaluation_batches(arrays: dict[str, np.ndarray], global_batch: int,
