@@ -22,7 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
+
+from lmjax import cli
+from lmjax.errors import UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/lmjax_finetune_epoch", "runs and results")
 _SETTINGS = flags.DEFINE_list("settings", ["1:0", "4:0", "4:16"],
@@ -43,7 +46,10 @@ def finetune(workdir: Path, setting: str, seed: int, epochs: int, extra: list[st
              f"--config.task.group_by_length={group}", *extra]
   if not (workdir / "summary.json").is_file():
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    status = subprocess.run(command, check=False, stdout=subprocess.DEVNULL).returncode
+    if status:
+      raise UserError(f"{workdir}: lmjax.finetune exited with status {status} (its "
+                      "error is above)")
     (workdir / "wall_s").write_text(f"{time.perf_counter() - start:.2f}")
   summary = json.loads((workdir / "summary.json").read_text())
   return {**summary, "wall_s": float((workdir / "wall_s").read_text())}
@@ -68,10 +74,22 @@ def _mean_std(values) -> str:
   return f"{statistics.mean(values):.4f} ± {spread:.4f}"
 
 
-def main(argv):
-  extra, seeds = argv[1:], [int(s) for s in _SEEDS.value]
+def _check(settings: list[str], seeds: list[str]) -> list[int]:
+  """The seeds as integers; UserError for a malformed setting or seed."""
+  for setting in settings:
+    buckets, _, group = setting.partition(":")
+    if not (buckets.isdigit() and group.isdigit() and int(buckets) >= 1):
+      raise UserError(f"--settings: {setting!r} is not LENGTH_BUCKETS:GROUP_BY_LENGTH "
+                      "(e.g. 4:16)")
+  if not seeds or not all(s.isdigit() for s in seeds):
+    raise UserError(f"--seeds: {','.join(seeds)!r} is not a list of seeds (e.g. 0,1,2)")
   if _EPOCHS.value < 2:
-    raise app.UsageError("--epochs must be at least 2")
+    raise UserError("--epochs must be at least 2")
+  return [int(s) for s in seeds]
+
+
+def main(argv):
+  extra, seeds = argv[1:], _check(_SETTINGS.value, _SEEDS.value)
   rows = []
   for setting in _SETTINGS.value:
     row = measure(setting, seeds, extra)
@@ -86,4 +104,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

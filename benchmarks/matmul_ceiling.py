@@ -16,8 +16,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 
+from lmjax import cli
+from lmjax.errors import UserError
 from lmjax.model import BertConfig
 from lmjax.runs.throughput import measured_matmul_flops
 
@@ -54,7 +56,9 @@ def matmul_loss(cfg: BertConfig, batch: int, length: int, predictions: int):
 
 def main(argv):
   del argv
-  cfg = BertConfig.named(_SIZE.value, vocab_size=_VOCAB.value)
+  cfg = BertConfig.named(_SIZE.value, vocab_size=_VOCAB.value)  # ConfigError: one line
+  if min(_SEQ.value, _BATCH.value, _STEPS.value) < 1:
+    raise UserError("--seq_len, --batch and --steps must be at least 1")
   predictions = math.ceil(0.15 * _SEQ.value)
   loss, flops = matmul_loss(cfg, _BATCH.value, _SEQ.value, predictions)
   d, f, count = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
@@ -84,4 +88,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
