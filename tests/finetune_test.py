@@ -142,6 +142,28 @@ def test_predict_writes_labels_and_probabilities(trained, tmp_path):
   assert np.mean(correct) > 0.75
 
 
+@pytest.mark.slow
+def test_buckets_alone_keep_the_run_and_grouping_keeps_its_learning(tmp_path, reviews_tsv):
+  """Padding less changes no token's computation (dropout masks included);
+  grouping lengths changes the batches, not what the run learns."""
+  runs = {}
+  for name, buckets, group in (("padded", 1, 0), ("buckets", 4, 0), ("grouped", 4, 4)):
+    c = config(reviews_tsv, steps=60, eval_every=30)
+    c.init.source, c.task.max_seq_length = "random", 32
+    c.task.length_buckets, c.task.group_by_length = buckets, group
+    runs[name] = (finetuning.finetune(c, tmp_path / name), metric_lines(tmp_path / name))
+  (padded, padded_lines), (bucketed, bucketed_lines) = runs["padded"], runs["buckets"]
+  losses = [[line["loss"] for line in lines if "loss" in line]
+            for lines in (padded_lines, bucketed_lines)]
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
+  assert bucketed["eval_accuracy"] == padded["eval_accuracy"]
+  assert bucketed["test_accuracy"] == padded["test_accuracy"]
+  assert [line.get("tokens_per_s") is None for line in bucketed_lines] == [
+      line.get("tokens_per_s") is None for line in padded_lines]
+  grouped = runs["grouped"][0]
+  assert grouped["test_accuracy"] > grouped["test_majority_accuracy"] + 0.1
+
+
 def evaluate_directly(model_cfg, bert, examples, length, seed=0):
   tokenizer = Tokenizer.load(builtin.TOKENIZER_FILE)
   encoded = cls.encode(examples, tokenizer, length).arrays

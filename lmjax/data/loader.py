@@ -127,30 +127,33 @@ def examples_dataset(arrays: dict[str, np.ndarray], global_batch: int, seed: int
   every epoch, endless: `ds[k]` is its share of global batch k, padded to
   the shortest of `buckets` that holds it (none: as encoded).
 
-  group_window > 0 groups examples of similar length into batches (see
-  `grouped_batches`), which then pad little; 0 batches them as shuffled."""
+  group_window > 0 (with buckets) makes each batch of examples of one
+  bucket where it can (see `grouped_batches`), so that it pads little; 0
+  batches them as shuffled."""
   local = _local_batch(global_batch, process_index, process_count)
   share = _Share(process_index, local, tuple(buckets))
-  if group_window and len(_Rows(arrays)) >= global_batch:
-    return grain.MapDataset.source(_GroupedRows(
-        arrays, arrays["input_mask"].sum(1), global_batch, seed, group_window)).map(share)
+  if group_window and len(buckets) > 1 and len(_Rows(arrays)) >= global_batch:
+    bucket_of = np.searchsorted(np.asarray(buckets), arrays["input_mask"].sum(1))
+    return grain.MapDataset.source(
+        _GroupedRows(arrays, bucket_of, global_batch, seed, group_window)).map(share)
   return (grain.MapDataset.source(_Rows(arrays)).shuffle(seed=seed).repeat(None)
           .batch(global_batch, drop_remainder=True, batch_fn=_stack).map(share))
 
 
-def grouped_batches(lengths: np.ndarray, global_batch: int, seed: int, epoch: int,
+def grouped_batches(bucket_of: np.ndarray, global_batch: int, seed: int, epoch: int,
                     window: int) -> np.ndarray:
-  """The [B, global_batch] example indices of epoch `epoch`'s batches, made of
-  examples of similar length: the examples shuffled with (seed, epoch), each
-  run of `window` batches' worth sorted by length and cut into batches, and
-  the batches shuffled. The last len % global_batch examples of the shuffle
-  sit the epoch out."""
+  """The [B, global_batch] example indices of epoch `epoch`'s batches, each
+  of examples of one bucket where it can be: the examples shuffled with
+  (seed, epoch), each run of `window` batches' worth ordered by bucket (in
+  shuffled order within a bucket, so a batch is not sorted by length, which
+  can go with the label) and cut into batches, and the batches shuffled. The
+  last len % global_batch examples of the shuffle sit the epoch out."""
   rng = np.random.default_rng((seed, epoch))
-  order = rng.permutation(len(lengths))[:len(lengths) // global_batch * global_batch]
+  order = rng.permutation(len(bucket_of))[:len(bucket_of) // global_batch * global_batch]
   chunk = window * global_batch
   for start in range(0, len(order), chunk):
     part = order[start:start + chunk]
-    order[start:start + chunk] = part[np.argsort(lengths[part], kind="stable")]
+    order[start:start + chunk] = part[np.argsort(bucket_of[part], kind="stable")]
   batches = order.reshape(-1, global_batch)
   return batches[rng.permutation(len(batches))]
 
@@ -160,11 +163,11 @@ class _GroupedRows:
   the current epoch's batches (one tuple, swapped whole: safe across
   grain's threads); picklable, for grain's worker processes."""
 
-  def __init__(self, arrays: dict, lengths: np.ndarray, global_batch: int, seed: int,
+  def __init__(self, arrays: dict, bucket_of: np.ndarray, global_batch: int, seed: int,
                window: int):
-    self.arrays, self.lengths, self.global_batch = arrays, lengths, global_batch
+    self.arrays, self.bucket_of, self.global_batch = arrays, bucket_of, global_batch
     self.seed, self.window = seed, window
-    self.per_epoch = len(lengths) // global_batch
+    self.per_epoch = len(bucket_of) // global_batch
     self._epoch: tuple[int, np.ndarray | None] = (-1, None)
 
   def __len__(self):
@@ -174,7 +177,7 @@ class _GroupedRows:
     epoch, i = divmod(k, self.per_epoch)
     cached, batches = self._epoch
     if cached != epoch:
-      batches = grouped_batches(self.lengths, self.global_batch, self.seed, epoch,
+      batches = grouped_batches(self.bucket_of, self.global_batch, self.seed, epoch,
                                 self.window)
       self._epoch = (epoch, batches)
     return {name: v[batches[i]] for name, v in self.arrays.items()}
