@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       metrics="",  # comma-separated, main first; '' = the task's own
       max_seq_length=128,  # longer examples are truncated (and counted)
       length_buckets=4,  # batches pad to the shortest of this many lengths; 1 = max_seq_length
-      group_by_length=16,  # batches of like lengths, sorted in windows of this many; 0 = off
+      group_by_length=0,  # N: batches of one bucket, from windows of N batches (faster); 0 = off
       tokenizer="",  # only for init.source=random, or a checkpoint without a tokenizer
       data_dir="",  # tfds data directory; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
       num_threads=2,  # host threads that prepare batches
