@@ -16,6 +16,7 @@ from random weights). Results also land in WORKDIR/results.json.
 """
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,22 +38,38 @@ ROOT = Path(__file__).parents[1]
 
 
 def finetune(workdir: Path, setting: str, seed: int, epochs: int, extra: list[str]) -> dict:
-  """Runs lmjax.finetune once; its summary with the wall time it took."""
+  """Runs lmjax.finetune once; its summary with the wall time it took. A run
+  this benchmark finished with the same command is read instead; any other
+  run in `workdir` (stopped, killed, another command) is run again from
+  scratch, since a resumed run's wall time is not an epoch count's."""
   buckets, group = setting.split(":")
   command = [sys.executable, "-m", "lmjax.finetune",
              f"--config={ROOT / 'configs/finetune.py'}:transfer", f"--workdir={workdir}",
              "--config.init.source=random", f"--config.seed={seed}",
              f"--config.train.epochs={epochs}", f"--config.task.length_buckets={buckets}",
              f"--config.task.group_by_length={group}", *extra]
-  if not (workdir / "summary.json").is_file():
-    start = time.perf_counter()
-    status = subprocess.run(command, check=False, stdout=subprocess.DEVNULL).returncode
-    if status:
-      raise UserError(f"{workdir}: lmjax.finetune exited with status {status} (its "
-                      "error is above)")
-    (workdir / "wall_s").write_text(f"{time.perf_counter() - start:.2f}")
-  summary = json.loads((workdir / "summary.json").read_text())
-  return {**summary, "wall_s": float((workdir / "wall_s").read_text())}
+  record = workdir / "benchmark.json"  # the command and its wall time, written last
+  try:
+    done = json.loads(record.read_text())
+    summary = json.loads((workdir / "summary.json").read_text())
+    if done["command"] == command[1:] and summary.get("stopped_by") is None:
+      return {**summary, "wall_s": done["wall_s"]}
+  except (OSError, ValueError, KeyError, TypeError):
+    pass
+  if workdir.exists():
+    print(f"{workdir}: not a run this benchmark finished with this command; running it "
+          "again from scratch", flush=True)
+    shutil.rmtree(workdir)
+  start = time.perf_counter()
+  status = subprocess.run(command, check=False, stdout=subprocess.DEVNULL).returncode
+  wall_s = round(time.perf_counter() - start, 2)
+  summary = json.loads((workdir / "summary.json").read_text()) if not status else {}
+  if status or summary.get("stopped_by"):
+    raise UserError(f"{workdir}: lmjax.finetune "
+                    f"{f'exited with status {status}' if status else 'was stopped'} (see "
+                    "above); run the benchmark again to run it again")
+  record.write_text(json.dumps({"command": command[1:], "wall_s": wall_s}) + "\n")
+  return {**summary, "wall_s": wall_s}
 
 
 def measure(setting: str, seeds: list[int], extra: list[str]) -> dict:
