@@ -40,4 +40,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # task, seed and init.source (pretrain:DIR/pretrain/VARIANT, or random).
   config.pretrain = _variant("pretrain.py", "transfer")
   config.finetune = _variant("finetune.py", "transfer")
+  # What the experiment sets in every run is left out here, so that setting it
+  # is an error rather than ignored: the sources (config.corpus, config.task,
+  # the variants) and the random variant's tokenizer (the pretraining's) are
+  # empty, and the objectives' weights are config.*_weight.
+  config.pretrain.data.source = config.pretrain.probe.source = ""
+  config.finetune.task.source = config.finetune.init.source = ""
+  for field in ("mlm_weight", "nsp_weight", "cp_weight"):
+    del config.pretrain.train[field]
   return config

@@ -170,6 +170,10 @@ def test_a_second_run_reads_the_finished_runs(experiment, reviews):
     ("pretrain.train.batch_size", 1, "CP needs negatives"),
     ("finetune.train.learning_rate", -1.0, "config.train.learning_rate"),
     ("pretrain.data.tokenizer", "learn:some", "learn:N takes a number of pieces"),
+    ("pretrain.data.source", "austen", r"data.source is set by the experiment \(config.corpus"),
+    ("pretrain.probe.source", "glue/sst2", r"probe.source is set by .* \(config.task"),
+    ("finetune.task.source", "rt_polarity", r"task.source is set by .* \(config.task"),
+    ("finetune.init.source", "random", r"init.source is set by .* \(config.variants"),
 ])
 def test_bad_input_is_one_error_before_any_work(reviews, tmp_path, field, value, message):
   config = small(reviews)

@@ -94,9 +94,28 @@ def _pretraining_tokenizer(config) -> str:
   return loader.tokenizer_file(data) if learned_size(data.tokenizer) else data.tokenizer
 
 
+# Fields of the runs' configs that the experiment sets, and what sets them.
+SET_BY_EXPERIMENT = {
+    "pretrain.data.source": "config.corpus",
+    "pretrain.probe.source": "config.task",
+    "finetune.task.source": "config.task",
+    "finetune.init.source": "config.variants",
+    "finetune.task.tokenizer": "the pretraining's tokenizer",
+}
+
+
+def _check_unset(config) -> None:
+  for path, setter in SET_BY_EXPERIMENT.items():
+    run, section, field = path.split(".")
+    if value := config[run][section][field]:
+      raise ConfigError(f"config.{path} is set by the experiment ({setter}); leave it "
+                        f"empty, got {value!r}")
+
+
 def plan(config, workdir: str) -> Plan:
   """The experiment's runs; ConfigError (one line) for any impossible field
   of any of them, before a run starts."""
+  _check_unset(config)
   for field in ("mlm_weight", "nsp_weight", "cp_weight"):
     if config[field] <= 0:
       raise ConfigError(f"config.{field} must be positive (leave an objective out by its "
