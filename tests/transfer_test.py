@@ -174,6 +174,7 @@ def test_a_second_run_reads_the_finished_runs(experiment, reviews):
     ("pretrain.probe.source", "glue/sst2", r"probe.source is set by .* \(config.task"),
     ("finetune.task.source", "rt_polarity", r"task.source is set by .* \(config.task"),
     ("finetune.init.source", "random", r"init.source is set by .* \(config.variants"),
+    ("finetune.task.tokenizer", "t.model", r"tokenizer is set by .* \(the pretraining's"),
 ])
 def test_bad_input_is_one_error_before_any_work(reviews, tmp_path, field, value, message):
   config = small(reviews)
