@@ -1,5 +1,5 @@
 r"""Benchmark: pretraining data at scale. For corpora of each size, prints
-what `lmjax.data.prepare` takes (MB/s of text per core) and what a training
+what `lmjax.prepare` takes (MB/s of text per core) and what a training
 process then needs to reach its first batch (seconds, peak RSS), and how
 fast the loader masks sequences.
 
@@ -30,12 +30,12 @@ _FIRST_BATCH = """
 import json, resource, sys, time
 start = time.perf_counter()
 import importlib.util
-from lmjax.data import loader
+from lmjax.data import loader, pretrain_input
 spec = importlib.util.spec_from_file_location("c", sys.argv[1] + "/configs/pretrain.py")
 module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
 config = module.get_config()
 config.data.source = "prepared:" + sys.argv[2]
-dataset, _, info = loader.pretraining_input(config.data, 32, seed=0)
+dataset, _, info = pretrain_input.pretraining_input(config.data, 32, seed=0)
 batches = loader.Loader(dataset, num_threads=config.data.num_threads)
 next(batches)
 first = time.perf_counter() - start
@@ -78,7 +78,7 @@ def main(argv):
     output = work / f"prepared-{size:g}mb"
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "lmjax.data.prepare", f"--source=text:{corpus}/*.txt",
+        [sys.executable, "-m", "lmjax.prepare", f"--source=text:{corpus}/*.txt",
          f"--output={output}", f"--num_shards={_SHARDS.value}", "--overwrite"],
         capture_output=True, text=True, cwd=ROOT, check=True)
     seconds = time.perf_counter() - start

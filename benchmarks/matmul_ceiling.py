@@ -21,7 +21,7 @@ from absl import flags
 from lmjax import cli
 from lmjax.errors import UserError
 from lmjax.model import BertConfig, costs
-from lmjax.runs.throughput import measured_matmul_flops
+from lmjax.trainer.throughput import measured_matmul_flops
 
 _SIZE = flags.DEFINE_string("size", "base", "BERT size (tiny .. large)")
 _SEQ = flags.DEFINE_integer("seq_len", 128, "sequence length")

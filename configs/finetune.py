@@ -83,6 +83,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # dcn_data > 1: the data axis spans that many TPU slices (multi-slice).
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
   if arg == "transfer":
-    # Fine-tuning a small encoder on a few thousand examples (lmjax.transfer).
+    # Fine-tuning a small encoder on a few thousand examples (the transfer experiment).
     config.train.update(learning_rate=5e-4, epochs=5.0)
   return config

@@ -13,7 +13,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   '' (default): BERT-tiny on the built-in Austen corpus, about ten minutes on
   a 2-core CPU. 'base' / 'large': BERT's sizes and recipe, for accelerators.
   'transfer': pretraining on a task's own text (data.source=task:SOURCE),
-  about 15 minutes on a 2-core CPU, as lmjax.transfer runs it.
+  about 15 minutes on a 2-core CPU, as the transfer experiment runs it.
   """
   config = ml_collections.ConfigDict()
   config.seed = 0

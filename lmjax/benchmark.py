@@ -16,7 +16,8 @@ from absl import flags
 
 from lmjax import cli
 from lmjax.errors import UserError
-from lmjax.runs import benchmark, benchmark_output
+from lmjax.benchmarking import points as sweep_points
+from lmjax.benchmarking import results, sweep
 
 _SIZE = flags.DEFINE_list("size", ["small"], "BERT sizes (tiny, mini, small, medium, base, large)")
 _SEQ_LEN = flags.DEFINE_list("seq_len", ["128"], "sequence lengths")
@@ -62,21 +63,21 @@ def _values(flag, kind):
 
 def main(argv):
   del argv
-  points = benchmark.sweep(dict(
+  points = sweep_points.sweep(dict(
       size=_values(_SIZE, str), seq_len=_values(_SEQ_LEN, int), batch=_values(_BATCH, int),
       dtype=_values(_DTYPE, str), attention_impl=_values(_ATTENTION, str),
       remat_policy=_values(_REMAT, str), scan_layers=_values(_SCAN, bool),
       mesh=_values(_MESH, str), objective=_values(_OBJECTIVE, str)))
-  settings = benchmark.Settings(
+  settings = sweep_points.Settings(
       mode=_MODE.value, steps=_STEPS.value, rounds=_ROUNDS.value, warmup=_WARMUP.value,
       vocab_size=_VOCAB.value, mask_rate=_MASK_RATE.value, dropout=_DROPOUT.value,
       cpu_peak_tflops=_PEAK.value, peer=_COMPARE.value)
-  benchmark.check(points, settings, jax.device_count(), jax.devices()[0].platform)
-  output = benchmark_output.prepare_output(_OUTPUT.value)
+  sweep_points.check(points, settings, jax.device_count(), jax.devices()[0].platform)
+  output = results.prepare_output(_OUTPUT.value)
   for signum in (signal.SIGINT, signal.SIGTERM):
-    signal.signal(signum, benchmark.interrupt)
+    signal.signal(signum, sweep.interrupt)
   try:
-    rows = benchmark_output.run(points, settings, output, echo=lambda text: print(text, flush=True))
+    rows = sweep.run(points, settings, output, echo=lambda text: print(text, flush=True))
   except KeyboardInterrupt:
     print(f"interrupted: the points measured so far are in {output}", file=sys.stderr,
           flush=True)

@@ -22,7 +22,6 @@ from ml_collections import config_flags
 
 from lmjax.errors import Fault, UserError
 
-
 _EXAMPLE_CONFIG: list[str] = []  # define_config's example: the fields --help lists
 
 
@@ -92,6 +91,12 @@ def _terminated(signum, frame):
 def _fail(message: str) -> None:
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(2)
+
+
+def moved(old: str, new: str) -> None:
+  """The whole of a command that moved: one line naming the new one, exit
+  status 2."""
+  _fail(f"python -m {old} is now {new}")
 
 
 def _help(argv: list[str]) -> None:

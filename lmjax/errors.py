@@ -14,6 +14,10 @@ class Fault(Exception):
   """A failure outside the program; the message says what was saved."""
 
 
+class MissingSplitError(UserError):
+  """A source or task has no data for the split asked for."""
+
+
 class ConfigError(UserError, ValueError):
   """An invalid configuration value; the message names the field."""
 

@@ -13,13 +13,12 @@ activation [batch, length, embed], `batch` takes ('data', 'fsdp') first, so
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
-from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import numpy as np
-import flax.linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lmjax.errors import ConfigError

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from lmjax.benchmarking import points, results, sweep
+from lmjax.benchmarking.points import Point, Settings
 from lmjax.errors import UserError
 from lmjax.model import BertConfig, flops_per_token
-from lmjax.runs import benchmark, benchmark_output
-from lmjax.runs.benchmark import Point, Settings
 
 ROOT = Path(__file__).parents[1]
 QUICK = Settings(steps=2, rounds=2, warmup=0, vocab_size=512)
@@ -27,11 +27,11 @@ def _failing_worker(point, settings):
 
 @pytest.mark.slow
 def test_a_tiny_sweep_writes_rows_csv_and_plot(tmp_path):
-  points = benchmark.sweep(dict(size=["tiny"], seq_len=[16], batch=[8, 16],
-                                objective=["mlm_nsp", "classification"]))
-  assert len(points) == 4
+  swept = points.sweep(dict(size=["tiny"], seq_len=[16], batch=[8, 16],
+                            objective=["mlm_nsp", "classification"]))
+  assert len(swept) == 4
   lines = []
-  rows = benchmark_output.run(points, QUICK, str(tmp_path), echo=lines.append)
+  rows = sweep.run(swept, QUICK, str(tmp_path), echo=lines.append)
   assert [r["implementation"] for r in rows] == ["lmjax"] * 4
   for row in rows:
     assert "error" not in row, row
@@ -62,7 +62,7 @@ def test_a_tiny_sweep_writes_rows_csv_and_plot(tmp_path):
 def test_forward_backward_mode_and_the_torch_peer_take_turns(tmp_path):
   settings = Settings(steps=2, rounds=2, warmup=0, vocab_size=512, peer="hf_torch",
                       mode="forward_backward")
-  rows = benchmark.measure(Point("tiny", 16, 8), settings)
+  rows = sweep.measure(Point("tiny", 16, 8), settings)
   assert [r["implementation"] for r in rows] == ["lmjax", "hf_torch"]
   lmjax, peer = rows
   assert lmjax["steps_timed"] == peer["steps_timed"] == 4 and peer["loss_finite"]
@@ -73,10 +73,10 @@ def test_forward_backward_mode_and_the_torch_peer_take_turns(tmp_path):
 
 
 def test_a_point_that_fails_is_a_row_and_the_sweep_goes_on(tmp_path):
-  rows = benchmark.measure(Point("tiny", 16, 8), QUICK, lmjax_worker=_failing_worker)
+  rows = sweep.measure(Point("tiny", 16, 8), QUICK, lmjax_worker=_failing_worker)
   assert rows == [{**rows[0], "error": "MemoryError: RESOURCE_EXHAUSTED: out of memory "
                    "allocating 1.2 GiB"}]
-  assert "failed: MemoryError" in benchmark_output.line(rows[0])
+  assert "failed: MemoryError" in results.line(rows[0])
 
 
 @pytest.mark.parametrize("values, settings, message", [
@@ -96,9 +96,9 @@ def test_a_point_that_fails_is_a_row_and_the_sweep_goes_on(tmp_path):
     ({}, dict(peer="hf_flax"), "--compare='hf_flax': must be one of hf_torch"),
 ])
 def test_bad_sweeps_fail_in_one_line_before_anything_compiles(values, settings, message):
-  points = benchmark.sweep({"size": ["tiny"], "seq_len": [16], "batch": [8], **values})
+  swept = points.sweep({"size": ["tiny"], "seq_len": [16], "batch": [8], **values})
   with pytest.raises(UserError) as raised:
-    benchmark.check(points, Settings(**settings), device_count=8, platform="cpu")
+    points.check(swept, Settings(**settings), device_count=8, platform="cpu")
   assert str(raised.value).startswith(message), str(raised.value)
 
 

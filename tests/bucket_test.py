@@ -14,12 +14,12 @@ import struct
 import jax
 import pytest
 from etils import epath
+from finetune_test import config as finetune_config
+from finetune_test import data_dirs, pretrain_config, review, reviews_tsv  # noqa: F401
 
 from lmjax import paths
 from lmjax.runs import finetuning, prediction
 from lmjax.runs.pretraining import train_and_evaluate
-from finetune_test import config as finetune_config
-from finetune_test import data_dirs, pretrain_config, review, reviews_tsv  # noqa: F401
 
 pytestmark = pytest.mark.slow
 BUCKET = "lmjax-test"
@@ -186,7 +186,8 @@ def test_fine_tuning_in_a_bucket_from_a_bucket(pretrained, reviews_tsv,  # noqa:
 
 def test_the_best_checkpoint_lives_in_a_bucket(bucket):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from lmjax.runs.checkpoints import BestCheckpoint  # pylint: disable=import-outside-toplevel
+
+  from lmjax.trainer.checkpoints import BestCheckpoint  # pylint: disable=import-outside-toplevel
   directory = f"{bucket}/best-only/best"
   best = BestCheckpoint(directory, "eval_accuracy")
   for step, accuracy in ((0, 0.5), (2, 0.7), (4, 0.6)):

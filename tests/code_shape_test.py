@@ -1,5 +1,6 @@
 """The shape of the code itself: every function in lmjax/ reads in one
-screen, and the layer that runs things does not reach into entry points."""
+screen, layers import only downwards, no module reaches itself through its
+imports, and the layout page names every module."""
 
 import ast
 from pathlib import Path
@@ -22,24 +23,46 @@ def test_no_function_in_the_package_is_over_sixty_lines():
   assert not long, long
 
 
+def module_name(path: Path) -> str:
+  parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def imported_modules(path: Path) -> set[str]:
+  """Every module `path` imports, absolute (relative imports resolved), and
+  for `from M import N` both M and M.N."""
   tree = ast.parse(path.read_text(), str(path))
+  package = module_name(path).split(".")
+  if path.name != "__init__.py":
+    package = package[:-1]
   names = set()
   for node in ast.walk(tree):
-    if isinstance(node, ast.ImportFrom) and node.module:
-      names.add(node.module)
-      names.update(f"{node.module}.{a.name}" for a in node.names)
+    if isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:
+        base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
+      names.add(base)
+      names.update(f"{base}.{a.name}" for a in node.names)
     elif isinstance(node, ast.Import):
       names.update(a.name for a in node.names)
   return names
 
 
 def test_layers_import_only_downwards():
-  """model/ knows nothing of data, train or runs; data/ never imports jax;
-  train/ (pure steps and objectives) knows nothing of files or runs."""
-  forbidden = {"model": ("lmjax.data", "lmjax.train", "lmjax.runs", "lmjax.interop"),
-               "data": ("jax", "flax", "optax", "lmjax.model", "lmjax.train", "lmjax.runs"),
-               "train": ("lmjax.runs", "lmjax.data", "orbax", "tensorboardX")}
+  """model/ knows nothing of data, train or what runs things; data/ never
+  imports jax; train/ (pure steps and objectives) knows nothing of files or
+  runs; the trainer never imports a run kind; nothing in lmjax imports an
+  experiment."""
+  above_train = ("lmjax.trainer", "lmjax.runs", "lmjax.benchmarking", "experiments")
+  forbidden = {
+      "model": ("lmjax.data", "lmjax.train", "lmjax.interop", *above_train),
+      "data": ("jax", "flax", "optax", "lmjax.model", "lmjax.train", *above_train),
+      "train": ("lmjax.data", "orbax", "tensorboardX", *above_train),
+      "trainer": ("lmjax.runs", "lmjax.benchmarking", "experiments"),
+      "runs": ("lmjax.benchmarking", "experiments"),
+      "benchmarking": ("lmjax.runs", "experiments"),
+      "": ("experiments",),
+  }
   wrong = []
   for layer, prefixes in forbidden.items():
     for path in sorted((PACKAGE / layer).rglob("*.py")):
@@ -49,9 +72,50 @@ def test_layers_import_only_downwards():
   assert not wrong, wrong
 
 
-def readme_layout() -> dict[str, set[str]]:
-  """The modules README.md's layout tree names: {package dir: {file.py}}."""
-  text = (PACKAGE.parent / "README.md").read_text()
+def import_graph() -> dict[str, set[str]]:
+  """{module: the lmjax modules it imports}, a package and its own
+  submodules aside (a package's __init__ may name its parts)."""
+  modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+  graph = {}
+  for name, path in modules.items():
+    graph[name] = {m for m in imported_modules(path) if m in modules and m != name
+                   and not m.startswith(name + ".") and not name.startswith(m + ".")}
+  return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+  """One cycle through each module that reaches itself, as a path."""
+  found, done = [], set()
+
+  def visit(node, path, on_path):
+    for nxt in sorted(graph[node]):
+      if nxt in on_path:
+        found.append(path[path.index(nxt):] + [nxt])
+      elif nxt not in done:
+        on_path.add(nxt)
+        visit(nxt, path + [nxt], on_path)
+        on_path.discard(nxt)
+    done.add(node)
+
+  for start in sorted(graph):
+    if start not in done:
+      visit(start, [start], {start})
+  return found
+
+
+def test_no_import_cycle_in_the_package():
+  assert not cycles(import_graph()), cycles(import_graph())
+
+
+def test_the_cycle_finder_finds_a_cycle():
+  graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+  assert cycles(graph) == [["a", "b", "c", "a"]]
+  assert not cycles({"a": {"b"}, "b": set(), "c": {"a", "b"}})
+
+
+def docs_layout() -> dict[str, set[str]]:
+  """The modules docs/architecture.md's layout tree names: {package dir: {file.py}}."""
+  text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
   tree = text.split("## Layout", 1)[1].split("```", 2)[1]
   listed: dict[str, set[str]] = {}
   folder = ""
@@ -70,8 +134,11 @@ def readme_layout() -> dict[str, set[str]]:
   return listed
 
 
-def test_the_readme_layout_names_every_module_and_only_those():
-  listed = readme_layout()
-  for folder in ("", "model", "data", "train", "runs", "interop"):
+def test_the_layout_page_names_every_module_and_only_those():
+  listed = docs_layout()
+  folders = sorted({str(p.parent.relative_to(PACKAGE)).replace(".", "")
+                    for p in PACKAGE.rglob("*.py") if "builtin" not in p.parts})
+  assert set(listed) == set(folders), set(listed) ^ set(folders)
+  for folder in folders:
     actual = {p.name for p in (PACKAGE / folder).glob("*.py") if p.name != "__init__.py"}
     assert listed[folder] == actual, (folder, listed[folder] ^ actual)

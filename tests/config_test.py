@@ -1,15 +1,15 @@
 """BertConfig validation, named sizes, parameter counts and FLOPs."""
 
+import flax.linen as nn
 import jax
 import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import flax.linen as nn
 
 from lmjax.errors import ConfigError, UserError
 from lmjax.model import BertConfig, BertForPreTraining, param_count
-from lmjax.model.costs import forward_flops, flops_per_token
+from lmjax.model.costs import flops_per_token, forward_flops
 from lmjax.model.heads import BertForSequenceClassification
 
 

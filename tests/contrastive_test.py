@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from optimizer_test import train_config
 
 from lmjax import parallel
 from lmjax.model import BertConfig, BertForPreTraining
 from lmjax.train import contrastive, mlm_nsp, optimizer, steps
-from optimizer_test import train_config
 
 CLS, SEP, MASK = 2, 3, 4
 

@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 import scipy.special
 
-from lmjax.data import builtin
+from lmjax.data import builtin, tokenization
 from lmjax.data import tasks as cls
-from lmjax.data import tokenization
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import ConfigError, UserError
 from lmjax.interop.hf import load_hf_bert, save_hf_bert
@@ -227,8 +226,9 @@ def test_a_pretraining_run_starts_with_its_encoder(tmp_path, reviews_tsv, monkey
   finetuning.finetune(c, tmp_path / "w")
   first = next(line for line in metric_lines(tmp_path / "w") if line["step"] == 0)
 
-  from lmjax.runs.checkpoints import Checkpoints  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  from lmjax.trainer.checkpoints import Checkpoints  # pylint: disable=import-outside-toplevel
   assert Checkpoints(pretrained / "checkpoints").latest_step() == 3
   state = ocp.StandardCheckpointer().restore(pretrained / "checkpoints" / "3" / "state")
   from lmjax.model.encoder import unstack_layers  # pylint: disable=import-outside-toplevel

@@ -21,7 +21,7 @@ from wordpiece_test import build_vocab  # noqa: E402
 
 from lmjax import parallel  # noqa: E402
 from lmjax.data import tasks  # noqa: E402
-from lmjax.data.loader import pretraining_input  # noqa: E402
+from lmjax.data.pretrain_input import pretraining_input  # noqa: E402
 from lmjax.data.tokenization import Tokenizer  # noqa: E402
 from lmjax.errors import UserError  # noqa: E402
 from lmjax.interop.hf import load_hf_bert  # noqa: E402

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmjax.data import instances, loader
-from lmjax.data.preview import batch_statistics
+from lmjax.data import instances, pretrain_input
 from lmjax.data.tokenization import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID
 from lmjax.errors import UserError
+from lmjax.preview import batch_statistics
 
 ROOT = Path(__file__).parents[1]
 
@@ -33,7 +33,7 @@ def dirs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def austen(dirs):
   config = pretrain_config(**dirs)
-  return loader.pretraining_input(config.data, 64, seed=0)
+  return pretrain_input.pretraining_input(config.data, 64, seed=0)
 
 
 def _batches(dataset, count, start=0):
@@ -79,7 +79,7 @@ def test_every_sequence_is_well_formed(austen):
 
 def test_predictions_are_capped(dirs):
   config = pretrain_config(max_predictions_per_seq=5, **dirs)
-  dataset, _, _ = loader.pretraining_input(config.data, 32, seed=0)
+  dataset, _, _ = pretrain_input.pretraining_input(config.data, 32, seed=0)
   stats = batch_statistics(_batches(dataset, 5))
   assert stats["capped_sequences"] > 0.9
   assert dataset[0]["masked_positions"].shape == (32, 5)
@@ -87,7 +87,7 @@ def test_predictions_are_capped(dirs):
 
 def test_whole_word_masking_masks_all_pieces_of_a_word(dirs):
   config = pretrain_config(whole_word_masking=True, **dirs)
-  dataset, tokenizer, _ = loader.pretraining_input(config.data, 32, seed=0)
+  dataset, tokenizer, _ = pretrain_input.pretraining_input(config.data, 32, seed=0)
   batches = _batches(dataset, 40)
   stats = batch_statistics(batches)
   assert abs(stats["predicted_fraction"] - 0.15) < 0.02
@@ -135,4 +135,4 @@ def test_bad_data_config_values_name_the_field(dirs, field, value):
   config = pretrain_config(**dirs)
   config.data[field] = value
   with pytest.raises(UserError, match=f"config.data.{field}"):
-    loader.check_data_config(config.data)
+    pretrain_input.check_data_config(config.data)

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-
-from lmjax.data import loader
 from instances_test import pretrain_config
+
+from lmjax.data import loader, pretrain_input
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +18,9 @@ def _equal(a, b):
 
 
 def test_same_seed_same_batches_other_seed_other_batches(config):
-  first, _, _ = loader.pretraining_input(config.data, 16, seed=0)
-  second, _, _ = loader.pretraining_input(config.data, 16, seed=0)
-  other, _, _ = loader.pretraining_input(config.data, 16, seed=1)
+  first, _, _ = pretrain_input.pretraining_input(config.data, 16, seed=0)
+  second, _, _ = pretrain_input.pretraining_input(config.data, 16, seed=0)
+  other, _, _ = pretrain_input.pretraining_input(config.data, 16, seed=1)
   a, b, c = loader.Loader(first), loader.Loader(second), loader.Loader(other)
   for _ in range(5):
     x, y, z = next(a), next(b), next(c)
@@ -28,7 +28,7 @@ def test_same_seed_same_batches_other_seed_other_batches(config):
 
 
 def test_restored_loader_continues_exactly(config):
-  dataset, _, _ = loader.pretraining_input(config.data, 16, seed=0)
+  dataset, _, _ = pretrain_input.pretraining_input(config.data, 16, seed=0)
   uninterrupted = loader.Loader(dataset)
   want = [next(uninterrupted) for _ in range(12)]
   interrupted = loader.Loader(dataset)
@@ -44,7 +44,7 @@ def test_restored_loader_continues_exactly(config):
 
 
 def test_masks_change_every_epoch_but_pairs_stay(config):
-  dataset, _, info = loader.pretraining_input(config.data, 16, seed=0)
+  dataset, _, info = pretrain_input.pretraining_input(config.data, 16, seed=0)
   per_epoch = info["pairs"] // 16  # batches per epoch, ignoring the remainder
   first = [dataset[k] for k in range(per_epoch)]
   second = [dataset[k] for k in range(per_epoch, 2 * per_epoch)]
@@ -68,8 +68,8 @@ def test_masks_change_every_epoch_but_pairs_stay(config):
 
 @pytest.mark.parametrize("processes", [2, 4])
 def test_process_shares_are_disjoint_and_make_the_global_batch(config, processes):
-  whole, _, _ = loader.pretraining_input(config.data, 16, seed=0)
-  shares = [loader.pretraining_input(config.data, 16, seed=0, process_index=p,
+  whole, _, _ = pretrain_input.pretraining_input(config.data, 16, seed=0)
+  shares = [pretrain_input.pretraining_input(config.data, 16, seed=0, process_index=p,
                                      process_count=processes)[0]
             for p in range(processes)]
   for k in (0, 3, 500):
@@ -81,43 +81,42 @@ def test_process_shares_are_disjoint_and_make_the_global_batch(config, processes
 
 def test_uneven_process_split_is_an_error(config):
   with pytest.raises(Exception, match="split evenly"):
-    loader.pretraining_input(config.data, 10, seed=0, process_count=4)
+    pretrain_input.pretraining_input(config.data, 10, seed=0, process_count=4)
 
 
 def test_the_corpus_is_prepared_once_into_the_cache(tmp_path, config):
   config = pretrain_config(data_dir=config.data.data_dir, cache_dir=str(tmp_path))
-  _, _, first = loader.pretraining_input(config.data, 8, seed=0)
-  _, _, second = loader.pretraining_input(config.data, 8, seed=0)
+  _, _, first = pretrain_input.pretraining_input(config.data, 8, seed=0)
+  _, _, second = pretrain_input.pretraining_input(config.data, 8, seed=0)
   assert first["cache"] == "miss" and second["cache"] == "hit"
   assert first["tokens"] == second["tokens"] and first["pairs"] == second["pairs"]
   (directory,) = tmp_path.glob("prepared-*")
   assert sorted(p.name for p in directory.iterdir()) == [
       "metadata.json", "train-00000-of-00001.array_record",
       "validation-00000-of-00001.array_record"]
-  _, _, other_seed = loader.pretraining_input(config.data, 8, seed=1)
+  _, _, other_seed = pretrain_input.pretraining_input(config.data, 8, seed=1)
   assert other_seed["cache"] == "miss" and len(list(tmp_path.glob("prepared-*"))) == 2
 
 
 def test_damaged_cache_is_rebuilt(tmp_path, config):
   config = pretrain_config(data_dir=config.data.data_dir, cache_dir=str(tmp_path))
-  dataset, _, first = loader.pretraining_input(config.data, 8, seed=0)
+  dataset, _, first = pretrain_input.pretraining_input(config.data, 8, seed=0)
   expected = dataset[3]["input_ids"]
   (shard,) = tmp_path.glob("prepared-*/train-*")
   shard.write_bytes(shard.read_bytes()[:1000])
-  again_dataset, _, again = loader.pretraining_input(config.data, 8, seed=0)
+  again_dataset, _, again = pretrain_input.pretraining_input(config.data, 8, seed=0)
   assert again["cache"] == "miss" and again["tokens"] == first["tokens"]
   np.testing.assert_array_equal(again_dataset[3]["input_ids"], expected)
 
 
 def test_a_corpus_of_a_few_tokens_a_document_is_warned_about(tmp_path, capsys, monkeypatch):
   import ml_collections  # pylint: disable=import-outside-toplevel
-  from lmjax.data import loader  # pylint: disable=import-outside-toplevel
   monkeypatch.setenv("LMJAX_CACHE", str(tmp_path / "cache"))
   (tmp_path / "c.txt").write_text("\n\n".join(f"word {i}." for i in range(30)) + "\n")
   data = ml_collections.ConfigDict(dict(
       source=f"text:{tmp_path}/c.txt", text_field="text", tokenizer="", data_dir="",
       cache_dir="", max_seq_length=32, max_predictions_per_seq=5, masked_lm_prob=0.15,
       short_seq_prob=0.1, whole_word_masking=False, num_threads=0))
-  loader.pretraining_input(data, 4, 0)
+  pretrain_input.pretraining_input(data, 4, 0)
   out = capsys.readouterr().out
   assert "warning: text:" in out and "documents of" in out and "a document)" in out

@@ -15,14 +15,14 @@ import optax
 import pytest
 
 from lmjax import parallel
+from lmjax.data.task_input import examples_dataset
 from lmjax.errors import UserError
-from lmjax.data.loader import examples_dataset
-from lmjax.runs import scaffold
-from lmjax.runs.checkpoints import Checkpoints
-from lmjax.runs.loop import Hooks, Schedule, TrainingDiverged, run_loop
-from lmjax.runs.throughput import RateWindow, Throughput
-from lmjax.runs.writer import MetricWriter
+from lmjax.trainer import scaffold
 from lmjax.train import steps
+from lmjax.trainer.checkpoints import Checkpoints
+from lmjax.trainer.loop import Hooks, Schedule, TrainingDiverged, run_loop
+from lmjax.trainer.throughput import RateWindow, Throughput
+from lmjax.trainer.writer import MetricWriter
 
 THROUGHPUT = Throughput(flops_per_token=1.0, peak_flops_per_device=None, token_field="x")
 
@@ -253,10 +253,11 @@ def test_no_intact_checkpoint_is_one_line_and_nothing_moves(tmp_path):
 
 def test_metrics_that_cannot_be_written_stop_the_run_with_one_line_and_a_checkpoint(
     tmp_path, monkeypatch):
-  import errno  # pylint: disable=import-outside-toplevel
   import builtins  # pylint: disable=import-outside-toplevel
+  import errno  # pylint: disable=import-outside-toplevel
+
   from lmjax.errors import Fault  # pylint: disable=import-outside-toplevel
-  from lmjax.runs import writer  # pylint: disable=import-outside-toplevel
+  from lmjax.trainer import writer  # pylint: disable=import-outside-toplevel
   config = ml_collections.ConfigDict(dict(seed=0, train=dict(keep_checkpoints=5)))
   mesh = parallel.make_mesh()
   (tmp_path / "a" / "metrics.jsonl").mkdir(parents=True)  # in the way
@@ -302,6 +303,7 @@ def test_the_checkpoint_of_a_healthy_evaluation_outlives_rotation_while_divergin
 
 def test_a_checkpoint_that_cannot_be_saved_stops_the_run_with_one_line(tmp_path, monkeypatch):
   import errno  # pylint: disable=import-outside-toplevel
+
   from lmjax.errors import Fault  # pylint: disable=import-outside-toplevel
   schedule = Schedule(steps=20, log_every=1, eval_every=100, checkpoint_every=3)
   mesh = parallel.make_mesh()

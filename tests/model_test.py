@@ -1,13 +1,17 @@
 """Model behaviour that needs no reference: layouts, remat, dropout, heads."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import flax.linen as nn
 
-from lmjax.model import (BertConfig, BertForPreTraining,
-                         BertForSequenceClassification, MultiHeadAttention)
+from lmjax.model import (
+  BertConfig,
+  BertForPreTraining,
+  BertForSequenceClassification,
+  MultiHeadAttention,
+)
 from lmjax.model.encoder import stack_layers, unstack_layers
 from lmjax.model.layers import Dropout, attention_probs, keep_mask
 

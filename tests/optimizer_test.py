@@ -1,10 +1,10 @@
 """The optax chain: BERT's AdamW, the schedule, the weight-decay mask."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import pytest
-import flax.linen as nn
 
 from lmjax.errors import ConfigError
 from lmjax.model import BertConfig, BertForPreTraining

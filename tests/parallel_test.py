@@ -1,9 +1,9 @@
 """Sharding on 8 simulated CPU devices: a 2x2x2 (data, fsdp, tensor) mesh."""
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-import flax.linen as nn
 from jax.sharding import PartitionSpec as P
 
 from lmjax import parallel

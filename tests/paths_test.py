@@ -8,7 +8,7 @@ import pytest
 
 from lmjax import paths
 from lmjax.errors import UserError
-from lmjax.runs.writer import MetricWriter
+from lmjax.trainer.writer import MetricWriter
 
 
 def test_local_paths_resolve_absolute_and_uris_stay_as_they_are(tmp_path, monkeypatch):

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from lmjax.data import builtin, loader, prepare, prepared
-from lmjax.data.preparation import Settings, prepare_in_process
-from lmjax.data.preview import batch_statistics
-from lmjax.errors import UserError
 from instances_test import pretrain_config
+
+from lmjax import prepare
+from lmjax.data import builtin, pretrain_input, shards
+from lmjax.data.shard_writing import Settings, prepare_in_process
+from lmjax.errors import UserError
+from lmjax.preview import batch_statistics
 
 ROOT = Path(__file__).parents[1]
 IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
@@ -45,7 +46,7 @@ def settings(**changes):
 
 
 def all_pairs(directory, split):
-  pairs = prepared.PreparedPairs(directory, split)
+  pairs = shards.PreparedPairs(directory, split)
   return [(p["tokens"].tolist(), p["b_start"], p["is_random_next"])
           for p in (pairs[i] for i in range(len(pairs)))]
 
@@ -60,7 +61,7 @@ def beam_dir(corpus, tmp_path_factory):
 def test_beam_makes_exactly_the_in_process_shards(corpus, beam_dir, tmp_path):
   output, summary = beam_dir
   prepare_in_process(corpus, settings(), tmp_path / "local")
-  beam_meta, local_meta = prepared.check(output), prepared.check(tmp_path / "local")
+  beam_meta, local_meta = shards.check(output), shards.check(tmp_path / "local")
   assert beam_meta.splits.keys() == local_meta.splits.keys() == {"train", "validation"}
   for split in ("train", "validation"):
     assert beam_meta.counts(split) == local_meta.counts(split)
@@ -70,17 +71,17 @@ def test_beam_makes_exactly_the_in_process_shards(corpus, beam_dir, tmp_path):
   assert summary["train"]["documents"] + summary["validation"]["documents"] == 60
   assert summary["undecodable_lines"] == 1 and summary["text_mb"] > 0
   assert sorted(p.name for p in output.iterdir()) == ["metadata.json"] + [
-      prepared.shard_name(s, i, 3) for s in ("train", "validation") for i in range(3)]
+      shards.shard_name(s, i, 3) for s in ("train", "validation") for i in range(3)]
   assert not list(output.parent.glob("*.tmp-*"))
 
 
 def test_one_shard_is_the_whole_corpus_pairs(corpus, tmp_path):
   """With one shard, prepared pairs are those of the whole corpus in order."""
-  from lmjax.data import instances, preparation, sources  # pylint: disable=import-outside-toplevel
+  from lmjax.data import instances, shard_writing, sources  # pylint: disable=import-outside-toplevel
   from lmjax.data.tokenization import Tokenizer  # pylint: disable=import-outside-toplevel
   prepare_in_process(corpus, settings(num_shards=1), tmp_path / "one")
   tokenizer = Tokenizer.load(builtin.TOKENIZER_FILE)
-  documents = [preparation.tokenize(d, tokenizer)
+  documents = [shard_writing.tokenize(d, tokenizer)
                for d in sources.load_corpus(corpus, "train").documents]
   expected = [(t.tolist(), b, r) for t, b, r in instances.document_pairs(
       [d for d in documents if d], 32, 0.1, seed=5)]
@@ -91,13 +92,13 @@ def test_training_streams_a_prepared_directory(beam_dir):
   output, _ = beam_dir
   config = pretrain_config(source=f"prepared:{output}", max_seq_length=32,
                            max_predictions_per_seq=5)
-  dataset, _, info = loader.pretraining_input(config.data, 16, seed=0)
-  assert info["pairs"] == prepared.Metadata.read(output).counts("train")["pairs"]
+  dataset, _, info = pretrain_input.pretraining_input(config.data, 16, seed=0)
+  assert info["pairs"] == shards.Metadata.read(output).counts("train")["pairs"]
   stats = batch_statistics([dataset[k] for k in range(40)])
   assert 0.14 < stats["predicted_fraction"] < 0.16
   assert 0.35 < stats["nsp_random_next_rate"] < 0.65
   assert stats["max_sequence_length"] <= 32
-  shares = [loader.pretraining_input(config.data, 16, seed=0, process_index=p,
+  shares = [pretrain_input.pretraining_input(config.data, 16, seed=0, process_index=p,
                                      process_count=2)[0][7] for p in range(2)]
   np.testing.assert_array_equal(np.concatenate([s["input_ids"] for s in shares]),
                                 dataset[7]["input_ids"])
@@ -108,7 +109,7 @@ def test_a_prepared_directory_that_does_not_fit_the_config_is_one_line(beam_dir)
   config = pretrain_config(source=f"prepared:{output}", max_seq_length=64)
   with pytest.raises(UserError, match="max_seq_length 32, but the config has .* "
                                       "max_seq_length 64") as e:
-    loader.pretraining_input(config.data, 16, seed=0)
+    pretrain_input.pretraining_input(config.data, 16, seed=0)
   assert "\n" not in str(e.value)
 
 
@@ -123,7 +124,7 @@ def test_a_damaged_directory_is_one_line_naming_the_file(beam_dir, tmp_path, dam
                                                          message):
   directory = tmp_path / "copy"
   shutil.copytree(beam_dir[0], directory)
-  shard = directory / prepared.shard_name("train", 1, 3)
+  shard = directory / shards.shard_name("train", 1, 3)
   if damage == "metadata":
     (directory / "metadata.json").unlink()
   elif damage == "truncate":
@@ -131,11 +132,11 @@ def test_a_damaged_directory_is_one_line_naming_the_file(beam_dir, tmp_path, dam
   elif damage == "remove":
     shard.unlink()
   elif damage == "foreign":
-    prepared.write_shard(shard, [b"not a pair"] * 3)
+    shards.write_shard(shard, [b"not a pair"] * 3)
   else:
     (directory / "metadata.json").write_text('{"format": "something else"}')
   with pytest.raises(UserError, match=re.escape(message)) as e:
-    prepared.PreparedPairs(directory, "train")
+    shards.PreparedPairs(directory, "train")
   assert "\n" not in str(e.value)
 
 
@@ -151,7 +152,7 @@ def test_prepare_refuses_a_non_empty_output_and_leaves_it_alone(corpus, beam_dir
   summary = prepare.run(corpus, str(other), settings(num_shards=1), IN_MEMORY,
                         overwrite=True)
   assert summary["train"]["pairs"] > 0 and not (other / "notes.txt").exists()
-  assert prepared.check(other).seed == 5
+  assert shards.check(other).seed == 5
 
 
 def test_an_interrupted_prepare_leaves_nothing_that_looks_complete(corpus, tmp_path,
@@ -190,14 +191,14 @@ def test_bad_input_is_one_line_with_status_2(tmp_path):
   ]
   for args, message in cases:
     done = subprocess.run(
-        [sys.executable, "-m", "lmjax.data.prepare", f"--output={tmp_path / 'out'}",
+        [sys.executable, "-m", "lmjax.prepare", f"--output={tmp_path / 'out'}",
          *args, *IN_MEMORY], capture_output=True, text=True, cwd=ROOT, check=False)
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 2 and len(lines) == 1 and message in lines[0], \
         (args, done.stderr[-1500:])
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob("out.tmp-*"))
-  done = subprocess.run([sys.executable, "-m", "lmjax.data.prepare", "--source=austen",
+  done = subprocess.run([sys.executable, "-m", "lmjax.prepare", "--source=austen",
                          "--output=/proc/no/out", *IN_MEMORY], capture_output=True, text=True,
                         cwd=ROOT, check=False)
   assert done.returncode == 2
@@ -214,4 +215,4 @@ def test_beam_reads_a_tfds_source_as_the_in_process_path_does(tmp_path):
                      data_dir=data_dir)
   for split in ("train", "validation"):
     assert all_pairs(tmp_path / "beam", split) == all_pairs(tmp_path / "local", split)
-  assert prepared.check(tmp_path / "beam").counts("train")["documents"] == 253
+  assert shards.check(tmp_path / "beam").counts("train")["documents"] == 253

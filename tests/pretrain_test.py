@@ -147,8 +147,9 @@ def test_divergence_stops_with_one_line_and_keeps_a_good_checkpoint(env, tmp_pat
   bad_step = int(message.split("at step ")[1].split(";")[0])
   good = int(message.rsplit("step ", 1)[1])
   assert good < bad_step - 1
-  from lmjax.runs.checkpoints import Checkpoints  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  from lmjax.trainer.checkpoints import Checkpoints  # pylint: disable=import-outside-toplevel
   ckpts = Checkpoints(workdir / "checkpoints")
   assert ckpts.latest_step() == good
   restored = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(good) / "state")

@@ -34,7 +34,7 @@ def reviews(tmp_path_factory):
 
 
 def preview(env, *args):
-  return subprocess.run([sys.executable, "-m", "lmjax.data.preview",
+  return subprocess.run([sys.executable, "-m", "lmjax.preview",
                          f"--config={ROOT}/configs/pretrain.py", *args],
                         capture_output=True, text=True, env=env, cwd=ROOT, check=False)
 

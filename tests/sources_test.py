@@ -5,7 +5,7 @@ import gzip
 import numpy as np
 import pytest
 
-from lmjax.data import builtin, sources
+from lmjax.data import builtin, sources, tfds_datasets
 from lmjax.errors import UserError
 
 
@@ -27,7 +27,7 @@ def test_austen_is_prepared_offline_and_split_by_document(data_dir):
 
 
 def test_rt_polarity_is_deduplicated_and_split_by_text(data_dir):
-  builder = sources.tfds_builder("rt_polarity", data_dir)
+  builder = tfds_datasets.tfds_builder("rt_polarity", data_dir)
   splits = {s: list(builder.as_data_source(s)) for s in ("train", "validation", "test")}
   texts = [e["text"] for rows in splits.values() for e in rows]
   assert len(texts) == len(set(texts)) == 12808 - 56
@@ -104,7 +104,7 @@ def test_tfrecord_datasets_need_tensorflow(monkeypatch):
     info = Info()
 
   with pytest.raises(UserError, match="pip install tensorflow-cpu"):
-    sources.split_examples(Builder(), "wiki40b/en", "train")  # pylint: disable=protected-access
+    tfds_datasets.split_examples(Builder(), "wiki40b/en", "train")  # pylint: disable=protected-access
 
 
 def test_sources_joined_by_plus_give_the_documents_of_both(data_dir, tmp_path):
@@ -127,7 +127,7 @@ def test_bytes_that_are_mostly_not_text_are_refused(tmp_path):
 
 
 def test_preparing_a_builtin_corpus_says_one_line_and_no_download(tmp_path, capfd):
-  builder = sources.tfds_builder("austen", str(tmp_path))
+  builder = tfds_datasets.tfds_builder("austen", str(tmp_path))
   assert builder.is_prepared()
   out, err = capfd.readouterr()
   assert out.strip() == (f"preparing built-in dataset austen in {tmp_path} (once, from the "

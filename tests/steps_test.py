@@ -3,11 +3,11 @@ is exact, shardings hold."""
 
 import jax
 import numpy as np
+from optimizer_test import train_config
 
 from lmjax import parallel
 from lmjax.model import BertConfig, BertForPreTraining
 from lmjax.train import mlm_nsp, optimizer, steps
-from optimizer_test import train_config
 
 CFG = BertConfig.named("tiny", vocab_size=64, max_position=32, num_layers=2)
 

@@ -7,11 +7,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from lmjax.data import builtin
-from lmjax.data import tasks
-from lmjax.data.loader import bucket_lengths, evaluation_batches, examples_dataset
+from lmjax.data import builtin, tasks
+from lmjax.data.task_input import bucket_lengths, evaluation_batches, examples_dataset
 from lmjax.data.tokenization import CLS_ID, PAD_ID, SEP_ID, Tokenizer
-from lmjax.errors import ConfigError, UserError
+from lmjax.errors import ConfigError, MissingSplitError, UserError
 
 
 def task_config(**overrides):
@@ -82,7 +81,7 @@ def test_per_split_files_pairs_and_numeric_labels(tmp_path):
   assert task.metrics == ("accuracy", "f1_macro")
   train = tasks.load_split(task, "train")
   assert len(train) == 12 and train.texts[4] == ("q 4", "a 4") and train.labels[4] == 1
-  with pytest.raises(tasks.sources.MissingSplitError):
+  with pytest.raises(MissingSplitError):
     tasks.load_split(task, "test")  # no test file
 
 
@@ -259,8 +258,9 @@ def test_grouped_batches_hold_one_bucket_and_every_example_once_an_epoch():
 
 def test_evaluation_in_length_order_gives_each_example_its_own_logits():
   import jax  # pylint: disable=import-outside-toplevel
+
   from lmjax import parallel  # pylint: disable=import-outside-toplevel
-  from lmjax.runs.finetuning import device_batches, logits  # pylint: disable=import-outside-toplevel
+  from lmjax.runs.scoring import device_batches, logits  # pylint: disable=import-outside-toplevel
   arrays, lengths = _varied_lengths(n=45)
   mesh = parallel.make_mesh()
   batches = device_batches(arrays, 16, mesh, bucket_lengths(32, 4))

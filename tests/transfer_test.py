@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments.transfer import experiment as transfer
+from experiments.transfer import main as transfer_main
+from experiments.transfer import results as transfer_output
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import ConfigError, UserError
-from lmjax import transfer as lmjax_transfer
-from lmjax.runs import transfer, transfer_output
 
 ROOT = Path(__file__).parents[1]
 WORDS = ["the", "film", "plot", "cast", "story", "ending", "is", "feels", "rather",
@@ -25,7 +26,7 @@ WORDS = ["the", "film", "plot", "cast", "story", "ending", "is", "feels", "rathe
 
 def transfer_config():
   spec = importlib.util.spec_from_file_location("transfer_config",
-                                                ROOT / "configs" / "transfer.py")
+                                                ROOT / "experiments" / "transfer" / "config.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
@@ -190,8 +191,8 @@ def test_bad_input_is_one_error_before_any_work(reviews, tmp_path, field, value,
 
 def test_the_entry_point_exits_2_with_one_line(tmp_path):
   done = subprocess.run(
-      [sys.executable, "-m", "lmjax.transfer", "--config=configs/transfer.py",
-       f"--workdir={tmp_path / 'exp'}", "--config.variants=mlm,bert"],
+      [sys.executable, "-m", "experiments.transfer.main",
+       "--config=experiments/transfer/config.py", f"--workdir={tmp_path / 'exp'}", "--config.variants=mlm,bert"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 2
   assert done.stderr.strip() == ("error: config.variants: unknown variant 'bert' (use some of "
@@ -238,6 +239,6 @@ def test_a_stopped_run_stops_the_experiment_and_says_how_to_continue(reviews, tm
                      "stopped_in": "[1/2] fine-tuning random, seed 0"}
   assert len(calls) == 1  # the next run does not start
   assert not (tmp_path / "exp" / "results.json").exists()
-  assert lmjax_transfer.report(results, 1.0) == (
+  assert transfer_main.report(results, 1.0) == (
       "[1/2] fine-tuning random, seed 0 stopped (SIGTERM); run the same command again "
       "to continue")

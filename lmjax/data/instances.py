@@ -15,7 +15,6 @@ from lmjax.data.tokenization import CLS_ID, SEP_ID
 from lmjax.errors import UserError
 
 
-
 def document_pairs(documents: list[list[np.ndarray]], max_seq_length: int,
                    short_seq_prob: float, seed: int, cls_id: int = CLS_ID,
                    sep_id: int = SEP_ID):

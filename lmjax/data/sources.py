@@ -13,20 +13,15 @@ splits, so 'validation' is the documents whose text hashes into 5 of 100
 buckets (none when there are fewer than 20 documents).
 """
 
-import contextlib
 import dataclasses
 import glob
-import io
-import importlib.util
 import os
 import re
 import types
-from pathlib import Path
 
-from absl import logging
-
-from lmjax.data import builtin, documents, task_files
-from lmjax.errors import UserError
+from lmjax.data import builtin, documents, task_files, tasks
+from lmjax.data.tfds_datasets import data_dir_or_default, split_examples, tfds_builder, tfds_name
+from lmjax.errors import MissingSplitError, UserError
 
 # A sentence ends at . ! or ? (perhaps closed by a quote or bracket) before
 # whitespace and a capital or digit, unless the word is a title like "Mr.".
@@ -38,10 +33,6 @@ _SENTENCE_END = re.compile(
 # Local files hold out the documents hashing into 5 of 100 buckets for
 # validation, but only from corpora of at least this many documents.
 _MIN_DOCUMENTS_TO_SPLIT = 20
-
-
-class MissingSplitError(UserError):
-  """The source has no documents for the split asked for."""
 
 
 @dataclasses.dataclass
@@ -58,11 +49,6 @@ def split_sentences(text: str) -> list[str]:
   for line in text.splitlines():
     out.extend(s.strip() for s in _SENTENCE_END.split(line) if s.strip())
   return out
-
-
-def data_dir_or_default(data_dir: str | None) -> str:
-  return data_dir or os.environ.get("TFDS_DATA_DIR") or str(
-      Path.home() / "tensorflow_datasets")
 
 
 def check_text_source(source: str) -> None:
@@ -92,7 +78,6 @@ def _read_task(task_source: str, split: str, data_dir: str | None) -> Corpus:
   """The texts of a split of a labelled task (lmjax.data.tasks), a document
   an example: its text, or its pair's two, in sentences. The label column
   must be there (`label`), but its values are not used."""
-  from lmjax.data import tasks  # pylint: disable=import-outside-toplevel  (tasks imports this)
   section = types.SimpleNamespace(source=task_source, text_fields="", label_field="label",
                                   labels="", regression=False, metrics="")
   try:
@@ -107,11 +92,6 @@ def _read_task(task_source: str, split: str, data_dir: str | None) -> Corpus:
   if not docs:
     raise UserError(f"task:{task_source}: no text in its {split} split")
   return Corpus(f"task:{task_source}", docs)
-
-
-def tfds_name(source: str) -> str:
-  """The dataset name of a tfds or built-in source."""
-  return source[len("tfds:"):] if source.startswith("tfds:") else source
 
 
 def _text_paths(pattern: str) -> list[str]:
@@ -155,49 +135,6 @@ def _read_text_files(pattern: str, split: str) -> Corpus:
   return Corpus(f"text:{pattern}", chosen, read.undecodable_lines)
 
 
-@contextlib.contextmanager
-def _quiet_tfds(tfds):
-  """tfds without its progress bars, prints and warnings (errors still show)."""
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)
-  tfds.disable_progress_bar()
-  try:
-    with contextlib.redirect_stdout(io.StringIO()):
-      yield
-  finally:
-    tfds.enable_progress_bar()
-    logging.set_verbosity(verbosity)
-
-
-def tfds_builder(name: str, data_dir: str):
-  """Returns a prepared tfds builder: built-ins are prepared on first use."""
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  if name in builtin.VERSIONS:
-    with _quiet_tfds(tfds):  # its download talk does not fit packaged text
-      builder = builtin.builder(name, data_dir)
-      prepared = builder.is_prepared()
-    if not prepared:
-      print(f"preparing built-in dataset {name} in {data_dir} (once, from the text "
-            "packaged with lmjax)", flush=True)
-      with _quiet_tfds(tfds):
-        try:
-          builder.download_and_prepare(file_format="array_record")
-        except FileExistsError:  # another process of the job prepared it first
-          builder = builtin.builder(name, data_dir)
-    return builder
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except Exception as e:  # tfds raises several types for unknown names
-    raise UserError(f"tfds:{name}: unknown dataset, or not prepared under {data_dir} "
-                    f"({str(e).splitlines()[0]}); prepare it once where the data can be "
-                    f"downloaded (tfds build {name} --data_dir={data_dir})") from None
-  if not builder.is_prepared():
-    raise UserError(f"tfds:{name}: not prepared under {data_dir}; prepare it "
-                    f"once where the data can be downloaded (tfds build {name} "
-                    f"--data_dir={data_dir} --file_format=array_record)")
-  return builder
-
-
 def checked_tfds_builder(name: str, split: str, data_dir: str, text_field: str):
   """The prepared builder of `name`, which has `split` and `text_field`."""
   builder = tfds_builder(name, data_dir)
@@ -230,17 +167,6 @@ def _read_tfds(name: str, split: str, data_dir: str, text_field: str) -> Corpus:
   if not documents:
     raise UserError(f"tfds:{name}[{split}]: no sentences in field {text_field!r}")
   return Corpus(f"tfds:{name}", documents)
-
-
-def split_examples(builder, name: str, split: str):
-  """Iterates a split: array_record through tfds' data source (no
-  TensorFlow); tfrecord only through TensorFlow, when it is installed."""
-  if "array_record" in str(builder.info.file_format).lower():
-    return builder.as_data_source(split)
-  if importlib.util.find_spec("tensorflow") is None:
-    raise UserError(f"tfds:{name} is stored as tfrecord, which needs TensorFlow: "
-                    "pip install tensorflow-cpu")
-  return builder.as_dataset(split=split).as_numpy_iterator()
 
 
 def corpus_key(source: str, split: str, data_dir: str | None = None,

@@ -14,9 +14,9 @@ import dataclasses
 
 import numpy as np
 
-from lmjax.data import sources, task_files
+from lmjax.data import task_files, tfds_datasets
 from lmjax.data.tokenization import Tokenizer
-from lmjax.errors import ConfigError, UserError
+from lmjax.errors import ConfigError, MissingSplitError, UserError
 
 SPLITS = ("train", "validation", "test")
 
@@ -165,7 +165,7 @@ def load_split(task: Task, split: str, data_dir: str | None = None) -> Examples:
       texts.append(text)
       labels.append(None if raw is None else _label_value(task, raw, where))
     if not texts:
-      raise sources.MissingSplitError(f"{task.name}: no rows for the {split} split")
+      raise MissingSplitError(f"{task.name}: no rows for the {split} split")
     has_labels = labels[0] is not None
     return Examples(texts, _label_array(task, labels) if has_labels else None)
   return _load_tfds(task, split, data_dir)
@@ -191,20 +191,20 @@ def _label_array(task: Task, labels) -> np.ndarray:
 
 def _load_tfds(task: Task, split: str, data_dir: str | None) -> Examples:
   name = task.name
-  builder = sources.tfds_builder(name, sources.data_dir_or_default(data_dir))
+  builder = tfds_datasets.tfds_builder(name, tfds_datasets.data_dir_or_default(data_dir))
   tfds_split = task.splits[split]
   if tfds_split not in builder.info.splits:
-    raise sources.MissingSplitError(f"{name} has no split {tfds_split!r}")
+    raise MissingSplitError(f"{name} has no split {tfds_split!r}")
   for field in (*task.text_fields, task.label_field):
     if field not in builder.info.features:
       raise UserError(f"{name} has no field {field!r} (it has "
                       f"{', '.join(builder.info.features)})")
   texts, labels = [], []
-  for example in sources.split_examples(builder, name, tfds_split):
+  for example in tfds_datasets.split_examples(builder, name, tfds_split):
     texts.append(tuple(_text(example[f]) for f in task.text_fields))
     labels.append(example[task.label_field])
   if not texts:
-    raise sources.MissingSplitError(f"{name}: the {tfds_split} split is empty")
+    raise MissingSplitError(f"{name}: the {tfds_split} split is empty")
   labels = np.asarray(labels)
   if not task.is_regression and labels.min() < 0:  # GLUE's test splits say -1
     return Examples(texts, None)

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import flax.linen as nn
+import numpy as np
 
 from lmjax.errors import CheckpointError, ConfigError
 from lmjax.interop import tensor_files

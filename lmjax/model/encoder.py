@@ -1,8 +1,8 @@
 """The encoder stack and BertModel: embeddings -> layers -> [CLS] pooler."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from lmjax.model.config import BertConfig
 from lmjax.model.layers import Embeddings, EncoderLayer, dense

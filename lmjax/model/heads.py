@@ -1,13 +1,12 @@
 """Task heads on BertModel: pretraining (MLM + NSP) and sequence classification."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from lmjax.model.config import BertConfig
 from lmjax.model.encoder import BertModel
-from lmjax.model.layers import (ACTIVATIONS, Dropout, dense, layer_norm, logits_dtype,
-                                zeros_init)
+from lmjax.model.layers import ACTIVATIONS, Dropout, dense, layer_norm, logits_dtype, zeros_init
 
 
 class MaskedLMHead(nn.Module):

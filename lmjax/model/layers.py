@@ -6,9 +6,9 @@ Shapes in names: B batch, L length, D hidden, N heads, H head width, F
 feed-forward width, V vocabulary.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from lmjax.model.config import BertConfig
 

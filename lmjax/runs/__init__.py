@@ -1,2 +1,4 @@
-"""Running things: the run scaffold (workdir files, checkpoints, the loop,
-metric writers) and the run kinds built on it, pretraining and fine-tuning."""
+"""The kinds of run: pretraining, fine-tuning (with prediction), the linear
+probe, export, and where an encoder starts (init sources). Each builds on
+the trainer (lmjax.trainer) and shares what it shares through a module the
+others import (scoring, init_sources), never through a sibling kind."""

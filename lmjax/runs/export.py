@@ -16,12 +16,12 @@ import numpy as np
 
 from lmjax import parallel, paths
 from lmjax.data import tasks
-from lmjax.data.preparation import staging_directory
+from lmjax.data.shard_writing import staging_directory
 from lmjax.data.tokenization import Tokenizer, WordPieceTokenizer
 from lmjax.errors import UserError
 from lmjax.interop.hf import save_hf_bert
 from lmjax.model import BertConfig, BertForSequenceClassification
-from lmjax.runs import prediction, starts
+from lmjax.runs import init_sources, prediction
 
 
 def export(workdir: paths.PathLike, output: paths.PathLike, overwrite: bool = False) -> dict:
@@ -46,8 +46,9 @@ def export(workdir: paths.PathLike, output: paths.PathLike, overwrite: bool = Fa
     architecture, step, model_cfg, params, labels = _classifier(workdir, saved, mesh)
   elif "data" in saved:
     architecture, labels = "BertForPreTraining", None
-    model_cfg = starts.pretraining_model(workdir, saved, tokenizer)
-    step, params = starts.pretrained_params(workdir, str(workdir), model_cfg, saved.data, mesh)
+    model_cfg = init_sources.pretraining_model(workdir, saved, tokenizer)
+    step, params = init_sources.pretrained_params(workdir, str(workdir), model_cfg, saved.data,
+                                                  mesh)
   else:
     raise UserError(f"{workdir}: neither a fine-tuning nor a pretraining workdir")
   params = {k: _host(v) for k, v in params.items()}

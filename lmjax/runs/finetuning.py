@@ -1,7 +1,7 @@
 """The fine-tuning run `lmjax.finetune` starts: BertForSequenceClassification
 on a task with the classification objective, on the run scaffold.
 
-The encoder starts where `config.init.source` says (lmjax.runs.starts); the
+The encoder starts where `config.init.source` says (lmjax.runs.init_sources); the
 classifier on top starts from random weights drawn with `config.seed`. The
 validation split is scored at step 0 and every epoch, the best checkpoint by
 the task's main metric is kept in `DIR/best`, and the test split is scored
@@ -19,18 +19,19 @@ import numpy as np
 
 from lmjax import parallel, paths
 from lmjax.data import tasks
-from lmjax.data.loader import bucket_lengths, by_length, evaluation_batches, examples_dataset
-from lmjax.data.preparation import LEARN
-from lmjax.data.sources import MissingSplitError
-from lmjax.errors import ConfigError, UserError, check_fields
+from lmjax.data.cache import LEARN
+from lmjax.data.task_input import bucket_lengths, examples_dataset
+from lmjax.errors import ConfigError, MissingSplitError, UserError, check_fields
 from lmjax.model import BertForSequenceClassification, flops_per_token
 from lmjax.model.config import check_section
-from lmjax.runs import scaffold, starts
-from lmjax.runs.checkpoints import BestCheckpoint
-from lmjax.runs.loop import Schedule
-from lmjax.runs.throughput import Throughput, peak_flops_per_device
+from lmjax.runs import init_sources
+from lmjax.runs.scoring import DeviceBatches, device_batches, logits
 from lmjax.train import baselines, classification, optimizer, steps
 from lmjax.train.task_metrics import METRICS, REGRESSION_METRICS
+from lmjax.trainer import scaffold
+from lmjax.trainer.checkpoints import BestCheckpoint
+from lmjax.trainer.loop import Schedule
+from lmjax.trainer.throughput import Throughput, peak_flops_per_device
 
 _MUST_MATCH = ("seed", "init", "task", "model", "train.batch_size", "train.epochs",
                "train.steps", "train.grad_accum_steps", "train.learning_rate")
@@ -43,7 +44,7 @@ def check_config(config) -> None:
   if config.mode == "predict" and not config.predict.input:
     raise ConfigError("config.predict.input is required in predict mode (a text file, "
                       "one text a line, or tsv:/csv:/jsonl:PATH)")
-  starts.parse_source(config.init.source)
+  init_sources.parse_source(config.init.source)
   for name in tasks.split_names(config.task.metrics):
     if name not in METRICS:
       raise ConfigError(f"config.task.metrics: unknown metric {name!r} (one of "
@@ -96,7 +97,7 @@ def _load_splits(task: tasks.Task, data_dir) -> dict[str, tasks.Examples]:
   return splits
 
 
-def _encoded_splits(task, config, start: starts.Start
+def _encoded_splits(task, config, start: init_sources.Start
                     ) -> tuple[dict[str, tasks.Examples], dict[str, tasks.Encoded]]:
   length = config.task.max_seq_length
   if length > start.config.max_position:
@@ -109,32 +110,6 @@ def _encoded_splits(task, config, start: starts.Start
         f"{', '.join(f'{k} {e.truncated}' for k, e in encoded.items())}; "
         f"encoder from {start.origin}", flush=True)
   return splits, encoded
-
-
-@dataclasses.dataclass
-class DeviceBatches:
-  """Every example of a split once, as sharded global batches: in order of
-  length, each padded to its bucket (the last also with dummy rows).
-  `order[i]` is the example in row i."""
-  batches: list[dict]
-  order: np.ndarray
-
-
-def device_batches(arrays: dict, batch_size: int, mesh, buckets=()) -> DeviceBatches:
-  order = by_length(arrays) if buckets else np.arange(len(arrays["input_ids"]))
-  ordered = {k: v[order] for k, v in arrays.items()}
-  return DeviceBatches(
-      [parallel.shard_batch(b, mesh) for b in evaluation_batches(
-          ordered, batch_size, buckets=buckets, **parallel.process_share())], order)
-
-
-def logits(eval_step, params, batches: DeviceBatches) -> np.ndarray:
-  """The model's float64 logits [N, K] of the examples, in their order."""
-  out = jax.device_get([eval_step(params, b) for b in batches.batches])
-  ordered = np.concatenate(out)[:len(batches.order)].astype(np.float64)
-  result = np.empty_like(ordered)
-  result[batches.order] = ordered
-  return result
 
 
 @dataclasses.dataclass
@@ -169,7 +144,7 @@ def _schedule(config, train_size: int) -> tuple[Schedule, ml_collections.ConfigD
   return schedule, resolved
 
 
-def _job(config, mesh, task, start: starts.Start, encoded, best: BestCheckpoint):
+def _job(config, mesh, task, start: init_sources.Start, encoded, best: BestCheckpoint):
   """(the job, the scorers of the evaluated splits)."""
   train_arrays = encoded["train"].arrays
   schedule, resolved = _schedule(config, len(encoded["train"]))
@@ -178,7 +153,7 @@ def _job(config, mesh, task, start: starts.Start, encoded, best: BestCheckpoint)
   init = classification.init_params(model, {k: v[:1] for k, v in train_arrays.items()})
   state, shardings = steps.create_train_state(init, tx, mesh, jax.random.key(config.seed))
   if start.params is not None:
-    state = starts.with_params(state, shardings, start.params)
+    state = init_sources.with_params(state, shardings, start.params)
   eval_step = steps.jit_eval_step(classification.make_eval_step(model), shardings.params,
                                   mesh)
   buckets = length_buckets(config.task)
@@ -235,7 +210,7 @@ def finetune(config, workdir: str | os.PathLike) -> dict:
   mesh = parallel.make_mesh(**config.mesh)
   task = tasks.resolve_task(config.task, config.task.data_dir or None)
   _check_task(task)
-  start = starts.load_start(config, mesh, task.num_labels)
+  start = init_sources.load_start(config, mesh, task.num_labels)
   splits, encoded = _encoded_splits(task, config, start)
   paths.check_writable(workdir)
   best = BestCheckpoint(paths.resolve(workdir) / "best", f"eval_{task.metrics[0]}")

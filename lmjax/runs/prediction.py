@@ -13,14 +13,15 @@ from etils import epath
 
 from lmjax import parallel, paths
 from lmjax.data import tasks
-from lmjax.data.loader import bucket_lengths
+from lmjax.data.task_input import bucket_lengths
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError
 from lmjax.model import BertConfig, BertForSequenceClassification
-from lmjax.runs import scaffold
-from lmjax.runs.checkpoints import Checkpoints
-from lmjax.runs.finetuning import check_config, device_batches, logits
+from lmjax.runs.finetuning import check_config
+from lmjax.runs.scoring import device_batches, logits
 from lmjax.train import classification, steps
+from lmjax.trainer import scaffold
+from lmjax.trainer.checkpoints import Checkpoints
 
 _NEEDED = ("task.json", "model.json", "config.json", "best")
 

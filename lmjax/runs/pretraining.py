@@ -2,7 +2,7 @@
 corpus with the MLM + NSP objective, on the run scaffold.
 
 Starting in a workdir that holds a checkpoint resumes from it exactly (see
-lmjax.runs.loop).
+lmjax.trainer.loop).
 """
 
 import dataclasses
@@ -13,16 +13,16 @@ import jax
 import ml_collections
 
 from lmjax import parallel, paths
-from lmjax.data.loader import check_data_config, pretraining_input
-from lmjax.data.preparation import learned_size
-from lmjax.data.sources import MissingSplitError
-from lmjax.errors import ConfigError, check_fields
+from lmjax.data.cache import learned_size
+from lmjax.data.pretrain_input import check_data_config, pretraining_input
+from lmjax.errors import ConfigError, MissingSplitError, check_fields
 from lmjax.model import BertConfig, BertForPreTraining, flops_per_token
 from lmjax.model.config import check_section
-from lmjax.runs import probe, scaffold, starts
-from lmjax.runs.loop import Schedule, TrainingDiverged
-from lmjax.runs.throughput import Throughput, peak_flops_per_device
+from lmjax.runs import init_sources, probe
 from lmjax.train import mlm_nsp, optimizer, steps
+from lmjax.trainer import scaffold
+from lmjax.trainer.loop import Schedule, TrainingDiverged
+from lmjax.trainer.throughput import Throughput, peak_flops_per_device
 
 __all__ = ["check_config", "train_and_evaluate", "TrainingDiverged"]
 
@@ -126,14 +126,14 @@ def _start(config) -> tuple[object, BertConfig | None, dict | None]:
   """(config, model config, weights) of `config.init.source`: for hf:DIR
   its sizes and weights, and its tokenizer unless config.data.tokenizer
   names one (which must be the same); (config, None, None) for random."""
-  kind, path = starts.parse_source(config.init.source)
+  kind, path = init_sources.parse_source(config.init.source)
   if kind == "random":
     return config, None, None
   if kind != "hf":
     raise ConfigError(f"config.init.source must be random or hf:DIR for pretraining, got "
                       f"{config.init.source!r} (a pretraining workdir resumes by running "
                       "again with the same --workdir)")
-  model_cfg, params, _ = starts.load_hf_pretraining(path, config)
+  model_cfg, params, _ = init_sources.load_hf_pretraining(path, config)
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.data.tokenizer = str(path)  # the data is tokenized with the directory's own
@@ -155,7 +155,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                                                    vocab_size=tokenizer.vocab_size)
   job = _job(config, mesh, model_cfg, train_data, host_eval, tokenizer, probe_task)
   if params is not None:
-    job = dataclasses.replace(job, state=starts.with_params(job.state, job.shardings, params))
+    job = dataclasses.replace(job, state=init_sources.with_params(job.state, job.shardings, params))
   with scaffold.Run(job, workdir, seed=config.seed + 1) as run:
     result = run.train()
     last_eval = result.last_eval

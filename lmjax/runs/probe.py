@@ -8,10 +8,9 @@ import ml_collections
 import numpy as np
 
 from lmjax.data import tasks
-from lmjax.data.loader import bucket_lengths
-from lmjax.data.sources import MissingSplitError
-from lmjax.errors import ConfigError, UserError
-from lmjax.runs.finetuning import device_batches, logits
+from lmjax.data.task_input import bucket_lengths
+from lmjax.errors import ConfigError, MissingSplitError, UserError
+from lmjax.runs.scoring import device_batches, logits
 from lmjax.train import baselines, steps
 
 

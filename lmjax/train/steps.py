@@ -7,8 +7,8 @@ flags and no files.
 """
 
 import functools
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 import flax
 import flax.linen as nn

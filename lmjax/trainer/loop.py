@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from lmjax import parallel, paths
 from lmjax.errors import Fault, UserError
-from lmjax.runs.checkpoints import Checkpoints
-from lmjax.runs.throughput import RateWindow
-from lmjax.runs.writer import MetricWriter
+from lmjax.trainer.checkpoints import Checkpoints
+from lmjax.trainer.throughput import RateWindow
+from lmjax.trainer.writer import MetricWriter
 
 
 class TrainingDiverged(UserError):

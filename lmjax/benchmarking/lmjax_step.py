@@ -8,11 +8,12 @@ import numpy as np
 import optax
 
 from lmjax import parallel
+from lmjax.benchmarking.points import (TRAIN, Point, Settings, parse_mesh, synthetic_batch,
+                                      timed_steps)
 from lmjax.model import BertConfig, BertForPreTraining, BertForSequenceClassification
-from lmjax.runs.benchmark import (TRAIN, Point, Settings, parse_mesh, synthetic_batch,
-                                   timed_steps)
-from lmjax.runs.throughput import measured_matmul_flops, peak_flops_per_device
 from lmjax.train import classification, mlm_nsp, optimizer, steps
+from lmjax.trainer.throughput import measured_matmul_flops, peak_flops_per_device
+
 
 class StepWorker:
   """Builds and compiles the point's step; `run(n)` times n steps."""

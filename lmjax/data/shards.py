@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmjax.errors import UserError
+from lmjax.errors import MissingSplitError, UserError
 
 FORMAT = "lmjax-nsp-pairs"
 VERSION = 1
@@ -78,7 +78,7 @@ class Metadata:
     if not path.is_file():
       raise UserError(f"{directory}: no {METADATA} (not a prepared directory, or its "
                       "preparation did not finish); prepare it with python -m "
-                      "lmjax.data.prepare")
+                      "lmjax.prepare")
     try:
       data = json.loads(path.read_text())
       if data.get("format") != FORMAT or data.get("version") != VERSION:
@@ -108,7 +108,6 @@ class PreparedPairs:
   def __init__(self, directory: str | os.PathLike, split: str):
     self.metadata = Metadata.read(directory)
     if split not in self.metadata.splits:
-      from lmjax.data.sources import MissingSplitError  # pylint: disable=import-outside-toplevel
       raise MissingSplitError(f"{self.metadata.source}: no {split} split (prepared in "
                               f"{directory}: {', '.join(self.metadata.splits)})")
     shards = self.metadata.splits[split]["shards"]

@@ -25,11 +25,11 @@ from etils import epath
 from lmjax import parallel, paths
 from lmjax.data.loader import Loader
 from lmjax.errors import CheckpointError, ConfigError, UserError, check_fields
-from lmjax.runs.checkpoints import Checkpoints
-from lmjax.runs.loop import Hooks, LoopResult, Schedule, run_loop
-from lmjax.runs.throughput import RateWindow, Throughput
-from lmjax.runs.writer import MetricWriter
 from lmjax.train import steps
+from lmjax.trainer.checkpoints import Checkpoints
+from lmjax.trainer.loop import Hooks, LoopResult, Schedule, run_loop
+from lmjax.trainer.throughput import RateWindow, Throughput
+from lmjax.trainer.writer import MetricWriter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,7 +192,7 @@ class Run:
 
   def train(self) -> LoopResult:
     """Resumes from the newest checkpoint or starts fresh, then trains to the
-    end of the schedule (see lmjax.runs.loop)."""
+    end of the schedule (see lmjax.trainer.loop)."""
     job = self.job
     state, start, position = _resume(job, self.workdir, self._ckpts)
     self._writer = MetricWriter(self.workdir, start, enabled=is_lead())

@@ -1,4 +1,4 @@
-"""The Apache Beam pipeline behind `python -m lmjax.data.prepare`.
+"""The Apache Beam pipeline behind `python -m lmjax.prepare`.
 
   documents (text files local or gs://, tfds datasets, the built-ins)
     -> (split, shard) keyed, tokenized documents       one element a document
@@ -7,7 +7,7 @@
     -> the shards' counts, gathered for metadata.json   written last, by the caller
 
 Documents carry their place in the corpus, so a shard's pairs are exactly
-those `preparation.prepare_in_process` makes: the same format and the same
+those `shard_writing.prepare_in_process` makes: the same format and the same
 semantics whichever runner executes it (DirectRunner here; Dataflow, Flink
 or Spark for big corpora).
 """
@@ -22,9 +22,9 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from lmjax.data import documents, prepared, sources
-from lmjax.data.preparation import Settings, shard_of, shard_records, tokenize
-from lmjax.errors import UserError
+from lmjax.data import documents, shards, sources, tfds_datasets
+from lmjax.data.shard_writing import Settings, shard_of, shard_records, tokenize
+from lmjax.errors import MissingSplitError, UserError
 
 # Elements: (place, split, sentences); place orders documents as the corpus does.
 _EXAMPLES_PER_READ = 1000
@@ -87,7 +87,7 @@ class _ReadTfds(beam.DoFn):
   def process(self, element):
     part, split, start, stop = element
     if split not in self._sources:
-      builder = sources.tfds_builder(self._name, self._data_dir)
+      builder = tfds_datasets.tfds_builder(self._name, self._data_dir)
       self._sources[split] = builder.as_data_source(split)
     source = self._sources[split]
     for i in range(start, stop):
@@ -113,17 +113,17 @@ def _read(pipeline, source: str, data_dir: str | None, text_field: str):
           lambda d, n: (d[0], sources.text_split(d[1], n), d[1]),
           n=beam.pvalue.AsSingleton(total)))
     else:
-      parts.append(_read_tfds(pipeline, label, part, sources.tfds_name(name),
-                              sources.data_dir_or_default(data_dir), text_field))
+      parts.append(_read_tfds(pipeline, label, part, tfds_datasets.tfds_name(name),
+                              tfds_datasets.data_dir_or_default(data_dir), text_field))
   return parts[0] if len(parts) == 1 else parts | "Join sources" >> beam.Flatten()
 
 
 def _read_tfds(pipeline, label, part, name, data_dir, text_field):
   ranges = []
-  for split in prepared.SPLITS:
+  for split in shards.SPLITS:
     try:
       builder = sources.checked_tfds_builder(name, split, data_dir, text_field)
-    except sources.MissingSplitError:
+    except MissingSplitError:
       continue
     count = builder.info.splits[split].num_examples
     ranges += [(part, split, s, min(s + _EXAMPLES_PER_READ, count))
@@ -159,16 +159,16 @@ class _WriteShard(beam.DoFn):
     docs = [np.split(flat, np.cumsum(lengths)[:-1])
             for _, flat, lengths in sorted(docs, key=lambda d: d[0])]
     records, counts = shard_records(docs, shard, self._settings)
-    name = prepared.shard_name(split, shard, self._settings.num_shards)
+    name = shards.shard_name(split, shard, self._settings.num_shards)
     target = FileSystems.join(self._directory, name)
     if "://" in self._directory:
       with tempfile.TemporaryDirectory() as tmp:
-        prepared.write_shard(os.path.join(tmp, name), records)
+        shards.write_shard(os.path.join(tmp, name), records)
         size = os.path.getsize(os.path.join(tmp, name))
         with open(os.path.join(tmp, name), "rb") as f, FileSystems.create(target) as out:
           out.write(f.read())
     else:
-      prepared.write_shard(target, records)
+      shards.write_shard(target, records)
       size = os.path.getsize(target)
     yield dict(split=split, shard=shard, file=name, bytes=size, **counts)
 
@@ -177,11 +177,11 @@ def build(pipeline, source: str, directory: str, settings: Settings,
           data_dir: str | None = None, text_field: str = "text") -> None:
   """Adds the preparation of `source` to `pipeline`: shards into
   `directory`, and their counts into `directory`/shards.json."""
-  shards = (_read(pipeline, source, data_dir, text_field)
+  written = (_read(pipeline, source, data_dir, text_field)
             | "Tokenize" >> beam.ParDo(_Tokenize(settings))
             | "Group by shard" >> beam.GroupByKey()
             | "Write shards" >> beam.ParDo(_WriteShard(directory, settings)))
-  _ = (shards | "Gather" >> beam.combiners.ToList()
+  _ = (written | "Gather" >> beam.combiners.ToList()
        | "Write counts" >> beam.Map(_write_json, FileSystems.join(directory, SHARDS_FILE)))
 
 

@@ -7,7 +7,7 @@ needs them installed (`pip install -r requirements-test.txt`)."""
 
 import time
 
-from lmjax.runs.benchmark import TRAIN, Point, Settings, synthetic_batch, timed_steps
+from lmjax.benchmarking.points import TRAIN, Point, Settings, synthetic_batch, timed_steps
 
 
 class HfTorchWorker:
@@ -16,6 +16,7 @@ class HfTorchWorker:
   def __init__(self, point: Point, settings: Settings):
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
+
     from lmjax.model.config import SIZES  # pylint: disable=import-outside-toplevel
     self.torch, self.point, self.settings = torch, point, settings
     torch.manual_seed(0)

@@ -18,10 +18,13 @@ from collections.abc import Callable
 import ml_collections
 
 from lmjax import paths
-from lmjax.data import loader, tasks
-from lmjax.data.preparation import learned_size
+from lmjax.data import tasks
+from lmjax.data.cache import learned_size
+from lmjax.data.pretrain_input import tokenizer_file
 from lmjax.errors import ConfigError, UserError
-from lmjax.runs import finetuning, pretraining, scaffold, transfer_output
+from experiments.transfer import results as transfer_results
+from lmjax.runs import finetuning, pretraining
+from lmjax.trainer import scaffold
 
 # A variant's objectives: (mlm, nsp, cp) switched on; None is random weights.
 VARIANTS: dict[str, tuple[bool, bool, bool] | None] = {
@@ -91,7 +94,7 @@ def _pretraining_tokenizer(config) -> str:
   section = _pretraining_config(config, VARIANTS["mlm"])
   pretraining.check_config(section)
   data = section.data
-  return loader.tokenizer_file(data) if learned_size(data.tokenizer) else data.tokenizer
+  return tokenizer_file(data) if learned_size(data.tokenizer) else data.tokenizer
 
 
 # Fields of the runs' configs that the experiment sets, and what sets them.
@@ -212,8 +215,8 @@ def _run_all(config, workdir: str, echo: Callable[[str], None]) -> dict:
         finetuning.finetune, section,
         str(paths.resolve(workdir) / "finetune" / name / f"seed_{section.seed}"),
         f"[{i}/{total}] fine-tuning {name}, seed {section.seed}", echo)
-  results = transfer_output.results(config, variant_names(config), pretrained, finetuned)
+  results = transfer_results.results(config, variant_names(config), pretrained, finetuned)
   if scaffold.is_lead():
-    transfer_output.write(workdir, results)
+    transfer_results.write(workdir, results)
   return results
 

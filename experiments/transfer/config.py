@@ -1,4 +1,4 @@
-"""The transfer experiment's config: `--config=configs/transfer.py`.
+"""The transfer experiment's config: `--config=experiments/transfer/config.py`.
 
 Pretraining variants on one corpus, each fine-tuned on one task with several
 seeds, next to fine-tuning from random weights. The pretraining and
@@ -15,7 +15,7 @@ import ml_collections
 
 def _variant(file: str, variant: str) -> ml_collections.ConfigDict:
   spec = importlib.util.spec_from_file_location(f"transfer_{Path(file).stem}",
-                                                Path(__file__).parent / file)
+                                                Path(__file__).parents[2] / "configs" / file)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(variant)
@@ -23,7 +23,7 @@ def _variant(file: str, variant: str) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg:
-    raise ValueError(f"configs/transfer.py takes no variant, got {arg!r}")
+    raise ValueError(f"experiments/transfer/config.py takes no variant, got {arg!r}")
   config = ml_collections.ConfigDict()
   config.task = "rt_polarity"  # rt_polarity | glue/NAME | tsv:PATH | csv:PATH | jsonl:PATH
   config.corpus = ""  # the pretraining source; '' = task:TASK, the task's own training text

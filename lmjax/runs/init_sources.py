@@ -23,8 +23,8 @@ from lmjax.errors import CheckpointError, ConfigError, UserError
 from lmjax.interop.hf import load_hf_bert
 from lmjax.model import BertConfig, BertForPreTraining
 from lmjax.model.encoder import stack_layers, unstack_layers
-from lmjax.runs.checkpoints import Checkpoints
 from lmjax.train import mlm_nsp, steps
+from lmjax.trainer.checkpoints import Checkpoints
 
 KINDS = ("pretrain", "hf", "random")
 # Model fields a fine-tuning run may set on a pretrained encoder; the others

@@ -1,14 +1,14 @@
 """What a benchmark sweep leaves: a console line per row, results.jsonl as it
-goes, then results.csv and results.png; and the sweep's driver, `run`."""
+goes, then results.csv and results.png."""
 
 import csv
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 
 from lmjax import paths
+from lmjax.benchmarking.points import SWEEP_FIELDS, Point
 from lmjax.errors import UserError
-from lmjax.runs.benchmark import SWEEP_FIELDS, Point, Settings, measure
 
 
 def line(row: dict) -> str:
@@ -98,23 +98,3 @@ def prepare_output(output: str) -> str:
   except OSError as e:
     raise UserError(f"--output={output}: cannot write there ({e.strerror})") from None
   return path
-
-
-def run(points: Sequence[Point], settings: Settings, output: str,
-        echo: Callable[[str], None] = print) -> list[dict]:
-  """Measures every point, printing a line each and appending it to
-  results.jsonl as it goes; then results.csv and results.png."""
-  rows = []
-  try:
-    for i, point in enumerate(points, 1):
-      echo(f"[{i}/{len(points)}] {point.label()} ...")
-      for row in measure(point, settings):
-        rows.append(row)
-        append_jsonl(output, row)
-        echo(line(row))
-  finally:  # an interrupted sweep keeps the table and plot of its points so far
-    if rows:
-      write_csv(output, rows)
-    if any("error" not in r for r in rows):
-      plot(output, rows)
-  return rows

@@ -1,0 +1,138 @@
+"""The pretraining input pipeline, on grain: deterministic, sharded, resumable.
+
+Element i of the global stream is pair `perm_e[i mod N]` of epoch e = i // N,
+masked with random numbers hashed from (seed, i) (lmjax.data.masking): a pure
+function of the seed, the epoch and the example. Global batch b is elements
+[b*G, (b+1)*G); process p of P takes the p-th of its P equal slices.
+"""
+
+import dataclasses
+import time
+from pathlib import Path
+
+import grain
+import numpy as np
+
+from lmjax.data import builtin, cache, shards
+from lmjax.data.loader import local_batch
+from lmjax.data.masking import Masking, Vocabulary, mask_batch, pad_pairs
+from lmjax.data.tokenization import Tokenizer
+from lmjax.errors import UserError, check_fields
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReadAndMask:
+  """Reads the pairs of batch m (stream elements [m*b, (m+1)*b), by their
+  pair indices) and masks them. Picklable, for grain's worker processes."""
+  pairs: shards.PreparedPairs
+  masking: Masking
+  vocabulary: Vocabulary
+  seed: int
+  batch: int
+
+  def __call__(self, m, indices):
+    pairs = self.pairs.get_many(indices)
+    examples = np.arange(m * self.batch, (m + 1) * self.batch, dtype=np.int64)
+    return mask_batch(pad_pairs(pairs, self.masking.max_seq_length), self.masking,
+                      self.vocabulary, self.seed, examples)
+
+
+def pretraining_dataset(pairs, masking: Masking, vocabulary: Vocabulary,
+                        global_batch: int, seed: int, process_index: int = 0,
+                        process_count: int = 1) -> grain.MapDataset:
+  """Returns this process's batches as a random-access grain dataset:
+  `ds[k]` is its share of global batch k, over endless epochs. `pairs` is
+  a shards.PreparedPairs (len, and get_many(indices) -> pair dicts)."""
+  local = local_batch(global_batch, process_index, process_count)
+  batches = (grain.MapDataset.range(len(pairs))
+             .shuffle(seed=seed)
+             .repeat(None)
+             .batch(local, drop_remainder=True)
+             .map_with_index(_ReadAndMask(pairs, masking, vocabulary, seed + 1, local)))
+  return batches.slice(slice(process_index, None, process_count))
+
+
+def load_tokenizer(data_config) -> Tokenizer:
+  """The config's tokenizer: a file or directory, learn:N (learned from the
+  corpus), or the built-in one when none is named."""
+  return Tokenizer.load(tokenizer_file(data_config))
+
+
+def tokenizer_file(data_config) -> str:
+  """Where the config's tokenizer is: for learn:N, the cached file it is
+  learned into on first use."""
+  if cache.learned_size(data_config.tokenizer) is not None:
+    return str(cache.learned_tokenizer(data_config, cache.cache_dir(data_config)))
+  return data_config.tokenizer or str(builtin.TOKENIZER_FILE)
+
+
+def check_data_config(data) -> None:
+  """Raises ConfigError naming the first data field with an impossible value."""
+  checks = [
+      ("max_seq_length", data.max_seq_length >= 5, "at least 5"),
+      ("max_predictions_per_seq", data.max_predictions_per_seq >= 1, "at least 1"),
+      ("max_predictions_per_seq", data.max_predictions_per_seq <= data.max_seq_length,
+       "at most max_seq_length"),
+      ("masked_lm_prob", 0 < data.masked_lm_prob < 1, "in (0, 1)"),
+      ("short_seq_prob", 0 <= data.short_seq_prob <= 1, "in [0, 1]"),
+      ("num_threads", data.num_threads >= 0, "at least 0"),
+      ("tokenizer", not (cache.learned_size(data.tokenizer)
+                         and data.source.startswith("prepared:")),
+       "a file with a prepared: source (it was tokenized when prepared)"),
+  ]
+  check_fields("config.data", data, checks)
+
+
+def prepared_pairs(data, seed: int, tokenizer: Tokenizer,
+                   split: str) -> tuple[shards.PreparedPairs, dict]:
+  """The pairs of `split` of a config's `data` source: a `prepared:DIR`, or
+  any other source prepared in-process into the cache on first use."""
+  if data.source.startswith("prepared:"):
+    directory, info = Path(data.source[len("prepared:"):]).expanduser(), {"cache": "prepared"}
+  else:
+    directory, info = cache.cached(data, seed, tokenizer, cache.cache_dir(data))
+  pairs = shards.PreparedPairs(directory, split)
+  meta = pairs.metadata
+  if (meta.tokenizer_fingerprint, meta.max_seq_length) != (tokenizer.fingerprint,
+                                                          data.max_seq_length):
+    raise UserError(
+        f"{data.source} was prepared with tokenizer {meta.tokenizer_fingerprint} and "
+        f"max_seq_length {meta.max_seq_length}, but the config has tokenizer "
+        f"{tokenizer.fingerprint} ({data.tokenizer or 'built-in'}) and max_seq_length "
+        f"{data.max_seq_length}; set --config.data.tokenizer and "
+        "--config.data.max_seq_length to the prepared ones, or prepare it again")
+  entry = meta.splits[split]
+  if split == "train" and entry["tokens"] < _FEW_TOKENS_PER_DOCUMENT * entry["documents"]:
+    print(f"warning: {data.source}: {entry['documents']:,} documents of "
+          f"{entry['tokens']:,} tokens in all ({entry['tokens'] / entry['documents']:.1f} "
+          "a document); is this the corpus you meant? (BERT's text format: one sentence "
+          "a line, a blank line between documents)", flush=True)
+  return pairs, dict(info, documents=entry["documents"], tokens=entry["tokens"],
+                     pairs=entry["pairs"],
+                     undecodable_lines=meta.splits.get("train", entry).get(
+                         "undecodable_lines", 0))
+
+
+_FEW_TOKENS_PER_DOCUMENT = 16  # below it, a corpus is more likely a mistake than text
+
+
+def pretraining_input(data, global_batch: int, seed: int, split: str = "train",
+                      process_index: int = 0, process_count: int = 1):
+  """Builds the pretraining dataset of a config's `data` section (checked
+  by `check_data_config` first).
+
+  Returns (dataset of this process's batches, tokenizer, info) where info
+  holds the corpus sizes, the cache outcome and the start-up time.
+  """
+  start = time.perf_counter()
+  tokenizer = load_tokenizer(data)
+  pairs, info = prepared_pairs(data, seed, tokenizer, split)
+  masking = Masking(max_seq_length=data.max_seq_length,
+                    max_predictions=data.max_predictions_per_seq,
+                    masked_lm_prob=data.masked_lm_prob,
+                    whole_word_masking=data.whole_word_masking)
+  dataset = pretraining_dataset(pairs, masking, Vocabulary.of(tokenizer),
+                                global_batch, seed, process_index, process_count)
+  info = dict(info, source=data.source, split=split,
+              startup_s=round(time.perf_counter() - start, 2))
+  return dataset, tokenizer, info
