@@ -9,6 +9,8 @@ overridden on the command line, e.g. `--config.task.source=glue/sst2` or
 
 import ml_collections
 
+from lmjax import config_sections
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in (None, "", "transfer"):
@@ -17,10 +19,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0
   config.mode = "train"  # train | predict (with config.predict.input)
 
-  # Where the encoder starts: pretrain:DIR (a pretraining workdir's newest
-  # checkpoint), hf:DIR (a Hugging Face BERT directory: config.json, weights,
-  # and tokenizer unless config.task.tokenizer names it) or random.
-  config.init = ml_collections.ConfigDict(dict(source="pretrain:runs/pretrain"))
+  config.init = ml_collections.ConfigDict(dict(
+      # pretrain:DIR: a pretraining workdir's newest checkpoint; hf:DIR: a Hugging Face
+      # BERT directory (config.json, weights, and its tokenizer unless task.tokenizer
+      # names one); random: random weights of model.size
+      source="pretrain:runs/pretrain",  # pretrain:DIR | hf:DIR | random
+  ))
 
   config.task = ml_collections.ConfigDict(dict(
       source="rt_polarity",  # rt_polarity | glue/NAME | tsv:PATH | csv:PATH | jsonl:PATH
@@ -39,33 +43,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Architecture fields (size, max_position) apply to init.source=random only; the
   # others also apply to a pretrained encoder.
-  config.model = ml_collections.ConfigDict(dict(
-      size="tiny",
-      max_position=512,
-      dropout_rate=0.1,
-      attention_dropout_rate=0.1,
-      dtype="float32",
-      param_dtype="float32",
-      scan_layers=True,
-      remat_policy="dots",  # none | full | dots | dots_no_batch (dots: faster on CPU)
-      attention_impl="xla",
-  ))
+  config.model = config_sections.model()
 
   config.train = ml_collections.ConfigDict(dict(
       batch_size=32,
       epochs=3.0,
       steps=0,  # > 0 overrides epochs
-      optimizer="adamw",
-      learning_rate=1e-4,
+      **config_sections.optimizer(learning_rate=1e-4),
       warmup_fraction=0.1,
-      schedule="linear",
-      end_learning_rate_fraction=0.0,
-      weight_decay=0.01,
-      b1=0.9,
-      b2=0.999,
-      eps=1e-6,
-      grad_clip_norm=1.0,
-      grad_accum_steps=1,
       log_every=50,
       eval_every=0,  # 0 = once an epoch
       checkpoint_every=0,  # 0 = at every evaluation
@@ -80,8 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       output="",  # '' = DIR/predictions.jsonl
   ))
 
-  # dcn_data > 1: the data axis spans that many TPU slices (multi-slice).
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
+  config.mesh = config_sections.mesh()
   if arg == "transfer":
     # Fine-tuning a small encoder on a few thousand examples (the transfer experiment).
     config.train.update(learning_rate=5e-4, epochs=5.0)

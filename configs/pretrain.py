@@ -6,6 +6,8 @@ Every field can be overridden on the command line, e.g.
 
 import ml_collections
 
+from lmjax import config_sections
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the config of `arg`.
@@ -18,26 +20,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  # Where the weights start: random (config.model.size), or hf:DIR, a Hugging
-  # Face BERT directory (continued pretraining with its sizes and vocabulary;
-  # heads it lacks start random).
-  config.init = ml_collections.ConfigDict(dict(source="random"))
-
-  config.model = ml_collections.ConfigDict(dict(
-      size="tiny",  # tiny | mini | small | medium | base | large
-      max_position=512,
-      dropout_rate=0.1,
-      attention_dropout_rate=0.1,
-      dtype="float32",  # bfloat16 on accelerators
-      param_dtype="float32",
-      scan_layers=True,
-      # On CPU, dots is faster than none and needs less memory (lmjax.benchmark).
-      remat_policy="dots",  # none | full | dots | dots_no_batch
-      attention_impl="xla",  # cudnn on GPUs (with attention_dropout_rate=0)
+  config.init = ml_collections.ConfigDict(dict(
+      # hf:DIR: continued pretraining with its sizes and vocabulary (heads it lacks start random)
+      source="random",  # random (model.size) | hf:DIR (a Hugging Face BERT directory)
   ))
 
+  config.model = config_sections.model()
+
   config.data = ml_collections.ConfigDict(dict(
-      source="austen",  # austen | tfds:NAME[/CONFIG] | text:PATH_OR_GLOB
+      # A+B: the documents of both; task:SOURCE: a labelled task's texts, labels unused.
+      source="austen",  # austen | tfds:NAME[/CONFIG] | text:GLOB | task:SOURCE | prepared:DIR
       text_field="text",  # the text feature of a tfds source
       tokenizer="",  # a file or dir; learn:N = learned from source; '' = init.source's or built-in
       data_dir="",  # tfds data directory; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
@@ -53,17 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict(dict(
       batch_size=32,  # global batch, split over processes
       steps=1200,
-      optimizer="adamw",  # adamw | lamb
-      learning_rate=2e-3,
+      **config_sections.optimizer(learning_rate=2e-3),
       warmup_steps=120,
-      schedule="linear",  # linear | cosine decay after warm-up
-      end_learning_rate_fraction=0.0,
-      weight_decay=0.01,  # not on LayerNorm parameters or biases
-      b1=0.9,
-      b2=0.999,
-      eps=1e-6,
-      grad_clip_norm=1.0,  # 0 = no clipping
-      grad_accum_steps=1,  # micro-batches per step (batch_size divisible by it)
       mlm_weight=1.0,
       nsp_weight=1.0,
       cp_weight=0.0,  # contrastive prediction: A and B of a pair find each other in the batch
@@ -89,8 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       eval_examples=1000,  # and one of the validation split scores it
   ))
 
-  # dcn_data > 1: the data axis spans that many TPU slices (multi-slice).
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
+  config.mesh = config_sections.mesh()
 
   variant = arg or ""
   if variant in ("base", "large"):

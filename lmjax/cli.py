@@ -20,6 +20,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lmjax import config_sections
 from lmjax.errors import Fault, UserError
 
 _EXAMPLE_CONFIG: list[str] = []  # define_config's example: the fields --help lists
@@ -99,6 +100,21 @@ def moved(old: str, new: str) -> None:
   _fail(f"python -m {old} is now {new}")
 
 
+def _field_comments(file: Path) -> dict[str, str]:
+  """{'section.field': the comment beside it} of a config file (a section
+  opens at `config.S = ml_collections.ConfigDict` or `def S(`)."""
+  comments, section = {}, ""
+  for line in file.read_text().splitlines():
+    opened = re.match(r"\s*(?:config\.(\w+)\s*=\s*ml_collections\.ConfigDict|def (\w+)\()",
+                      line)
+    if opened:
+      section = (opened.group(1) or opened.group(2)) + "."
+    found = re.match(r"\s*(?:config\.)?(\w+)\s*=.*?#\s*(.+)$", line)
+    if found and not opened:
+      comments.setdefault(section + found.group(1), found.group(2))
+  return comments
+
+
 def _help(argv: list[str]) -> None:
   """What --help prints: the entry point's docstring, its flags, and every
   field of the config (the one --config names, or the example) with its
@@ -121,26 +137,13 @@ def _help(argv: list[str]) -> None:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(variant or None)
-  comments, section = {}, ""
-  for line in file.read_text().splitlines():
-    opened = re.match(r"\s*config\.(\w+)\s*=\s*ml_collections\.ConfigDict", line)
-    if opened:
-      section = opened.group(1) + "."
-    found = re.match(r"\s*(?:config\.)?(\w+)\s*=.*?#\s*(.+)$", line)
-    if found and not opened:
-      comments.setdefault(section + found.group(1), found.group(2))
+  comments = _field_comments(file)
+  shared = {name.rsplit(".", 1)[-1]: comment for name, comment
+            in _field_comments(Path(config_sections.__file__)).items()}
   print(f"\nconfig fields of {source} (override as --config.FIELD=VALUE):")
-  for name, value in _leaves(config.to_dict()):
-    comment = comments.get(name)
+  for name, value in config_sections.leaves(config.to_dict()):
+    comment = comments.get(name) or shared.get(name.rsplit(".", 1)[-1])
     print(f"  --config.{name}={value!r}" + (f"  # {comment}" if comment else ""))
-
-
-def _leaves(tree: dict, prefix: str = ""):
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      yield from _leaves(value, f"{prefix}{key}.")
-    else:
-      yield f"{prefix}{key}", value
 
 
 def _parse_flags(argv: list[str], known_only: bool = False) -> list[str]:

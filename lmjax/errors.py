@@ -26,6 +26,14 @@ class CheckpointError(UserError, ValueError):
   """A checkpoint that is missing, incomplete or does not fit the model."""
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+  """The first non-blank line of an exception's message (its type's name
+  when it has none), cut to `limit` characters: how another library's error
+  is quoted inside one of lmjax's one-line messages."""
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  return (lines or [type(e).__name__])[0][:limit]
+
+
 def check_fields(section: str, values, checks) -> None:
   """Raises ConfigError for the first (field, ok, requirement) whose `ok` is
   false, naming `section.field`, what it must be and the value it has."""

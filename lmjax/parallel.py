@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lmjax.errors import ConfigError
+from lmjax.errors import ConfigError, first_line
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -85,7 +85,7 @@ def hybrid_device_array(sizes: Sequence[int], dcn_data: int, devices) -> np.ndar
     return mesh_utils.create_hybrid_device_mesh(per_slice, (dcn_data, 1, 1), devices,
                                                 process_is_granule=by_process)
   except ValueError as e:
-    raise ConfigError(f"config.mesh.dcn_data={dcn_data}: {str(e).splitlines()[0]}") from None
+    raise ConfigError(f"config.mesh.dcn_data={dcn_data}: {first_line(e)}") from None
 
 
 def _mesh_sizes(data: int, fsdp: int, tensor: int, count: int) -> list[int]:

@@ -22,7 +22,7 @@ from lmjax import cli
 from lmjax.data import builtin, shards, sources
 from lmjax.data.shard_writing import Settings, metadata, split_entry, staging_directory
 from lmjax.data.tokenization import Tokenizer
-from lmjax.errors import UserError
+from lmjax.errors import UserError, first_line
 
 _SOURCE = flags.DEFINE_string("source", None, "austen | tfds:NAME[/CONFIG] | "
                               "text:PATH_OR_GLOB (local or gs://), joined by +", required=True)
@@ -146,7 +146,7 @@ def run(source: str, output: str, settings: Settings, args: list[str],
   try:
     pipeline = beam.Pipeline(options=options)
   except ValueError as e:  # an unknown --runner, say
-    raise UserError(f"Beam: {str(e).splitlines()[0][:200]}") from None
+    raise UserError(f"Beam: {first_line(e)}") from None
   staging = _staging(output, overwrite)
   start = time.perf_counter()
   try:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lmjax import config_sections
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import ConfigError
 from lmjax.runs import pretraining
@@ -350,18 +351,15 @@ def test_help_lists_every_config_field_with_its_default_and_comment():
   assert lines[0] == "Pretrains BERT (MLM + NSP):"
   assert "  --workdir=  # where checkpoints and metrics go" in lines
   assert "  --config.train.steps=1200" in lines
-  assert ("  --config.data.source='austen'  # austen | tfds:NAME[/CONFIG] | text:PATH_OR_GLOB"
-          in lines)
+  assert ("  --config.data.source='austen'  # austen | tfds:NAME[/CONFIG] | text:GLOB | "
+          "task:SOURCE | prepared:DIR" in lines)
+  assert "  --config.init.source='random'  # random (model.size) | hf:DIR (a Hugging Face " \
+      "BERT directory)" in lines
+  assert "  --config.train.b1=0.9" in lines and "  --config.mesh.data=-1" in lines
+  assert "  --config.train.grad_clip_norm=1.0  # 0 = no clipping" in lines
   config = importlib.util.spec_from_file_location("c", ROOT / "configs" / "pretrain.py")
   module = importlib.util.module_from_spec(config)
   config.loader.exec_module(module)
   fields = [line for line in lines if line.startswith("  --config.")]
-  assert len(fields) == sum(1 for _ in _leaves(module.get_config().to_dict())) > 40
+  assert len(fields) == sum(1 for _ in config_sections.leaves(module.get_config().to_dict())) > 40
 
-
-def _leaves(tree):
-  for value in tree.values():
-    if isinstance(value, dict):
-      yield from _leaves(value)
-    else:
-      yield value

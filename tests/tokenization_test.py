@@ -47,7 +47,10 @@ def test_train_and_load(tmp_path):
   assert any("wrote" in line for line in lines)
   with pytest.raises(UserError, match="no text"):
     tok.train(["", "  "], 60, out)
-  with pytest.raises(UserError, match="could not train"):
+  largest = tok.train(sentences, 5000, tmp_path / "largest.model", at_most=True).vocab_size
+  (tmp_path / "largest.model").unlink()
+  with pytest.raises(UserError, match=f"200 sentences are too small a text for 5,000 pieces: "
+                                      f"at most {largest} \\(vocab_size={largest}\\)$"):
     tok.train(sentences, 5000, tmp_path / "too_big.model")
   assert not (tmp_path / "too_big.model").exists()
   with pytest.raises(UserError, match="not found"):

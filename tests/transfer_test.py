@@ -192,7 +192,8 @@ def test_bad_input_is_one_error_before_any_work(reviews, tmp_path, field, value,
 def test_the_entry_point_exits_2_with_one_line(tmp_path):
   done = subprocess.run(
       [sys.executable, "-m", "experiments.transfer.main",
-       "--config=experiments/transfer/config.py", f"--workdir={tmp_path / 'exp'}", "--config.variants=mlm,bert"],
+       "--config=experiments/transfer/config.py", f"--workdir={tmp_path / 'exp'}",
+       "--config.variants=mlm,bert"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 2
   assert done.stderr.strip() == ("error: config.variants: unknown variant 'bert' (use some of "

@@ -17,13 +17,14 @@ class HfTorchWorker:
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
 
-    from lmjax.model.config import SIZES  # pylint: disable=import-outside-toplevel
+    from lmjax.model.config import sized_fields  # pylint: disable=import-outside-toplevel
     self.torch, self.point, self.settings = torch, point, settings
     torch.manual_seed(0)
-    layers, hidden = SIZES[point.size]
+    sized = sized_fields(point.size)
     cfg = transformers.BertConfig(
-        vocab_size=settings.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-        num_attention_heads=hidden // 64, intermediate_size=4 * hidden,
+        vocab_size=settings.vocab_size, hidden_size=sized["hidden_size"],
+        num_hidden_layers=sized["num_layers"], num_attention_heads=sized["num_heads"],
+        intermediate_size=sized["intermediate_size"],
         hidden_dropout_prob=settings.dropout, attention_probs_dropout_prob=settings.dropout,
         max_position_embeddings=512)
     host = synthetic_batch(point, settings)

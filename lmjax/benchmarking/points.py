@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from lmjax import config_sections
 from lmjax.errors import UserError
 from lmjax.model import config as model_config
 
@@ -26,11 +27,10 @@ OBJECTIVES = ("mlm_nsp", "classification")
 MODES = ("train", "forward_backward")  # the whole step, or no optimizer
 PEERS = ("hf_torch",)
 
-# The pretraining config's optimizer: AdamW, clipping, BERT's b1, b2 and eps.
-TRAIN = types.SimpleNamespace(
-    optimizer="adamw", learning_rate=1e-4, warmup_steps=10, steps=10_000,
-    schedule="linear", end_learning_rate_fraction=0.0, weight_decay=0.01, b1=0.9,
-    b2=0.999, eps=1e-6, grad_clip_norm=1.0)
+# The configs' optimizer (AdamW, clipping, BERT's b1, b2 and eps) at the
+# learning rate of BERT's base recipe, with a schedule long enough to time.
+TRAIN = types.SimpleNamespace(**config_sections.optimizer(learning_rate=1e-4),
+                              warmup_steps=10, steps=10_000)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 from lmjax.benchmarking.points import Point, Settings, flops_per_token, peak_rss_bytes, predictions
 from lmjax.benchmarking.results import append_jsonl, line, plot, write_csv
+from lmjax.errors import first_line
 
 
 def _serve(connection, make_worker: Callable, point: Point, settings: Settings) -> None:
@@ -35,8 +36,8 @@ def _serve(connection, make_worker: Callable, point: Point, settings: Settings) 
         return
       connection.send(("times", worker.run(count)))
   except Exception as e:  # pylint: disable=broad-except
-    lines = [line for line in f"{type(e).__name__}: {e}".splitlines() if line.strip()]
-    connection.send(("error", lines[0][:400], traceback.format_exc()))
+    message = f"{type(e).__name__}: {first_line(e, 400)}"[:400]
+    connection.send(("error", message, traceback.format_exc()))
 
 
 class _Interrupts:

@@ -24,7 +24,7 @@ from apache_beam.metrics import Metrics
 
 from lmjax.data import documents, shards, sources, tfds_datasets
 from lmjax.data.shard_writing import Settings, shard_of, shard_records, tokenize
-from lmjax.errors import MissingSplitError, UserError
+from lmjax.errors import MissingSplitError, UserError, first_line
 
 # Elements: (place, split, sentences); place orders documents as the corpus does.
 _EXAMPLES_PER_READ = 1000
@@ -36,7 +36,7 @@ def text_paths(pattern: str) -> list[str]:
   try:
     (result,) = FileSystems.match([os.path.expanduser(pattern)])
   except Exception as e:  # Beam raises BeamIOError for a bad scheme or bucket
-    raise UserError(f"text:{pattern}: {str(e).splitlines()[0][:200]}") from None
+    raise UserError(f"text:{pattern}: {first_line(e)}") from None
   paths = sorted(m.path for m in result.metadata_list)
   if not paths:
     raise UserError(f"text:{pattern}: no file matches")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmjax.errors import MissingSplitError, UserError
+from lmjax.errors import MissingSplitError, UserError, first_line
 
 FORMAT = "lmjax-nsp-pairs"
 VERSION = 1
@@ -175,7 +175,7 @@ def _open_reader(path: str, expected: int | None):
     found = reader.num_records()
   except Exception as e:  # array_record raises RuntimeError / ValueError on a bad file
     raise UserError(f"{path}: not a readable ArrayRecord file "
-                    f"({str(e).splitlines()[0][:200]})") from None
+                    f"({first_line(e)})") from None
   if expected is not None and found != expected:
     raise UserError(f"{path}: {found:,} records, its metadata says {expected:,} (a "
                     "foreign shard); prepare the directory again")

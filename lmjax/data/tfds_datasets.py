@@ -12,7 +12,7 @@ from pathlib import Path
 from absl import logging
 
 from lmjax.data import builtin
-from lmjax.errors import UserError
+from lmjax.errors import UserError, first_line
 
 
 def data_dir_or_default(data_dir: str | None) -> str:
@@ -59,7 +59,7 @@ def tfds_builder(name: str, data_dir: str):
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # tfds raises several types for unknown names
     raise UserError(f"tfds:{name}: unknown dataset, or not prepared under {data_dir} "
-                    f"({str(e).splitlines()[0]}); prepare it once where the data can be "
+                    f"({first_line(e)}); prepare it once where the data can be "
                     f"downloaded (tfds build {name} --data_dir={data_dir})") from None
   if not builder.is_prepared():
     raise UserError(f"tfds:{name}: not prepared under {data_dir}; prepare it "

@@ -22,7 +22,7 @@ import numpy as np
 import sentencepiece as spm
 
 from lmjax import paths
-from lmjax.errors import UserError
+from lmjax.errors import UserError, first_line
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4  # of lmjax's SentencePiece models
 NUM_SPECIAL = 5
@@ -250,6 +250,21 @@ def check_output(output: str | os.PathLike) -> None:
     raise UserError(f"{output} is a directory; name the .model file to write")
 
 
+def _unigram(sample: list[str], vocab_size: int, num_threads: int,
+             exact: bool) -> "SentencePieceTokenizer":
+  """A unigram model of `vocab_size` pieces (at most that many unless
+  `exact`) with lmjax's special tokens; RuntimeError when it cannot be."""
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(sample), model_writer=model,
+      vocab_size=vocab_size, model_type="unigram", character_coverage=0.9995,
+      pad_id=PAD_ID, unk_id=UNK_ID, bos_id=-1, eos_id=-1,
+      pad_piece="[PAD]", unk_piece="[UNK]",
+      control_symbols=["[CLS]", "[SEP]", "[MASK]"],
+      num_threads=num_threads, hard_vocab_limit=exact, minloglevel=2)
+  return SentencePieceTokenizer(model.getvalue())
+
+
 def train(sentences: Iterable[str], vocab_size: int, output: str | os.PathLike,
           max_sentences: int = 2_000_000,
           progress: Callable[[str], None] = print,
@@ -277,19 +292,16 @@ def train(sentences: Iterable[str], vocab_size: int, output: str | os.PathLike,
   progress(f"training a {vocab_size:,}-piece unigram model on "
            f"{len(sample):,} sentences")
   start = time.perf_counter()
-  model = io.BytesIO()
+  threads = num_threads or os.cpu_count() or 1
   try:
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sample), model_writer=model,
-        vocab_size=vocab_size, model_type="unigram", character_coverage=0.9995,
-        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=-1, eos_id=-1,
-        pad_piece="[PAD]", unk_piece="[UNK]",
-        control_symbols=["[CLS]", "[SEP]", "[MASK]"],
-        num_threads=num_threads or os.cpu_count() or 1, hard_vocab_limit=not at_most,
-        minloglevel=2)
+    tokenizer = _unigram(sample, vocab_size, threads, exact=not at_most)
   except RuntimeError as e:
-    raise UserError(f"sentencepiece could not train: {str(e).splitlines()[0]}") from None
-  tokenizer = SentencePieceTokenizer(model.getvalue())
+    try:  # most often a text too small for the size: say the size it allows
+      largest = _unigram(sample, vocab_size, threads, exact=False).vocab_size
+    except RuntimeError:
+      raise UserError(f"sentencepiece could not train: {first_line(e)}") from None
+    raise UserError(f"{len(sample):,} sentences are too small a text for {vocab_size:,} "
+                    f"pieces: at most {largest:,} (vocab_size={largest})") from None
   output = paths.resolve(output)
   output.parent.mkdir(parents=True, exist_ok=True)
   paths.write_whole(output, tokenizer.model_proto)

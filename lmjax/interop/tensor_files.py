@@ -14,7 +14,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from lmjax.errors import CheckpointError
+from lmjax.errors import CheckpointError, first_line
 
 _DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
@@ -86,6 +86,6 @@ def read_torch_bin(path: str | os.PathLike) -> dict[str, np.ndarray]:
   try:
     state = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises many types for unsafe or bad files
-    raise CheckpointError(f"{path}: cannot be read safely ({str(e).splitlines()[0]})") from None
+    raise CheckpointError(f"{path}: cannot be read safely ({first_line(e)})") from None
   return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
           for k, v in state.items()}

@@ -4,16 +4,27 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from lmjax.errors import ConfigError
 
-# Activation-checkpointing policies for `nn.remat`, by name. `None` keeps every
+# Activation-checkpointing policies for `nn.remat`, by name: 'none' keeps every
 # activation (no remat); 'full' keeps only each layer's input.
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 ATTENTION_IMPLS = ("xla", "cudnn")
 # Feed-forward activations: 'gelu' is BERT's exact erf GELU.
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
 
 # (num_layers, hidden_size) of BERT's released sizes; heads are hidden / 64
 # and the feed-forward width is 4 * hidden, as in google-research/bert.
@@ -25,6 +36,14 @@ SIZES = {
     "base": (12, 768),
     "large": (24, 1024),
 }
+
+
+def sized_fields(size: str) -> dict[str, int]:
+  """The BertConfig fields BERT's named `size` fixes: its layers and width,
+  heads of 64 dimensions and a feed-forward 4 times the width."""
+  layers, hidden = SIZES[size]
+  return dict(num_layers=layers, hidden_size=hidden, num_heads=hidden // 64,
+              intermediate_size=4 * hidden)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +81,7 @@ class BertConfig:
   def named(cls, size: str, **overrides: Any) -> "BertConfig":
     """Returns BERT's config of a named size (tiny .. large), with overrides."""
     _check_choice("size", size, tuple(SIZES))
-    layers, hidden = SIZES[size]
-    sized = dict(num_layers=layers, hidden_size=hidden, num_heads=hidden // 64,
-                 intermediate_size=4 * hidden)
-    return cls().replace(**{**sized, **overrides})
+    return cls().replace(**{**sized_fields(size), **overrides})
 
   def replace(self, **changes: Any) -> "BertConfig":
     """Returns a copy with `changes` applied (and validated)."""
@@ -87,10 +103,7 @@ def check_section(section: Mapping[str, Any], section_name: str = "config.model"
   _check_choice(f"{section_name}.size", values.pop("size", None), tuple(SIZES))
   _check_names(values, f"{section_name} has no field")
   defaults = dataclasses.asdict(BertConfig())
-  layers, hidden = SIZES[section["size"]]
-  sized = dict(num_layers=layers, hidden_size=hidden, num_heads=hidden // 64,
-               intermediate_size=4 * hidden)
-  _check_values({**defaults, **sized, **values}, f"{section_name}.")
+  _check_values({**defaults, **sized_fields(section["size"]), **values}, f"{section_name}.")
 
 
 def _check_names(values: Mapping[str, Any], message: str) -> None:
@@ -116,8 +129,8 @@ def _check_values(v: Mapping[str, Any], prefix: str = "") -> None:
   for name in ("layer_norm_eps", "initializer_range"):
     if not v[name] > 0:
       raise ConfigError(f"{prefix}{name} must be positive, got {v[name]!r}")
-  _check_choice(f"{prefix}hidden_act", v["hidden_act"], ACTIVATIONS)
-  _check_choice(f"{prefix}remat_policy", v["remat_policy"], REMAT_POLICIES)
+  _check_choice(f"{prefix}hidden_act", v["hidden_act"], tuple(ACTIVATIONS))
+  _check_choice(f"{prefix}remat_policy", v["remat_policy"], tuple(REMAT_POLICIES))
   _check_choice(f"{prefix}attention_impl", v["attention_impl"], ATTENTION_IMPLS)
   for name in ("dtype", "param_dtype"):
     try:

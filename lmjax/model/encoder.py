@@ -4,14 +4,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmjax.model.config import BertConfig
+from lmjax.model.config import REMAT_POLICIES, BertConfig
 from lmjax.model.layers import Embeddings, EncoderLayer, dense
-
-_REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 def _layer_step(layer, x_BxLxD, mask_BxL, deterministic):
@@ -35,7 +29,7 @@ class Encoder(nn.Module):
     layer_cls = EncoderLayer
     if cfg.remat_policy != "none":
       # Argument 3 (counting self) is `deterministic`, a Python bool.
-      layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[cfg.remat_policy],
+      layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[cfg.remat_policy],
                            prevent_cse=not cfg.scan_layers, static_argnums=(3,))
     if not cfg.scan_layers:
       for i in range(cfg.num_layers):

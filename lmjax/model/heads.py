@@ -6,7 +6,8 @@ import jax.numpy as jnp
 
 from lmjax.model.config import BertConfig
 from lmjax.model.encoder import BertModel
-from lmjax.model.layers import ACTIVATIONS, Dropout, dense, layer_norm, logits_dtype, zeros_init
+from lmjax.model.config import ACTIVATIONS
+from lmjax.model.layers import Dropout, dense, layer_norm, logits_dtype, zeros_init
 
 
 class MaskedLMHead(nn.Module):

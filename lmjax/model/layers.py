@@ -10,14 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmjax.model.config import BertConfig
-
-ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-}
+from lmjax.model.config import ACTIVATIONS, BertConfig
 
 
 def kernel_init(config: BertConfig, axes: tuple) -> nn.initializers.Initializer:

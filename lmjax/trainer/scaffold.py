@@ -23,8 +23,9 @@ import jax
 from etils import epath
 
 from lmjax import parallel, paths
+from lmjax.config_sections import leaves
 from lmjax.data.loader import Loader
-from lmjax.errors import CheckpointError, ConfigError, UserError, check_fields
+from lmjax.errors import CheckpointError, ConfigError, UserError, check_fields, first_line
 from lmjax.train import steps
 from lmjax.trainer.checkpoints import Checkpoints
 from lmjax.trainer.loop import Hooks, LoopResult, Schedule, run_loop
@@ -68,12 +69,6 @@ def check_resumable(saved: dict, config, keys: tuple[str, ...]) -> None:
 def changed_fields(saved: dict, config) -> list[str]:
   """'train.learning_rate: 0.002 -> 0.001' for each field the resumed run
   changes (allowed ones: the rest fail check_resumable)."""
-  def leaves(tree, prefix=""):
-    for key, value in (tree or {}).items():
-      if isinstance(value, dict):
-        yield from leaves(value, f"{prefix}{key}.")
-      else:
-        yield f"{prefix}{key}", value
   before, now = dict(leaves(saved)), dict(leaves(json.loads(config.to_json())))
   return [f"{k}: {json.dumps(before.get(k))} -> {json.dumps(now.get(k))}"
           for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
@@ -107,13 +102,13 @@ def _resume(job: Job, workdir: epath.Path, ckpts: Checkpoints) -> tuple[Any, int
       print(f"resuming with a changed config: {'; '.join(changes)}", flush=True)
     for step, e in damaged:  # set aside, never deleted: named, for a look
       aside = ckpts.set_aside(step) if is_lead() else f"step {step}"
-      print(f"the checkpoint of step {step} cannot be restored ({_first_line(e)}); "
+      print(f"the checkpoint of step {step} cannot be restored ({first_line(e)}); "
             f"set aside as {aside}", flush=True)
     print(f"resuming from the checkpoint of step {start} in {workdir}", flush=True)
     return state, start, loader["step"]
   if damaged:
     raise CheckpointError(f"{workdir}: no checkpoint can be restored (step "
-                          f"{damaged[0][0]}: {_first_line(damaged[0][1])}); move "
+                          f"{damaged[0][0]}: {first_line(damaged[0][1])}); move "
                           "checkpoints/ aside to start afresh")
   if is_lead():
     workdir.mkdir(parents=True, exist_ok=True)
@@ -121,10 +116,6 @@ def _resume(job: Job, workdir: epath.Path, ckpts: Checkpoints) -> tuple[Any, int
                           **job.files}.items():
       paths.write_whole(workdir / name, content)
   return job.state, 0, 0
-
-
-def _first_line(e: Exception) -> str:
-  return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def compile_step(job: Job, state, batch: dict, rng: jax.Array):

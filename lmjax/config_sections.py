@@ -1,0 +1,57 @@
+"""The config sections that configs/pretrain.py and configs/finetune.py
+share (model, optimizer, mesh), and the one walk over a config's fields.
+The benchmark builds its optimizer from the same section."""
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import ml_collections
+
+
+def model() -> ml_collections.ConfigDict:
+  """The model section: BERT's named size and how it computes."""
+  return ml_collections.ConfigDict(dict(
+      size="tiny",  # tiny | mini | small | medium | base | large
+      max_position=512,
+      dropout_rate=0.1,
+      attention_dropout_rate=0.1,
+      dtype="float32",  # bfloat16 on accelerators
+      param_dtype="float32",
+      scan_layers=True,
+      # On CPU, dots is faster than none and needs less memory (lmjax.benchmark).
+      remat_policy="dots",  # none | full | dots | dots_no_batch
+      attention_impl="xla",  # cudnn on GPUs (with attention_dropout_rate=0)
+  ))
+
+
+def optimizer(learning_rate: float) -> dict[str, Any]:
+  """The optimizer's fields of a train section: BERT's AdamW (b1, b2, eps,
+  decay 0.01 off LayerNorm parameters and biases) with clipping at 1."""
+  return dict(
+      optimizer="adamw",  # adamw | lamb
+      learning_rate=learning_rate,
+      schedule="linear",  # linear | cosine decay after warm-up
+      end_learning_rate_fraction=0.0,
+      weight_decay=0.01,  # not on LayerNorm parameters or biases
+      b1=0.9,
+      b2=0.999,
+      eps=1e-6,
+      grad_clip_norm=1.0,  # 0 = no clipping
+      grad_accum_steps=1,  # micro-batches per step (batch_size divisible by it)
+  )
+
+
+def mesh() -> ml_collections.ConfigDict:
+  """The device mesh: -1 = the remaining devices; dcn_data > 1 lays the
+  data axis over that many TPU slices (multi-slice)."""
+  return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
+
+
+def leaves(tree: Mapping[str, Any] | None, prefix: str = "") -> Iterator[tuple[str, Any]]:
+  """('section.field', value) for every field of a nested dict (a config's
+  `to_dict()` or its saved JSON), in order."""
+  for key, value in (tree or {}).items():
+    if isinstance(value, Mapping):
+      yield from leaves(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
