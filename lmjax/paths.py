@@ -14,7 +14,7 @@ import os
 
 from etils import epath
 
-from lmjax.errors import UserError
+from lmjax.errors import UserError, first_line
 
 PathLike = str | os.PathLike
 
@@ -43,8 +43,7 @@ def check_workdir(path: PathLike) -> epath.Path:
     if workdir.exists() and not workdir.is_dir():
       raise UserError(f"--workdir={path} is a file, not a directory")
   except (OSError, ImportError, ValueError) as e:
-    cause = (str(e).splitlines() or [type(e).__name__])[0]
-    raise UserError(f"--workdir={path}: cannot reach it ({cause})") from None
+    raise UserError(f"--workdir={path}: cannot reach it ({first_line(e)})") from None
   return workdir
 
 

@@ -21,7 +21,7 @@ import types
 
 from lmjax.data import builtin, documents, task_files, tasks
 from lmjax.data.tfds_datasets import data_dir_or_default, split_examples, tfds_builder, tfds_name
-from lmjax.errors import MissingSplitError, UserError
+from lmjax.errors import ConfigError, MissingSplitError, UserError
 
 # A sentence ends at . ! or ? (perhaps closed by a quote or bracket) before
 # whitespace and a capital or digit, unless the word is a title like "Mr.".
@@ -81,12 +81,13 @@ def _read_task(task_source: str, split: str, data_dir: str | None) -> Corpus:
   section = types.SimpleNamespace(source=task_source, text_fields="", label_field="label",
                                   labels="", regression=False, metrics="")
   try:
-    examples = tasks.load_split(tasks.resolve_task(section, data_dir), split, data_dir)
+    examples = tasks.load_split(tasks.resolve_task(section, data_dir, "task"), split, data_dir)
   except MissingSplitError:
     raise
-  except UserError as e:
-    raise UserError(f"task:{task_source}: {str(e).removeprefix('config.task.source ')}"
-                    ) from None
+  except ConfigError as e:  # the source names no task
+    raise ConfigError(f"config.data.source=task:{task_source}: {e}") from None
+  except UserError as e:  # the task's files
+    raise UserError(f"task:{task_source}: {e}") from None
   docs = [sentences for texts in examples.texts
           if (sentences := [s for text in texts for s in split_sentences(text)])]
   if not docs:

@@ -92,10 +92,11 @@ def split_names(fields: str) -> tuple[str, ...]:
   return tuple(f.strip() for f in fields.split(",") if f.strip())
 
 
-def resolve_task(config, data_dir: str | None = None) -> Task:
+def resolve_task(config, data_dir: str | None = None, section: str = "config.task") -> Task:
   """The Task of a config's `task` section: a known task's definition, or a
   local file's, with columns, labels and metrics from the config (labels
-  default to the sorted labels of the train split)."""
+  default to the sorted labels of the train split). ConfigError names a
+  field as `section.FIELD`; UserError is a file's problem."""
   source, metrics = config.source, split_names(config.metrics)
   if source == "rt_polarity":
     return Task("rt_polarity", ("text",), "label", ("rotten", "fresh"),
@@ -103,7 +104,7 @@ def resolve_task(config, data_dir: str | None = None) -> Task:
   if source.startswith("glue/"):
     name = source[len("glue/"):]
     if name not in GLUE:
-      raise ConfigError(f"config.task.source: unknown GLUE task {name!r} (one of "
+      raise ConfigError(f"{section}.source: unknown GLUE task {name!r} (one of "
                         f"{', '.join(GLUE)})")
     fields, labels, task_metrics = GLUE[name]
     splits = ({"train": "train", "validation": "validation_matched", "test": "test_matched"}
@@ -111,7 +112,7 @@ def resolve_task(config, data_dir: str | None = None) -> Task:
     return Task(source, fields, "label", labels, metrics or task_metrics, splits)
   local = task_files.parse_source(source)
   if local is None:
-    raise ConfigError(f"config.task.source {source!r} is not rt_polarity, glue/NAME, "
+    raise ConfigError(f"{section}.source {source!r} is not rt_polarity, glue/NAME, "
                       "tsv:PATH, csv:PATH or jsonl:PATH")
   fmt, path = local
   train_file = path.replace("{split}", "train")
@@ -120,9 +121,9 @@ def resolve_task(config, data_dir: str | None = None) -> Task:
       (f for f in _DEFAULT_TEXT_FIELDS if set(f) <= set(header)), None)
   if text_fields is None:
     raise UserError(f"{train_file}: no text column among {', '.join(header)}; name it "
-                    "with --config.task.text_fields=COLUMN[,PAIR_COLUMN]")
+                    f"with --{section}.text_fields=COLUMN[,PAIR_COLUMN]")
   if len(text_fields) > 2:
-    raise ConfigError(f"config.task.text_fields names {len(text_fields)} columns; "
+    raise ConfigError(f"{section}.text_fields names {len(text_fields)} columns; "
                       "a task has one text or a pair")
   for field in (*text_fields, config.label_field):
     if field not in header:

@@ -178,7 +178,7 @@ class WordPieceTokenizer(Tokenizer):
       raise
     except Exception as e:  # pylint: disable=broad-exception-caught  # tokenizers' own
       raise UserError(f"{where}: not a WordPiece vocabulary "
-                      f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+                      f"({first_line(e)})") from None
     self._tok.no_padding()
     self._tok.no_truncation()
     vocab = self._tok.get_vocab(with_added_tokens=True)

@@ -179,6 +179,11 @@ def _canonical_name(name: str) -> str:
   return name
 
 
+class HeadsError(CheckpointError):
+  """The checkpoint's pretraining heads (cls.*) are missing or misshapen:
+  its encoder can still be read, with heads=False."""
+
+
 def load_hf_bert(path: str | os.PathLike, heads: bool = True, num_labels: int = 0,
                  **overrides: Any) -> tuple[BertConfig, dict]:
   """Reads a Hugging Face BERT directory.
@@ -189,7 +194,8 @@ def load_hf_bert(path: str | os.PathLike, heads: bool = True, num_labels: int = 
   {'classifier'} when the checkpoint has one of that many outputs.
   `overrides` set BertConfig fields the checkpoint does not fix
   (scan_layers, dtype, remat_policy, ...).
-  Raises CheckpointError naming the first missing or mismatched tensor.
+  Raises CheckpointError naming the first missing or mismatched tensor
+  (HeadsError when it is one of the heads').
   """
   path = Path(path)
   config_file = path / "config.json"
@@ -215,11 +221,12 @@ def load_hf_bert(path: str | os.PathLike, heads: bool = True, num_labels: int = 
     num_labels = 0  # none, or another task's: the fine-tuning run draws its own
   expected = _tensor_map(config, heads, num_labels)
   for t in expected:
+    error = HeadsError if t.hf_name.startswith("cls.") else CheckpointError
     if t.hf_name not in tensors:
-      raise CheckpointError(f"{path}: tensor {t.hf_name} is missing")
+      raise error(f"{path}: tensor {t.hf_name} is missing")
     array = tensors[t.hf_name]
     if tuple(array.shape) != t.hf_shape:
-      raise CheckpointError(f"{path}: tensor {t.hf_name} has shape "
+      raise error(f"{path}: tensor {t.hf_name} has shape "
                             f"{tuple(array.shape)}, config.json implies {t.hf_shape}")
     node = params
     for key in t.path[:-1]:

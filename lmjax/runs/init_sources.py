@@ -19,8 +19,8 @@ from etils import epath
 from lmjax import paths
 from lmjax.data import builtin
 from lmjax.data.tokenization import FILE_NAMES, Tokenizer
-from lmjax.errors import CheckpointError, ConfigError, UserError
-from lmjax.interop.hf import load_hf_bert
+from lmjax.errors import CheckpointError, ConfigError, UserError, first_line
+from lmjax.interop.hf import HeadsError, load_hf_bert
 from lmjax.model import BertConfig, BertForPreTraining
 from lmjax.model.encoder import stack_layers, unstack_layers
 from lmjax.train import mlm_nsp, steps
@@ -157,8 +157,7 @@ def pretrained_params(path: epath.Path, field: str, model_cfg: BertConfig, data,
       try:
         return step, ckpts.restore_part(step, abstract)["params"]
       except Exception as e:  # pylint: disable=broad-exception-caught  # damaged
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        print(f"{field}: the checkpoint of step {step} cannot be restored ({cause}); "
+        print(f"{field}: the checkpoint of step {step} cannot be restored ({first_line(e)}); "
               "trying the one before", flush=True)
   finally:
     ckpts.close()
@@ -174,9 +173,7 @@ def load_hf_pretraining(path, config) -> tuple[BertConfig, dict, Tokenizer]:
   tokenizer = _tokenizer(path, config.data.tokenizer, config, "config.data.tokenizer")
   try:
     model_cfg, params = load_hf_bert(path, heads=True, **_runtime(config.model))
-  except CheckpointError as e:
-    if "tensor cls." not in str(e):
-      raise
+  except HeadsError:
     model_cfg, params = load_hf_bert(path, heads=False, **_runtime(config.model))
   check_vocabulary(tokenizer, model_cfg, f"Hugging Face BERT {path}")
   return model_cfg, params, tokenizer

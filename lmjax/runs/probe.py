@@ -26,12 +26,11 @@ def resolve(section) -> tasks.Task | None:
       source=section.source, text_fields=section.text_fields, label_field=section.label_field,
       labels=section.labels, regression=False, metrics="accuracy"))
   try:
-    task = tasks.resolve_task(task_section, section.data_dir or None)
-  except UserError as e:
-    message = str(e).replace("config.task.", "config.probe.")
-    raise type(e)(message if message.startswith("config.probe") else
-                  f"config.probe: {message}") from None
-  return task
+    return tasks.resolve_task(task_section, section.data_dir or None, "config.probe")
+  except ConfigError:
+    raise
+  except UserError as e:  # the task's files: say whose they are
+    raise UserError(f"config.probe: {e}") from None
 
 
 def _sample(examples: tasks.Examples, count: int, seed: int) -> tasks.Examples:

@@ -6,12 +6,11 @@ from typing import Any
 import orbax.checkpoint as ocp
 
 from lmjax import paths
-from lmjax.errors import Fault
+from lmjax.errors import Fault, first_line
 
 
 def _fault(e: Exception) -> Fault:
-  cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-  return Fault(f"a checkpoint could not be saved ({cause})")
+  return Fault(f"a checkpoint could not be saved ({first_line(e)})")
 
 
 class _Kept(ocp.checkpoint_managers.PreservationPolicy):
