@@ -9,7 +9,7 @@
 # e.g. launch/tpu_pod.sh --tpu=v5p-64 --zone=us-east5-a python -m lmjax.pretrain \
 #        --config=configs/pretrain.py:base --workdir=/mnt/bucket/runs/base
 # Needs gcloud, authenticated, on this machine. JAX finds the slice's other
-# hosts itself (lmjax.parallel.initialize_distributed).
+# hosts itself (lmjax.distributed.initialize).
 set -euo pipefail
 
 dry_run=0 tpu="" zone="" project=""

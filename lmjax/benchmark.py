@@ -33,7 +33,8 @@ _MODE = flags.DEFINE_string("mode", "train", "train (forward, backward, AdamW) o
 _STEPS = flags.DEFINE_integer("steps", 10, "timed steps a round")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "rounds of timed steps (turns with --compare)")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "untimed steps after compilation")
-_VOCAB = flags.DEFINE_integer("vocab_size", 30522, "vocabulary size")
+_VOCAB = flags.DEFINE_integer("vocab_size", 30522, "vocabulary size (BERT's; the CPU "
+                              "configs' tokenizers have 8,000)")
 _MASK_RATE = flags.DEFINE_float("mask_rate", 0.15, "MLM positions: ceil(rate * seq_len)")
 _DROPOUT = flags.DEFINE_float("dropout", 0.1, "hidden and attention dropout")
 _PEAK = flags.DEFINE_float("cpu_peak_tflops", 0.0, "the host's peak TFLOP/s, for MFU on "
@@ -74,6 +75,7 @@ def main(argv):
       cpu_peak_tflops=_PEAK.value, peer=_COMPARE.value)
   sweep_points.check(points, settings, jax.device_count(), jax.devices()[0].platform)
   output = results.prepare_output(_OUTPUT.value)
+  print(sweep_points.describe(settings), flush=True)
   for signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(signum, sweep.interrupt)
   try:

@@ -47,8 +47,15 @@ def define_config(example: str) -> Callable[[], object]:
 
 
 def define_workdir() -> flags.FlagHolder:
-  return flags.DEFINE_string("workdir", None, "where checkpoints and metrics go",
-                             required=True)
+  return flags.DEFINE_string("workdir", None, "where checkpoints and metrics go")
+
+
+def require(*holders: flags.FlagHolder) -> None:
+  """UserError naming the first of these flags that was not given, with
+  what it is for (absl's own `required` reads as a value check)."""
+  for holder in holders:
+    if holder.value is None:
+      raise UserError(f"--{holder.name} is required: {flags.FLAGS[holder.name].help}")
 
 
 def run_in_workdir(run_fn: Callable[[object, str], dict],
@@ -64,6 +71,7 @@ def run_in_workdir(run_fn: Callable[[object, str], dict],
     # Outside the training loop (which saves and stops at the step) a SIGTERM
     # finds nothing unsaved: start-up, compilation, the final evaluation.
     signal.signal(signal.SIGTERM, _terminated)
+    require(workdir)
     config = get_config()
     from lmjax import distributed, paths  # pylint: disable=import-outside-toplevel
     paths.check_workdir(workdir.value)

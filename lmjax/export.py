@@ -15,15 +15,14 @@ from absl import flags
 from lmjax import cli
 from lmjax.runs.export import export
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "a fine-tuning or pretraining workdir",
-                               required=True)
-_OUTPUT = flags.DEFINE_string("output", None, "the Hugging Face directory to write",
-                              required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "a fine-tuning or pretraining workdir")
+_OUTPUT = flags.DEFINE_string("output", None, "the Hugging Face directory to write")
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "replace a non-empty --output")
 
 
 def main(argv):
   del argv
+  cli.require(_WORKDIR, _OUTPUT)
   written = export(_WORKDIR.value, _OUTPUT.value, _OVERWRITE.value)
   print(f"wrote {written['architecture']} (step {written['step']}) to {written['output']}",
         flush=True)

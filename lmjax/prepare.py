@@ -25,9 +25,8 @@ from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError, first_line
 
 _SOURCE = flags.DEFINE_string("source", None, "austen | tfds:NAME[/CONFIG] | "
-                              "text:PATH_OR_GLOB (local or gs://), joined by +", required=True)
-_OUTPUT = flags.DEFINE_string("output", None, "the prepared directory (local or gs://)",
-                              required=True)
+                              "text:PATH_OR_GLOB (local or gs://), joined by +")
+_OUTPUT = flags.DEFINE_string("output", None, "the prepared directory (local or gs://)")
 _TOKENIZER = flags.DEFINE_string("tokenizer", "", "sentencepiece .model; '' = built-in")
 _MAX_SEQ_LENGTH = flags.DEFINE_integer("max_seq_length", 128, "tokens per pair")
 _SHORT_SEQ_PROB = flags.DEFINE_float("short_seq_prob", 0.1, "share of shorter targets")
@@ -171,6 +170,7 @@ def run(source: str, output: str, settings: Settings, args: list[str],
 
 def main(argv):
   args = argv[1:]
+  cli.require(_SOURCE, _OUTPUT)
   logging.getLogger("apache_beam").setLevel(logging.ERROR)  # workers' notices are noise here
   tokenizer = Tokenizer.load(_TOKENIZER.value or builtin.TOKENIZER_FILE)
   settings = Settings(tokenizer.files, _MAX_SEQ_LENGTH.value, _SHORT_SEQ_PROB.value,

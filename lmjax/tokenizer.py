@@ -11,14 +11,14 @@ from lmjax.data import sources, tokenization
 
 _SOURCE = flags.DEFINE_string("source", "austen", "text source (see lmjax.data.sources)")
 _VOCAB = flags.DEFINE_integer("vocab_size", 8000, "number of pieces")
-_OUTPUT = flags.DEFINE_string("output", None, "where to write the .model file",
-                              required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "where to write the .model file")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data directory")
 _TEXT_FIELD = flags.DEFINE_string("text_field", "text", "text field of a tfds source")
 
 
 def main(argv):
   del argv
+  cli.require(_OUTPUT)
   tokenization.check_output(_OUTPUT.value)
   corpus = sources.load_corpus(_SOURCE.value, "train", _DATA_DIR.value,
                                _TEXT_FIELD.value)

@@ -17,8 +17,8 @@ import pytest
 from lmjax import parallel
 from lmjax.data.task_input import examples_dataset
 from lmjax.errors import UserError
-from lmjax.trainer import scaffold
 from lmjax.train import steps
+from lmjax.trainer import loop, scaffold
 from lmjax.trainer.checkpoints import Checkpoints
 from lmjax.trainer.loop import Hooks, Schedule, TrainingDiverged, run_loop
 from lmjax.trainer.throughput import RateWindow, Throughput
@@ -231,7 +231,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumes(
   out = capsys.readouterr().out
   assert "the checkpoint of step 7 cannot be restored" in out
   assert "resuming from the checkpoint of step 6" in out
-  assert f"step 9: w {float(resumed.state.params['w']):.4f}" in out  # the evaluation
+  assert f"evaluation at step 9: w {float(resumed.state.params['w']):.4f}" in out
   assert float(resumed.state.params["w"]) == float(whole.state.params["w"])
   names = sorted(p.name for p in (tmp_path / "parts" / "checkpoints").iterdir())
   assert "7.damaged" in names and "9" in names
@@ -335,3 +335,23 @@ def test_rates_count_the_tokens_of_the_batches_as_padded():
   assert rate.read(400) == {"tokens_per_s": 200.0,
                             "mfu": pytest.approx(200.0 * 2 / (100 * jax.device_count()))}
   assert rate.read(96)["tokens_per_s"] == 96.0  # shorter batches, fewer tokens
+
+
+def test_the_progress_bar_shows_tokens_per_second_once_it_has_measured_them(tmp_path):
+  class Bar:
+    def __init__(self):
+      self.shown = []
+
+    def set_postfix(self, shown, refresh):
+      del refresh
+      self.shown.append(shown)
+
+  clock = iter([10.0, 12.0]).__next__
+  bar, writer = Bar(), MetricWriter(tmp_path)
+  metrics = loop._Metrics(writer, RateWindow(THROUGHPUT, clock=clock), None, bar,
+                          ("loss",))  # pylint: disable=protected-access
+  for step in (1, 2):
+    metrics.add(step, {"loss": jnp.float32(0.5)}, tokens=1000)
+    metrics.flush(step)
+  writer.close()
+  assert bar.shown == [{"loss": "0.500"}, {"loss": "0.500", "tok_s": "500"}]

@@ -69,6 +69,18 @@ class Settings:
   peer: str = ""  # '' or one of PEERS
 
 
+def describe(settings: Settings) -> str:
+  """What every point shares, as the line a sweep starts with. The
+  vocabulary moves small models' figures most: the MLM decoder and the
+  embedding gradients grow with it."""
+  vocabulary = (f"vocabulary {settings.vocab_size:,}"
+                + (" (BERT's; the CPU configs' tokenizers have 8,000 pieces: "
+                   "--vocab_size=8000 times their step)" if settings.vocab_size == 30522 else ""))
+  return (f"{vocabulary}, MLM positions {settings.mask_rate:.0%} of a sequence, dropout "
+          f"{settings.dropout}, mode {settings.mode}, {settings.rounds} x {settings.steps} "
+          "timed steps a point")
+
+
 def predictions(settings: Settings, seq_len: int) -> int:
   return max(1, math.ceil(settings.mask_rate * seq_len))
 

@@ -30,6 +30,7 @@ def cache_dir(data_config) -> str:
 def cached(data, seed: int, tokenizer: Tokenizer, cache_dir: str) -> tuple[Path, dict]:
   """The prepared directory of a config's `data` source (not `prepared:`),
   made in `cache_dir` on first use. Returns (directory, info)."""
+  sources.check_text_source(data.source)
   key = "|".join([CACHE_VERSION, sources.corpus_key(data.source, "train", data.data_dir or None,
                                                     data.text_field),
                   tokenizer.fingerprint, str(data.max_seq_length), str(data.short_seq_prob),

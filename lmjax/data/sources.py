@@ -52,10 +52,14 @@ def split_sentences(text: str) -> list[str]:
 
 
 def check_text_source(source: str) -> None:
-  """UserError for a source that holds no text (a prepared directory)."""
-  if any(part.startswith("prepared:") for part in source.split("+")):
-    raise UserError(f"{source}: a prepared directory holds token ids, not text; use "
-                    "the source it was prepared from")
+  """UserError for a source that holds no text (a prepared directory) or
+  names text files that are not there; cheap, before any work."""
+  for part in source.split("+"):
+    if part.startswith("prepared:"):
+      raise UserError(f"{source}: a prepared directory holds token ids, not text; use "
+                      "the source it was prepared from")
+    if part.startswith("text:"):
+      _text_files(part[len("text:"):])
 
 
 def load_corpus(source: str, split: str, data_dir: str | None = None,
@@ -109,14 +113,22 @@ def text_split(document: list[str], total_documents: int) -> str:
   return documents.hash_split("\n".join(document), *documents.DOCUMENT_SPLITS)
 
 
-def _read_text_files(pattern: str, split: str) -> Corpus:
+def _text_files(pattern: str) -> list[str]:
+  """The files of a `text:` pattern; UserError when there are none or one
+  named is missing."""
   paths = _text_paths(pattern)
   if not paths:
     raise UserError(f"text:{pattern}: no file matches")
-  read = documents.TextFile([])
   for path in paths:
     if not os.path.isfile(path):
       raise UserError(f"text:{path}: no such file")
+  return paths
+
+
+def _read_text_files(pattern: str, split: str) -> Corpus:
+  paths = _text_files(pattern)
+  read = documents.TextFile([])
+  for path in paths:
     with open(path, "rb") as f:
       one = documents.read_documents(f)
     read.documents += one.documents

@@ -103,8 +103,10 @@ class _Metrics:
       self._writer.write(s, {**{k: float(v) for k, v in m.items()},
                              **(rate if s == step else {})})
     last = fetched[-1][1]
-    self._bar.set_postfix({**{k: f"{float(last[k]):.3f}" for k in self._keys if k in last},
-                           "tok_s": f"{rate.get('tokens_per_s', 0):,.0f}"}, refresh=False)
+    shown = {k: f"{float(last[k]):.3f}" for k in self._keys if k in last}
+    if "tokens_per_s" in rate:  # none yet at the first log step: its window opens there
+      shown["tok_s"] = f"{rate['tokens_per_s']:,.0f}"
+    self._bar.set_postfix(shown, refresh=False)
 
   def _diverged(self, step: int, loss: float):
     # The loss of step s comes from the state after s - 1 updates, so a
@@ -175,7 +177,7 @@ def _log_evaluation(writer: MetricWriter, bar: tqdm, step: int, scores: dict) ->
   """An evaluation into the metrics and, on process 0, a line on the console."""
   writer.write(step, scores)
   if jax.process_index() == 0:
-    bar.write(f"step {step}: " + ", ".join(
+    bar.write(f"evaluation at step {step}: " + ", ".join(
         f"{k.removeprefix('eval_')} {float(v):.4f}" for k, v in scores.items()
         if isinstance(v, (int, float, np.floating))))
 
