@@ -14,14 +14,14 @@ import struct
 import jax
 import pytest
 from etils import epath
-from finetune_test import config as finetune_config
-from finetune_test import data_dirs, pretrain_config, review, reviews_tsv  # noqa: F401
+from helpers import pretrain_config, review
+from helpers import task_config as finetune_config
 
 from lmjax import paths
 from lmjax.runs import finetuning, prediction
 from lmjax.runs.pretraining import train_and_evaluate
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("data_dirs")]
 BUCKET = "lmjax-test"
 
 
@@ -151,7 +151,7 @@ def test_a_bucket_run_resumes_exactly(pretrained, corpus):
   assert [r["step"] for r in after].count(5) == 1
 
 
-def test_fine_tuning_in_a_bucket_from_a_bucket(pretrained, reviews_tsv,  # noqa: F811
+def test_fine_tuning_in_a_bucket_from_a_bucket(pretrained, reviews_tsv,
                                                tmp_path):
   """A fine-tuning run and its predictions, workdir and start in the bucket,
   equal the same on local paths; rerun, the finished run is read back."""

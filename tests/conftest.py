@@ -8,3 +8,55 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+import random  # noqa: E402 (after the flags above)
+
+import pytest  # noqa: E402
+
+from helpers import review  # noqa: E402
+
+
+def pytest_addoption(parser):
+  parser.addoption("--slow", action="store_true",
+                   help="also run the slow end-to-end tier (tests marked slow)")
+
+
+def pytest_collection_modifyitems(config, items):
+  """Without --slow, the tests marked slow are deselected: the fast tier."""
+  if config.getoption("--slow"):
+    return
+  slow = [item for item in items if item.get_closest_marker("slow")]
+  if slow:
+    config.hook.pytest_deselected(items=slow)
+    items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+@pytest.fixture(scope="module")
+def data_dirs(tmp_path_factory):
+  """Fresh tfds and cache directories for a module (use it with
+  pytestmark = pytest.mark.usefixtures("data_dirs"))."""
+  saved = {k: os.environ.get(k) for k in ("TFDS_DATA_DIR", "LMJAX_CACHE")}
+  os.environ["TFDS_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
+  os.environ["LMJAX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+  yield
+  for k, v in saved.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def reviews_tsv(tmp_path_factory):
+  """600 labelled snippets, 60% positive: a keyword decides the label."""
+  rng = random.Random(0)
+  path = tmp_path_factory.mktemp("task") / "reviews.tsv"
+  rows = []
+  for i in range(600):
+    positive = rng.random() < 0.6
+    rows.append(f"{review(rng, positive)} {i}\t{'pos' if positive else 'neg'}")
+  path.write_text("text\tlabel\n" + "\n".join(rows) + "\n")
+  return path
+
+

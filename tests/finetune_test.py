@@ -2,9 +2,7 @@
 training past the majority class, predict mode, and bad input."""
 
 import hashlib
-import importlib.util
 import json
-import os
 import random
 import re
 import subprocess
@@ -25,62 +23,9 @@ from lmjax.model import BertConfig, BertForPreTraining, BertForSequenceClassific
 from lmjax.runs import finetuning, prediction
 from lmjax.runs.pretraining import train_and_evaluate
 
-ROOT = Path(__file__).parents[1]
+from helpers import ROOT, finetune_config, pretrain_config, review, task_config
 
-
-def _config_module(name):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-finetune_config, pretrain_config = _config_module("finetune"), _config_module("pretrain")
-GOOD = ["superb", "moving", "delightful", "sharp", "warm", "brilliant"]
-BAD = ["dull", "tedious", "clumsy", "hollow", "stale", "grating"]
-FILLER = ["the", "film", "plot", "cast", "story", "ending", "is", "feels", "rather",
-          "quite", "and", "its", "score", "pacing"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def data_dirs(tmp_path_factory):
-  saved = {k: os.environ.get(k) for k in ("TFDS_DATA_DIR", "LMJAX_CACHE")}
-  os.environ["TFDS_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
-  os.environ["LMJAX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-  yield
-  for k, v in saved.items():
-    if v is None:
-      os.environ.pop(k, None)
-    else:
-      os.environ[k] = v
-
-
-def review(rng: random.Random, positive: bool) -> str:
-  words = rng.sample(FILLER, 6) + [rng.choice(GOOD if positive else BAD)]
-  rng.shuffle(words)
-  return " ".join(words)
-
-
-@pytest.fixture(scope="module")
-def reviews_tsv(tmp_path_factory):
-  """600 labelled snippets, 60% positive: a keyword decides the label."""
-  rng = random.Random(0)
-  path = tmp_path_factory.mktemp("task") / "reviews.tsv"
-  rows = []
-  for i in range(600):
-    positive = rng.random() < 0.6
-    rows.append(f"{review(rng, positive)} {i}\t{'pos' if positive else 'neg'}")
-  path.write_text("text\tlabel\n" + "\n".join(rows) + "\n")
-  return path
-
-
-def config(source, **train):
-  c = finetune_config.get_config()
-  c.task.source = f"tsv:{source}"
-  c.task.max_seq_length = 24
-  c.train.update({**dict(batch_size=16, steps=120, learning_rate=1e-3, log_every=20,
-                         eval_every=40), **train})
-  return c
+pytestmark = pytest.mark.usefixtures("data_dirs")
 
 
 def metric_lines(workdir):
@@ -96,7 +41,7 @@ def tree_digest(directory: Path) -> dict:
 def trained(tmp_path_factory, reviews_tsv):
   """A fine-tuning run from random weights on the reviews."""
   workdir = tmp_path_factory.mktemp("runs") / "random"
-  c = config(reviews_tsv)
+  c = task_config(reviews_tsv)
   c.init.source = "random"
   return workdir, finetuning.finetune(c, workdir)
 
@@ -147,7 +92,7 @@ def test_buckets_alone_keep_the_run_and_grouping_keeps_its_learning(tmp_path, re
   grouping lengths changes the batches, not what the run learns."""
   runs = {}
   for name, buckets, group in (("padded", 1, 0), ("buckets", 4, 0), ("grouped", 4, 4)):
-    c = config(reviews_tsv, steps=60, eval_every=30)
+    c = task_config(reviews_tsv, steps=60, eval_every=30)
     c.init.source, c.task.max_seq_length = "random", 32
     c.task.length_buckets, c.task.group_by_length = buckets, group
     runs[name] = (finetuning.finetune(c, tmp_path / name), metric_lines(tmp_path / name))
@@ -192,7 +137,7 @@ def test_a_hugging_face_start_is_exactly_those_weights(tmp_path, reviews_tsv):
                tokenizer={"tokenizer.model": builtin.TOKENIZER_FILE.read_bytes()})
   assert (hf_dir / "tokenizer.model").read_bytes() == builtin.TOKENIZER_FILE.read_bytes()
 
-  c = config(reviews_tsv, steps=2)
+  c = task_config(reviews_tsv, steps=2)
   c.init.source = f"hf:{hf_dir}"
   finetuning.finetune(c, tmp_path / "w")
   first = next(line for line in metric_lines(tmp_path / "w") if line["step"] == 0)
@@ -219,7 +164,7 @@ def test_a_pretraining_run_starts_with_its_encoder(tmp_path, reviews_tsv, monkey
   pretrained = tmp_path / "pretrain"
   train_and_evaluate(p, pretrained)
 
-  c = config(reviews_tsv, steps=2)
+  c = task_config(reviews_tsv, steps=2)
   monkeypatch.chdir(tmp_path)
   c.init.source = "pretrain:pretrain"  # relative, like the default runs/pretrain
   c.model.scan_layers = False  # the run used scanned layers: re-laid out on load
@@ -264,25 +209,25 @@ def test_bad_input_is_one_line_and_leaves_the_workdir_alone(trained, tmp_path,
   bad = tmp_path / "bad.tsv"
   lines = reviews_tsv.read_text().splitlines()
   bad.write_text("\n".join(lines[:50] + ["a film\tmaybe"] + lines[50:]) + "\n")
-  c = config(bad)
+  c = task_config(bad)
   c.task.labels = "neg,pos"
   c.init.source = "random"
   assert_user_error(c, workdir, f"{bad}:51: unknown label 'maybe'")
 
   empty = tmp_path / "empty.tsv"
   empty.write_text("")
-  c = config(empty)
+  c = task_config(empty)
   c.init.source = "random"
   assert_user_error(c, workdir, f"{empty}: empty file")
 
-  c = config(reviews_tsv)
+  c = task_config(reviews_tsv)
   c.init.source, c.task.label_field = "random", "stars"
   assert_user_error(c, workdir, "no column 'stars' (columns: text, label)")
 
   other = tmp_path / "other.model"
   tokenization.train([f"word{i} and more words {i % 7}" for i in range(3000)], 64,
                       other, progress=lambda _: None)
-  c = config(reviews_tsv)
+  c = task_config(reviews_tsv)
   c.init.source = f"hf:{tmp_path / 'hf'}"
   model_cfg = BertConfig.named("tiny", vocab_size=8000)
   params = BertForPreTraining(model_cfg).init(
@@ -294,12 +239,12 @@ def test_bad_input_is_one_line_and_leaves_the_workdir_alone(trained, tmp_path,
   c.task.tokenizer = ""
   assert_user_error(c, workdir, "no tokenizer (tokenizer.model, tokenizer.json, vocab.txt)")
 
-  c = config(reviews_tsv)
+  c = task_config(reviews_tsv)
   c.init.source, c.task.regression, c.task.metrics = "random", True, "accuracy"
   with pytest.raises(UserError, match="is a regression task; use pearson or spearman"):
     finetuning.finetune(c, workdir)
 
-  c = config(reviews_tsv)
+  c = task_config(reviews_tsv)
   c.init.source = f"pretrain:{tmp_path / 'no_such_run'}"
   assert_user_error(c, workdir, "not a pretraining workdir")
   c.init.source = f"pretrain:{workdir}"  # a fine-tuning workdir

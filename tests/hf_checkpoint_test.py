@@ -15,9 +15,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import jax  # noqa: E402 (after the importorskips)
-from finetune_test import config as finetune_config  # noqa: E402
-from finetune_test import data_dirs, pretrain_config, review  # noqa: E402, F401
-from wordpiece_test import build_vocab  # noqa: E402
+from helpers import build_vocab, pretrain_config, review  # noqa: E402
+from helpers import task_config as finetune_config  # noqa: E402
 
 from lmjax import parallel  # noqa: E402
 from lmjax.data import tasks  # noqa: E402
@@ -30,7 +29,7 @@ from lmjax.model.encoder import BertModel  # noqa: E402
 from lmjax.runs import export, finetuning, prediction  # noqa: E402
 from lmjax.runs.pretraining import train_and_evaluate  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("data_dirs")]
 ROOT = Path(__file__).parents[1]
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Café crème, naïve façade!",
          "Unbelievable results [MASK] reported.", "中文 and 123"]

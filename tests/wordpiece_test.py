@@ -13,36 +13,7 @@ from lmjax.data import masking, tasks  # noqa: E402 (after the importorskip)
 from lmjax.data.tokenization import Tokenizer, WordPieceTokenizer  # noqa: E402
 from lmjax.errors import UserError  # noqa: E402
 
-TEXTS = [
-    "Hello, World! It's 3:45pm on 2026-11-29.",
-    "Café crème, naïve façade, Ångström, résumé and the ÉCOLE normale.",
-    "中文字符 mixed with English: 日本語のテキスト and 한국어.",
-    "Punctuation!!! (brackets) [square] {curly} \"quotes\" 'single' --- ... ;:?",
-    "Numbers 1234567890 3.14159 1,000,000 and 42nd, 7th.",
-    "antidisestablishmentarianism supercalifragilisticexpialidocious pneumonoultra",
-    "The literal text [MASK] and [CLS] [SEP] [PAD] [UNK] in a sentence.",
-    "tabs\tand\nnewlines and  double  spaces\u00a0and a zero\u200bwidth space",
-    "emoji 🙂 and symbols © ® ™ € £ ¥ §",
-    "",
-]
-CORPUS = [t for t in TEXTS if t] + [
-    "the quick brown fox jumps over the lazy dog. The Quick Brown Fox!",
-    "Unbelievable results were reported in the preliminary findings of researchers.",
-    "Natural language processing with transformers: encoders, decoders, attention.",
-] * 20
-
-
-def build_vocab(path, lowercase: bool) -> list[str]:
-  """A few hundred pieces trained on CORPUS, BERT's specials included."""
-  from tokenizers import BertWordPieceTokenizer  # pylint: disable=import-outside-toplevel
-  trainer = BertWordPieceTokenizer(lowercase=lowercase, strip_accents=lowercase)
-  trainer.train_from_iterator(CORPUS, vocab_size=400, min_frequency=1,
-                              special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-  pieces = [p for p, _ in sorted(trainer.get_vocab().items(), key=lambda kv: kv[1])]
-  pieces = pieces[:1] + [f"[unused{i}]" for i in range(3)] + pieces[1:]  # as BERT's
-  path.write_text("\n".join(pieces) + "\n")
-  return pieces
-
+from helpers import CORPUS, TEXTS, build_vocab  # noqa: E402
 
 @pytest.fixture(params=["uncased", "cased"])
 def vocab_dir(request, tmp_path):
