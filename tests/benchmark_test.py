@@ -147,3 +147,10 @@ def test_an_interrupted_sweep_keeps_its_points_so_far(tmp_path):
   rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
   assert [r["batch"] for r in rows] == [8]
   assert (tmp_path / "results.csv").exists() and (tmp_path / "results.png").exists()
+
+
+def test_a_sweep_starts_with_what_every_point_shares():
+  assert points.describe(Settings()).startswith(
+      "vocabulary 30,522 (BERT's; the CPU configs' tokenizers have 8,000 pieces: "
+      "--vocab_size=8000 times their step), MLM positions 15% of a sequence")
+  assert points.describe(QUICK).startswith("vocabulary 512, MLM positions 15%")

@@ -5,6 +5,7 @@ scripts cite resolves, the README stays short, and its research snippet runs."""
 import importlib
 import importlib.util
 import re
+import runpy
 
 import pytest
 
@@ -68,3 +69,16 @@ def test_the_readme_research_snippet_runs():
   scope: dict = {}
   exec(compile(snippet, "README.md", "exec"), scope)  # pylint: disable=exec-used
   assert float(scope["metrics"]["loss"]) > 0 and scope["state"].step == 1
+
+
+@pytest.mark.parametrize("old, new", [
+    ("lmjax.data.prepare", "python -m lmjax.prepare"),
+    ("lmjax.data.preview", "python -m lmjax.preview"),
+    ("lmjax.transfer", "python -m experiments.transfer.main"),
+])
+def test_old_command_paths_name_the_new_command_in_one_line(old, new, capsys):
+  with pytest.raises(SystemExit) as exited:
+    runpy.run_module(old, run_name="__main__")
+  assert exited.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith(f"error: python -m {old} is now {new}")

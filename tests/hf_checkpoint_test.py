@@ -26,7 +26,7 @@ from lmjax.errors import UserError  # noqa: E402
 from lmjax.interop.hf import load_hf_bert  # noqa: E402
 from lmjax.model import BertForPreTraining, BertForSequenceClassification  # noqa: E402
 from lmjax.model.encoder import BertModel  # noqa: E402
-from lmjax.runs import export, finetuning, prediction  # noqa: E402
+from lmjax.runs import export, finetuning, init_sources, prediction  # noqa: E402
 from lmjax.runs.pretraining import train_and_evaluate  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("data_dirs")]
@@ -149,8 +149,8 @@ def test_an_exported_classifier_gives_lmjax_logits_in_transformers(fine_tuned, t
   model = BertForSequenceClassification(BertConfig(**model_cfg), 2)
   ids = tasks.encode(tasks.Examples([(t,) for t in TEXTS], None), Tokenizer.load(workdir),
                      24).arrays
-  step, params = prediction.best_params(workdir, model, {k: v[:1] for k, v in ids.items()},
-                                        parallel.make_mesh())
+  step, params = init_sources.best_params(workdir, model, {k: v[:1] for k, v in ids.items()},
+                                          parallel.make_mesh())
   assert step == summary["best_step"]
   logits = np.asarray(model.apply({"params": params}, ids["input_ids"], ids["segment_ids"],
                                   ids["input_mask"]))

@@ -21,7 +21,7 @@ from lmjax.data.tokenization import Tokenizer, WordPieceTokenizer
 from lmjax.errors import UserError
 from lmjax.interop.hf import save_hf_bert
 from lmjax.model import BertConfig, BertForSequenceClassification
-from lmjax.runs import init_sources, prediction
+from lmjax.runs import init_sources
 
 
 def export(workdir: paths.PathLike, output: paths.PathLike, overwrite: bool = False) -> dict:
@@ -75,7 +75,7 @@ def _classifier(workdir, saved, mesh):
   example = {k: np.zeros((1, length), np.int32)
              for k in ("input_ids", "segment_ids", "input_mask")}
   model = BertForSequenceClassification(model_cfg, task.num_labels)
-  step, params = prediction.best_params(workdir, model, example, mesh)
+  step, params = init_sources.best_params(workdir, model, example, mesh)
   labels = ["score"] if task.is_regression else list(task.labels)
   return "BertForSequenceClassification", step, model_cfg, params, labels
 

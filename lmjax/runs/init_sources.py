@@ -23,7 +23,7 @@ from lmjax.errors import CheckpointError, ConfigError, UserError, first_line
 from lmjax.interop.hf import HeadsError, load_hf_bert
 from lmjax.model import BertConfig, BertForPreTraining
 from lmjax.model.encoder import stack_layers, unstack_layers
-from lmjax.train import mlm_nsp, steps
+from lmjax.train import classification, mlm_nsp, steps
 from lmjax.trainer.checkpoints import Checkpoints
 
 KINDS = ("pretrain", "hf", "random")
@@ -177,6 +177,19 @@ def load_hf_pretraining(path, config) -> tuple[BertConfig, dict, Tokenizer]:
     model_cfg, params = load_hf_bert(path, heads=False, **_runtime(config.model))
   check_vocabulary(tokenizer, model_cfg, f"Hugging Face BERT {path}")
   return model_cfg, params, tokenizer
+
+
+def best_params(workdir: epath.Path, model, example: dict, mesh):
+  """(step, parameters) of DIR/best, in the shardings `mesh` gives them."""
+  abstract = steps.abstract_params(classification.init_params(model, example), mesh)
+  best = Checkpoints(workdir / "best", keep=1, json_items=("metrics",))
+  try:
+    step = best.latest_step()
+    if step is None:
+      raise UserError(f"{workdir}: no best checkpoint yet")
+    return step, best.restore_part(step, {"params": abstract})["params"]
+  finally:
+    best.close()
 
 
 def with_params(state, shardings, params: dict):

@@ -9,7 +9,6 @@ import json
 import jax
 import numpy as np
 import scipy.special
-from etils import epath
 
 from lmjax import parallel, paths
 from lmjax.data import tasks
@@ -17,26 +16,13 @@ from lmjax.data.task_input import bucket_lengths
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError
 from lmjax.model import BertConfig, BertForSequenceClassification
+from lmjax.runs import init_sources
 from lmjax.runs.finetuning import check_config
 from lmjax.runs.scoring import device_batches, logits
 from lmjax.train import classification, steps
 from lmjax.trainer import scaffold
-from lmjax.trainer.checkpoints import Checkpoints
 
 _NEEDED = ("task.json", "model.json", "config.json", "best")
-
-
-def best_params(workdir: epath.Path, model, example: dict, mesh):
-  """(step, parameters) of DIR/best, in the shardings `mesh` gives them."""
-  abstract = steps.abstract_params(classification.init_params(model, example), mesh)
-  best = Checkpoints(workdir / "best", keep=1, json_items=("metrics",))
-  try:
-    step = best.latest_step()
-    if step is None:
-      raise UserError(f"{workdir}: no best checkpoint yet")
-    return step, best.restore_part(step, {"params": abstract})["params"]
-  finally:
-    best.close()
 
 
 def _record(texts: tuple[str, ...], row: np.ndarray, task: tasks.Task) -> dict:
@@ -68,8 +54,8 @@ def predict(config, workdir: paths.PathLike) -> dict:
                          saved["task"]["max_seq_length"])
   mesh = parallel.make_mesh(**config.mesh)
   model = BertForSequenceClassification(model_cfg, task.num_labels)
-  step, params = best_params(workdir, model, {k: v[:1] for k, v in encoded.arrays.items()},
-                              mesh)
+  example = {k: v[:1] for k, v in encoded.arrays.items()}
+  step, params = init_sources.best_params(workdir, model, example, mesh)
   eval_step = steps.jit_eval_step(classification.make_eval_step(model),
                                   jax.tree.map(lambda x: x.sharding, params), mesh)
   buckets = bucket_lengths(saved["task"]["max_seq_length"],
