@@ -22,10 +22,14 @@ from lmjax.benchmarking import results, sweep
 _SIZE = flags.DEFINE_list("size", ["small"], "BERT sizes (tiny, mini, small, medium, base, large)")
 _SEQ_LEN = flags.DEFINE_list("seq_len", ["128"], "sequence lengths")
 _BATCH = flags.DEFINE_list("batch", ["32"], "global batch sizes")
-_DTYPE = flags.DEFINE_list("dtype", ["float32"], "computation dtypes (float32, bfloat16)")
-_ATTENTION = flags.DEFINE_list("attention_impl", ["xla"], "attention: xla, cudnn (GPU)")
-_REMAT = flags.DEFINE_list("remat_policy", ["dots"], "remat: none, full, dots, dots_no_batch")
-_SCAN = flags.DEFINE_list("scan_layers", ["true"], "nn.scan over layers: true, false")
+_DEFAULT = sweep_points.Point("tiny", 128, 32)  # the configs' model settings
+_DTYPE = flags.DEFINE_list("dtype", [_DEFAULT.dtype], "computation dtypes (float32, bfloat16)")
+_ATTENTION = flags.DEFINE_list("attention_impl", [_DEFAULT.attention_impl],
+                               "attention: xla, cudnn (GPU)")
+_REMAT = flags.DEFINE_list("remat_policy", [_DEFAULT.remat_policy],
+                           "remat: none, full, dots, dots_no_batch")
+_SCAN = flags.DEFINE_list("scan_layers", [str(_DEFAULT.scan_layers).lower()],
+                          "nn.scan over layers: true, false")
 _MESH = flags.DEFINE_list("mesh", ["auto"], "DATAxFSDPxTENSOR meshes, or auto (all on data)")
 _OBJECTIVE = flags.DEFINE_list("objective", ["mlm_nsp"], "mlm_nsp, classification")
 _MODE = flags.DEFINE_string("mode", "train", "train (forward, backward, AdamW) or "

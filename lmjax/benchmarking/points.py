@@ -31,6 +31,7 @@ PEERS = ("hf_torch",)
 # learning rate of BERT's base recipe, with a schedule long enough to time.
 TRAIN = types.SimpleNamespace(**config_sections.optimizer(learning_rate=1e-4),
                               warmup_steps=10, steps=10_000)
+_MODEL = config_sections.model()  # what a point does not set is the configs' default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,10 +40,10 @@ class Point:
   size: str  # BERT's named size: tiny .. large
   seq_len: int
   batch: int  # global batch
-  dtype: str = "float32"  # computation dtype; parameters stay float32
-  attention_impl: str = "xla"
-  remat_policy: str = "dots"  # as the pretraining config's
-  scan_layers: bool = True  # as the trainer's configs
+  dtype: str = _MODEL.dtype  # computation dtype; parameters stay float32
+  attention_impl: str = _MODEL.attention_impl
+  remat_policy: str = _MODEL.remat_policy
+  scan_layers: bool = _MODEL.scan_layers
   mesh: str = "auto"  # DATAxFSDPxTENSOR, or auto: every device on data
   objective: str = "mlm_nsp"  # mlm_nsp (pretraining) | classification (fine-tuning)
 
