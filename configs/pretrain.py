@@ -12,7 +12,7 @@ from lmjax import config_sections
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the config of `arg`.
 
-  '' (default): BERT-tiny on the built-in Austen corpus, about ten minutes on
+  '' (default): BERT-tiny on the built-in Austen corpus, about three minutes on
   a 2-core CPU. 'base' / 'large': BERT's sizes and recipe, for accelerators.
   'transfer': pretraining on a task's own text (data.source=task:SOURCE),
   about 15 minutes on a 2-core CPU, as the transfer experiment runs it.
