@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from optimizer_test import train_config
+from helpers import train_config
 
 from lmjax import parallel
 from lmjax.model import BertConfig, BertForPreTraining
@@ -102,6 +102,7 @@ def _batch(b=16, length=16, p=2, seed=0):
               nsp_labels=(np.arange(b) % 4 == 3).astype(np.int32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accum", [1, 2])
 def test_a_step_with_cp_learns_to_match_the_segments(accum):
   cfg = BertConfig.named("tiny", vocab_size=64, max_position=32, num_layers=2)

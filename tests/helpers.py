@@ -5,6 +5,10 @@ import importlib.util
 import random
 from pathlib import Path
 
+import ml_collections
+
+from lmjax import config_sections
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -17,6 +21,20 @@ def config_module(name: str):
 
 
 finetune_config, pretrain_config = config_module("finetune"), config_module("pretrain")
+
+
+def pretraining(**data):
+  """The default pretraining config, with `data` fields set."""
+  config = pretrain_config.get_config()
+  config.data.update(data)
+  return config
+
+
+def train_config(**overrides):
+  """A train section: the configs' optimizer at 1e-3, 100 steps, batch 8."""
+  return ml_collections.ConfigDict({
+      **config_sections.optimizer(learning_rate=1e-3), "steps": 100, "warmup_steps": 10,
+      "batch_size": 8, **overrides})
 
 GOOD = ["superb", "moving", "delightful", "sharp", "warm", "brilliant"]
 BAD = ["dull", "tedious", "clumsy", "hollow", "stale", "grating"]

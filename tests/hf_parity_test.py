@@ -108,7 +108,7 @@ def _load_via_disk(model, **overrides):
     return load_hf_bert(tmp, **overrides)
 
 
-@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("scan", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_lmjax_weights_load_into_transformers(scan, tmp_path):
   model = _reference("odd")
   config, _ = _load_via_disk(model, scan_layers=scan)
@@ -264,6 +264,7 @@ print(json.dumps(errors))
 """
 
 
+@pytest.mark.slow
 def test_float64_model_matches_the_float64_reference_to_machine_precision():
   # In float32 both implementations round differently (see TOL); in float64
   # any real difference in the computation would stand out above ~1e-15.

@@ -1,27 +1,15 @@
 """Sentence pairs and masking, checked against BERT's recipe, in aggregate."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import pretraining
 
 from lmjax.data import instances, pretrain_input
 from lmjax.data.tokenization import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID
 from lmjax.errors import UserError
 from lmjax.preview import batch_statistics
 
-ROOT = Path(__file__).parents[1]
-
-
-def pretrain_config(**data):
-  spec = importlib.util.spec_from_file_location("pretrain_config",
-                                                ROOT / "configs" / "pretrain.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.data.update(data)
-  return config
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +20,7 @@ def dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def austen(dirs):
-  config = pretrain_config(**dirs)
+  config = pretraining(**dirs)
   return pretrain_input.pretraining_input(config.data, 64, seed=0)
 
 
@@ -78,7 +66,7 @@ def test_every_sequence_is_well_formed(austen):
 
 
 def test_predictions_are_capped(dirs):
-  config = pretrain_config(max_predictions_per_seq=5, **dirs)
+  config = pretraining(max_predictions_per_seq=5, **dirs)
   dataset, _, _ = pretrain_input.pretraining_input(config.data, 32, seed=0)
   stats = batch_statistics(_batches(dataset, 5))
   assert stats["capped_sequences"] > 0.9
@@ -86,7 +74,7 @@ def test_predictions_are_capped(dirs):
 
 
 def test_whole_word_masking_masks_all_pieces_of_a_word(dirs):
-  config = pretrain_config(whole_word_masking=True, **dirs)
+  config = pretraining(whole_word_masking=True, **dirs)
   dataset, tokenizer, _ = pretrain_input.pretraining_input(config.data, 32, seed=0)
   batches = _batches(dataset, 40)
   stats = batch_statistics(batches)
@@ -132,7 +120,7 @@ def test_pairs_reject_bad_settings():
     ("masked_lm_prob", 1.5), ("max_predictions_per_seq", 0),
     ("max_seq_length", 3), ("short_seq_prob", -0.1)])
 def test_bad_data_config_values_name_the_field(dirs, field, value):
-  config = pretrain_config(**dirs)
+  config = pretraining(**dirs)
   config.data[field] = value
   with pytest.raises(UserError, match=f"config.data.{field}"):
     pretrain_input.check_data_config(config.data)

@@ -2,14 +2,14 @@
 
 import numpy as np
 import pytest
-from instances_test import pretrain_config
+from helpers import pretraining
 
 from lmjax.data import loader, pretrain_input
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
-  return pretrain_config(data_dir=str(tmp_path_factory.mktemp("tfds")),
+  return pretraining(data_dir=str(tmp_path_factory.mktemp("tfds")),
                          cache_dir=str(tmp_path_factory.mktemp("cache")))
 
 
@@ -85,7 +85,7 @@ def test_uneven_process_split_is_an_error(config):
 
 
 def test_the_corpus_is_prepared_once_into_the_cache(tmp_path, config):
-  config = pretrain_config(data_dir=config.data.data_dir, cache_dir=str(tmp_path))
+  config = pretraining(data_dir=config.data.data_dir, cache_dir=str(tmp_path))
   _, _, first = pretrain_input.pretraining_input(config.data, 8, seed=0)
   _, _, second = pretrain_input.pretraining_input(config.data, 8, seed=0)
   assert first["cache"] == "miss" and second["cache"] == "hit"
@@ -99,7 +99,7 @@ def test_the_corpus_is_prepared_once_into_the_cache(tmp_path, config):
 
 
 def test_damaged_cache_is_rebuilt(tmp_path, config):
-  config = pretrain_config(data_dir=config.data.data_dir, cache_dir=str(tmp_path))
+  config = pretraining(data_dir=config.data.data_dir, cache_dir=str(tmp_path))
   dataset, _, first = pretrain_input.pretraining_input(config.data, 8, seed=0)
   expected = dataset[3]["input_ids"]
   (shard,) = tmp_path.glob("prepared-*/train-*")

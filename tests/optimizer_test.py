@@ -3,20 +3,12 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import pytest
+from helpers import train_config
 
 from lmjax.errors import ConfigError
 from lmjax.model import BertConfig, BertForPreTraining
 from lmjax.train import optimizer
-
-
-def train_config(**overrides):
-  base = dict(optimizer="adamw", schedule="linear", learning_rate=1e-3, steps=100,
-              warmup_steps=10, end_learning_rate_fraction=0.0, weight_decay=0.01,
-              grad_clip_norm=1.0, grad_accum_steps=1, batch_size=8, b1=0.9,
-              b2=0.999, eps=1e-6)
-  return ml_collections.ConfigDict({**base, **overrides})
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])

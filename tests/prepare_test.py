@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from instances_test import pretrain_config
+from helpers import pretraining
 
 from lmjax import prepare
 from lmjax.data import builtin, pretrain_input, shards
@@ -90,7 +90,7 @@ def test_one_shard_is_the_whole_corpus_pairs(corpus, tmp_path):
 
 def test_training_streams_a_prepared_directory(beam_dir):
   output, _ = beam_dir
-  config = pretrain_config(source=f"prepared:{output}", max_seq_length=32,
+  config = pretraining(source=f"prepared:{output}", max_seq_length=32,
                            max_predictions_per_seq=5)
   dataset, _, info = pretrain_input.pretraining_input(config.data, 16, seed=0)
   assert info["pairs"] == shards.Metadata.read(output).counts("train")["pairs"]
@@ -106,7 +106,7 @@ def test_training_streams_a_prepared_directory(beam_dir):
 
 def test_a_prepared_directory_that_does_not_fit_the_config_is_one_line(beam_dir):
   output, _ = beam_dir
-  config = pretrain_config(source=f"prepared:{output}", max_seq_length=64)
+  config = pretraining(source=f"prepared:{output}", max_seq_length=64)
   with pytest.raises(UserError, match="max_seq_length 32, but the config has .* "
                                       "max_seq_length 64") as e:
     pretrain_input.pretraining_input(config.data, 16, seed=0)

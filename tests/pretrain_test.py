@@ -328,6 +328,7 @@ def _tree(directory):
           for p in sorted(Path(directory).rglob("*"))}
 
 
+@pytest.mark.slow
 def test_a_read_only_mount_is_one_line_for_a_new_run_and_a_resume(env, tmp_path, uninterrupted):
   mount = tmp_path / "mount"
   shutil.copytree(uninterrupted[0], mount / "run")

@@ -2,8 +2,9 @@
 is exact, shardings hold."""
 
 import jax
+import pytest
 import numpy as np
-from optimizer_test import train_config
+from helpers import train_config
 
 from lmjax import parallel
 from lmjax.model import BertConfig, BertForPreTraining
@@ -71,6 +72,7 @@ def test_accumulated_gradients_equal_one_big_batch():
                s4.params, s1.params)
 
 
+@pytest.mark.slow
 def test_state_is_sharded_and_steps_match_on_a_mesh():
   single = parallel.make_mesh(devices=jax.devices()[:1])
   _, s1, _, step1 = _setup(single)
