@@ -23,6 +23,7 @@ from ml_collections import config_flags
 from lmjax import config_sections
 from lmjax.errors import Fault, UserError
 
+
 _EXAMPLE_CONFIG: list[str] = []  # define_config's example: the fields --help lists
 
 

@@ -94,10 +94,10 @@ def metadata(source: str, settings: Settings, splits: dict) -> shards.Metadata:
   if not any(entry["pairs"] for entry in splits.values()):
     raise UserError(f"{source}: the corpus yields no sentence pairs")
   return shards.Metadata(source=source, tokenizer_fingerprint=tokenizer.fingerprint,
-                           vocab_size=tokenizer.vocab_size,
-                           max_seq_length=settings.max_seq_length,
-                           short_seq_prob=settings.short_seq_prob, seed=settings.seed,
-                           splits=splits)
+                         vocab_size=tokenizer.vocab_size,
+                         max_seq_length=settings.max_seq_length,
+                         short_seq_prob=settings.short_seq_prob, seed=settings.seed,
+                         splits=splits)
 
 
 def _grouped(docs: Iterable[list[str]], tokenizer: Tokenizer,
