@@ -1,7 +1,6 @@
 """`python -m lmjax.pretrain` end to end: sharding, exact resume, preemption,
 divergence and bad configs, on a tiny model and the built-in corpus."""
 
-import importlib.util
 import json
 import os
 import random
@@ -13,13 +12,18 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from helpers import pretrain_config
 
 from lmjax import config_sections
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import ConfigError
 from lmjax.runs import pretraining
+from lmjax.trainer.checkpoints import Checkpoints
+from lmjax.trainer.loop import TrainingDiverged
 
 ROOT = Path(__file__).parents[1]
 TINY = ["--config.model.size=tiny", "--config.data.max_seq_length=32",
@@ -136,38 +140,49 @@ def test_sigterm_saves_the_current_step_and_exits_zero(env, tmp_path):
   assert max(steps) == last
 
 
+def tiny_config(**fields):
+  """The TINY command-line overrides as a config, with `fields` ('train.steps': 10) set."""
+  config = pretrain_config.get_config()
+  for arg in TINY:
+    key, value = arg.removeprefix("--config.").split("=")
+    section, name = key.split(".")
+    config[section][name] = type(config[section][name])(value) if value else value
+  for key, value in fields.items():
+    section, name = key.split(".")
+    config[section][name] = value
+  return config
+
+
 @pytest.mark.slow
-def test_divergence_stops_with_one_line_and_keeps_a_good_checkpoint(env, tmp_path):
+@pytest.mark.usefixtures("data_dirs")
+def test_divergence_stops_with_one_line_and_keeps_a_good_checkpoint(tmp_path):
   workdir = tmp_path / "diverged"
-  done = run(env, workdir, "--config.train.learning_rate=1e30",
-             "--config.train.warmup_steps=10", "--config.train.checkpoint_every=1",
-             check=False)
-  assert done.returncode == 2, done.stderr[-2000:]
-  message = done.stderr.strip().splitlines()[-1]
-  assert message.startswith("error: loss is nan at step") or "loss is inf" in message
+  config = tiny_config(**{"train.learning_rate": 1e30, "train.warmup_steps": 10,
+                          "train.checkpoint_every": 1})
+  with pytest.raises(TrainingDiverged) as raised:
+    pretraining.train_and_evaluate(config, workdir)
+  message = str(raised.value)
+  assert message.startswith("loss is nan at step") or "loss is inf" in message
   bad_step = int(message.split("at step ")[1].split(";")[0])
   good = int(message.rsplit("step ", 1)[1])
   assert good < bad_step - 1
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
-  from lmjax.trainer.checkpoints import Checkpoints  # pylint: disable=import-outside-toplevel
   ckpts = Checkpoints(workdir / "checkpoints")
   assert ckpts.latest_step() == good
   restored = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(good) / "state")
-  import jax  # pylint: disable=import-outside-toplevel
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored))
 
 
 @pytest.mark.slow
-def test_a_small_local_corpus_trains_and_evaluates_on_train_batches(env, tmp_path):
+@pytest.mark.usefixtures("data_dirs")
+def test_a_small_local_corpus_trains_and_evaluates_on_train_batches(tmp_path, capsys):
   corpus = tmp_path / "notes.txt"
   corpus.write_text("\n\n".join(
       "\n".join(f"Entry {d} says thing {s} about topic {d % 7}." for s in range(12))
       for d in range(6)) + "\n")
-  done = run(env, tmp_path / "w", f"--config.data.source=text:{corpus}",
-             "--config.train.steps=10")
-  assert "evaluating on training batches instead" in done.stdout
-  assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == 10
+  config = tiny_config(**{"data.source": f"text:{corpus}", "train.steps": 10})
+  summary = pretraining.train_and_evaluate(config, tmp_path / "w")
+  assert "evaluating on training batches instead" in capsys.readouterr().out
+  assert summary["step"] == 10
 
 
 @pytest.mark.slow
@@ -231,13 +246,13 @@ def test_bad_configs_fail_before_any_work(env, tmp_path, override, message):
     ("data.tokenizer", "learn:5", "learn:N takes a number of pieces above 5"),
 ])
 def test_the_whole_config_is_checked_in_one_place(field, value, message):
-  config = _pretrain_config()
+  config = pretrain_config.get_config()
   for path in field.split(","):
     section, name = path.split(".")
     config[section][name] = type(config[section][name])(value)
   with pytest.raises(ConfigError, match=re.escape(message)):
     pretraining.check_config(config)
-  pretraining.check_config(_pretrain_config())  # the defaults pass
+  pretraining.check_config(pretrain_config.get_config())  # the defaults pass
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -247,7 +262,7 @@ def test_the_whole_config_is_checked_in_one_place(field, value, message):
      "vocabulary, but config.init.source=hf:/models/bert brings its own"),
 ])
 def test_a_learned_tokenizer_needs_raw_text_and_random_weights(field, value, message):
-  config = _pretrain_config()
+  config = pretrain_config.get_config()
   config.data.tokenizer = "learn:300"
   pretraining.check_config(config)
   section, name = field.split(".")
@@ -264,7 +279,7 @@ def test_a_learned_tokenizer_is_the_runs_own_and_survives_a_changed_corpus(tmp_p
   corpus.write_text("\n\n".join(
       "\n".join(f"Station {d} logged reading {s * d} at hour {s}." for s in range(10))
       for d in range(8)) + "\n")
-  config = _pretrain_config()
+  config = pretrain_config.get_config()
   # The corpus has too few pieces for 1,000: the tokenizer gets fewer.
   config.data.update(source=f"text:{corpus}", tokenizer="learn:1000", max_seq_length=32,
                      max_predictions_per_seq=5)
@@ -288,13 +303,6 @@ def test_a_learned_tokenizer_is_the_runs_own_and_survives_a_changed_corpus(tmp_p
   assert pretraining.train_and_evaluate(config, tmp_path / "w")["step"] == 6
   assert (tmp_path / "w" / "tokenizer.model").read_bytes() == own
   assert len(list((tmp_path / "cache").glob("tokenizer-*.model"))) == 1
-
-
-def _pretrain_config():
-  spec = importlib.util.spec_from_file_location("pretrain_cfg", ROOT / "configs" / "pretrain.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def test_sigterm_before_the_first_step_exits_zero_with_one_line(tmp_path):
@@ -358,9 +366,7 @@ def test_help_lists_every_config_field_with_its_default_and_comment():
       "BERT directory)" in lines
   assert "  --config.train.b1=0.9" in lines and "  --config.mesh.data=-1" in lines
   assert "  --config.train.grad_clip_norm=1.0  # 0 = no clipping" in lines
-  config = importlib.util.spec_from_file_location("c", ROOT / "configs" / "pretrain.py")
-  module = importlib.util.module_from_spec(config)
-  config.loader.exec_module(module)
   fields = [line for line in lines if line.startswith("  --config.")]
-  assert len(fields) == sum(1 for _ in config_sections.leaves(module.get_config().to_dict())) > 40
+  assert len(fields) == sum(1 for _ in config_sections.leaves(
+      pretrain_config.get_config().to_dict())) > 40
 
