@@ -65,7 +65,8 @@ def _leaf_count(variables):
   return sum(x.size for x in jax.tree_util.tree_leaves(nn.unbox(variables)))
 
 
-@pytest.mark.parametrize("scan", [pytest.param(False, marks=pytest.mark.slow), True])
+@pytest.mark.slow
+@pytest.mark.parametrize("scan", [False, True])
 def test_param_count_matches_initialised_models(scan):
   cfg = BertConfig(vocab_size=101, hidden_size=24, num_layers=3, num_heads=4,
                    intermediate_size=50, max_position=40, type_vocab_size=3,

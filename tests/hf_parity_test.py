@@ -108,7 +108,8 @@ def _load_via_disk(model, **overrides):
     return load_hf_bert(tmp, **overrides)
 
 
-@pytest.mark.parametrize("scan", [pytest.param(False, marks=pytest.mark.slow), True])
+@pytest.mark.slow
+@pytest.mark.parametrize("scan", [False, True])
 def test_lmjax_weights_load_into_transformers(scan, tmp_path):
   model = _reference("odd")
   config, _ = _load_via_disk(model, scan_layers=scan)

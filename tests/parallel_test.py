@@ -41,7 +41,8 @@ def test_make_mesh_sizes_and_errors():
     parallel.make_mesh(data=-1, fsdp=-1)
 
 
-@pytest.mark.parametrize("scan", [pytest.param(False, marks=pytest.mark.slow), True])
+@pytest.mark.slow
+@pytest.mark.parametrize("scan", [False, True])
 def test_sharded_model_matches_single_device(scan):
   cfg = CFG.replace(scan_layers=scan)
   model = BertForPreTraining(cfg)
