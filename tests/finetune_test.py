@@ -161,6 +161,7 @@ def test_a_pretraining_run_starts_with_its_encoder(tmp_path, reviews_tsv, monkey
       f"text:{corpus}", 32, 5)
   p.train.update(batch_size=8, steps=3, warmup_steps=1, eval_batches=1,
                  checkpoint_every=3)
+  p.probe.source = ""
   pretrained = tmp_path / "pretrain"
   train_and_evaluate(p, pretrained)
 

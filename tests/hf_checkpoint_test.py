@@ -173,6 +173,7 @@ def test_continued_pretraining_starts_from_the_transformers_weights(hf_dir, tmp_
   p.model.dropout_rate = p.model.attention_dropout_rate = 0.0
   p.train.update(batch_size=8, steps=2, warmup_steps=1, eval_batches=1, log_every=1,
                  checkpoint_every=2)
+  p.probe.source = ""
   workdir = tmp_path / "pretrain"
   train_and_evaluate(p, workdir)
   first = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])

@@ -116,7 +116,9 @@ TINY = ["--config.data.max_seq_length=32", "--config.data.max_predictions_per_se
         "--config.train.batch_size=8", "--config.train.steps=30",
         "--config.train.warmup_steps=5", "--config.train.log_every=1",
         "--config.train.eval_every=15", "--config.train.eval_batches=2",
-        "--config.train.checkpoint_every=10"]
+        "--config.train.checkpoint_every=10", "--config.probe.train_examples=200",
+        "--config.probe.eval_examples=100"]
+NO_PROBE = "--config.probe.source="  # where a test is about processes, not the evaluation
 
 
 def train_lines(workdir):
@@ -174,7 +176,7 @@ def test_two_processes_of_four_devices_train_as_one_of_eight(env, tmp_path,
 @pytest.mark.slow
 def test_both_processes_killed_then_restarted_repeat_the_run(env, tmp_path, two_process_run):
   workdir = tmp_path / "killed"
-  process = subprocess.Popen([LAUNCH, "2", *pretrain_command(workdir, *TWO_SLICES)],
+  process = subprocess.Popen([LAUNCH, "2", *pretrain_command(workdir, *TWO_SLICES, NO_PROBE)],
                              cwd=ROOT, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   wait_for_step(workdir, 14, process)
@@ -182,7 +184,7 @@ def test_both_processes_killed_then_restarted_repeat_the_run(env, tmp_path, two_
     os.kill(pid, 9)
   process.wait(timeout=60)
   assert process.returncode != 0
-  done = launch("2", *pretrain_command(workdir, *TWO_SLICES), env=env)
+  done = launch("2", *pretrain_command(workdir, *TWO_SLICES, NO_PROBE), env=env)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "resuming from the checkpoint of step 10" in done.stdout
   expected = {s: line["loss"] for s, line in train_lines(two_process_run[0]).items()}
@@ -236,7 +238,7 @@ def wait_for_step(workdir: Path, step: int, process, timeout=240):
 def test_sigterm_to_every_process_saves_one_step_and_exits_zero(env, tmp_path):
   workdir = tmp_path / "run"
   command = [LAUNCH, "2", sys.executable, "-m", "lmjax.pretrain",
-             f"--config={ROOT}/configs/pretrain.py", f"--workdir={workdir}", *TINY,
+             f"--config={ROOT}/configs/pretrain.py", f"--workdir={workdir}", *TINY, NO_PROBE,
              "--config.train.steps=100000", "--config.train.checkpoint_every=100000"]
   process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -267,7 +269,7 @@ def test_one_process_killed_ends_the_other_with_one_line(env, tmp_path, victim):
   import time  # pylint: disable=import-outside-toplevel
   workdir, port = tmp_path / "run", free_port()
   processes = [subprocess.Popen(
-      pretrain_command(workdir, "--config.train.steps=100000"), cwd=ROOT,
+      pretrain_command(workdir, NO_PROBE, "--config.train.steps=100000"), cwd=ROOT,
       env=dict(env, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                JAX_PROCESS_ID=str(i), JAX_PLATFORMS="cpu", LMJAX_PEER_TIMEOUT_S="5",
                XLA_FLAGS="--xla_force_host_platform_device_count=4"),
