@@ -3,6 +3,7 @@ files, a synthetic review task, and a small WordPiece vocabulary."""
 
 import importlib.util
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
@@ -78,7 +79,7 @@ CORPUS = [t for t in TEXTS if t] + [
 ] * 20
 
 
-def build_vocab(path, lowercase: bool, corpus: list[str] = tuple(CORPUS)) -> list[str]:
+def build_vocab(path, lowercase: bool, corpus: Sequence[str] = tuple(CORPUS)) -> list[str]:
   """A few hundred pieces trained on `corpus`, BERT's specials included."""
   from tokenizers import BertWordPieceTokenizer  # pylint: disable=import-outside-toplevel
   trainer = BertWordPieceTokenizer(lowercase=lowercase, strip_accents=lowercase)

@@ -36,7 +36,7 @@ def _serve(connection, make_worker: Callable, point: Point, settings: Settings) 
         return
       connection.send(("times", worker.run(count)))
   except Exception as e:  # pylint: disable=broad-except
-    message = f"{type(e).__name__}: {first_line(e, 400)}"[:400]
+    message = type(e).__name__ + (f": {first_line(e, 400)}" if str(e).strip() else "")
     connection.send(("error", message, traceback.format_exc()))
 
 
