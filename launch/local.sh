@@ -6,7 +6,9 @@
 #   launch/local.sh [--dry-run] [--devices=K] [--port=P] N COMMAND...
 #
 # When one process fails the others get SIGTERM, then SIGKILL after
-# $LMJAX_LAUNCH_GRACE_S seconds (default 20).
+# $LMJAX_LAUNCH_GRACE_S seconds (default 20). SIGTERM or SIGINT to the
+# launcher goes to every process, and the launcher exits (143 or 130) only
+# once all have ended, killing what is left after the same grace period.
 #
 # Each process gets JAX_COORDINATOR_ADDRESS=localhost:P, JAX_NUM_PROCESSES=N,
 # JAX_PROCESS_ID=i, JAX_PLATFORMS=cpu and
@@ -46,11 +48,28 @@ if [[ $dry_run == 1 ]]; then
 fi
 
 pids=() stopped_at=0
+grace=${LMJAX_LAUNCH_GRACE_S:-20}
 # SIGTERM lets the others save and exit; one stuck in a collective with a dead
 # peer cannot, so SIGKILL follows after a grace period.
 stop() { kill -TERM "${pids[@]}" 2>/dev/null || true; stopped_at=$SECONDS; }
-grace=${LMJAX_LAUNCH_GRACE_S:-20}
-trap 'stop; exit 143' TERM INT
+alive() { local pid; for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && return 0; done; return 1; }
+# The launcher itself stopped: the signal goes to every process, and the
+# launcher exits only once none is left (SIGKILL after the grace period).
+shutdown() {  # SIGNAL STATUS
+  trap '' TERM INT
+  echo "[launch] got SIG$1; passing it on, waiting up to ${grace} s for the processes" >&2
+  kill -"$1" "${pids[@]}" 2>/dev/null || true
+  local ticks=$((grace * 10))
+  while alive && [[ $ticks -gt 0 ]]; do sleep 0.1; ticks=$((ticks - 1)); done
+  if alive; then
+    echo "[launch] killing what is left after ${grace} s" >&2
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+  fi
+  wait 2>/dev/null  # bash's "Killed" notices
+  exit "$2"
+}
+trap 'shutdown TERM 143' TERM
+trap 'shutdown INT 130' INT
 for ((i = 0; i < count; i++)); do
   # shellcheck disable=SC2046  # the variables are words by design
   env $(environment "$i") "$@" > >(sed -u "s/^/[$i] /") 2>&1 &

@@ -12,6 +12,7 @@ activation [batch, length, embed], `batch` takes ('data', 'fsdp') first, so
 """
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,11 +41,46 @@ RULES: Rules = (
 
 
 def sum_over_processes(x: np.ndarray) -> np.ndarray:
-  """`x` summed over every process's value (itself in a single process)."""
+  """`x` summed over every process's value (itself in a single process).
+
+  Host to host through JAX's coordination service, not a device collective:
+  it neither waits for the steps in flight nor runs among them (see
+  `in_order`). Every process calls it the same number of times.
+  """
   if jax.process_count() == 1:
     return x
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  return np.asarray(multihost_utils.process_allgather(x)).sum(0)
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  client, me = distributed.global_state.client, jax.process_index()
+  call = next(_exchanges)
+  key = f"lmjax/sum/{call}"
+  x = np.ascontiguousarray(x)
+  client.key_value_set_bytes(f"{key}/{me}", x.tobytes())
+  client.wait_at_barrier(key, _EXCHANGE_TIMEOUT_MS)
+  values = [np.frombuffer(v, x.dtype).reshape(x.shape)
+            for _, v in client.key_value_dir_get_bytes(f"{key}/")]
+  if call:  # every process has read the previous exchange: its key can go
+    client.key_value_delete(f"lmjax/sum/{call - 1}/{me}")
+  return np.sum(values, axis=0, dtype=x.dtype)
+
+
+_exchanges = itertools.count()
+# A process that never comes is the stall watch's (lmjax.trainer.watch) to report.
+_EXCHANGE_TIMEOUT_MS = 24 * 3600 * 1000
+
+
+def in_order(outputs: Any) -> Any:
+  """`outputs`, once computed when several CPU processes run as one job.
+
+  A TPU or GPU runs a device's computations in the order they were
+  dispatched. JAX's CPU client runs independent computations (evaluation
+  batches, say) concurrently, so the gloo collectives of two of them can
+  meet in a different order on two processes and wait for each other
+  forever. Calling this on each result before dispatching the next keeps
+  them in order; elsewhere it returns at once.
+  """
+  if jax.process_count() > 1 and jax.default_backend() == "cpu":
+    jax.block_until_ready(outputs)
+  return outputs
 
 
 def process_share() -> dict[str, int]:

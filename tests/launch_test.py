@@ -3,8 +3,10 @@ start, and a 2-process run that is the 1-process run."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,69 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_period():
                 "time.sleep(120) if os.environ['JAX_PROCESS_ID'] == '0' else "
                 "(time.sleep(1), sys.exit(4))", env=env, timeout=30)
   assert done.returncode == 4
+
+
+def run_to_end(command: list[str], env=None, timeout: float = 120) -> tuple[int, str]:
+  """(status, stdout) of `command`; a run still going after `timeout` s
+  (hung) is killed with all its processes and fails the test."""
+  process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+  try:
+    out, _ = process.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    os.killpg(process.pid, signal.SIGKILL)
+    out, _ = process.communicate()
+    pytest.fail(f"still running after {timeout} s (hung):\n{out[-3000:]}")
+  return process.returncode, out
+
+
+def test_many_evaluation_batches_on_two_processes_end_and_equal_one_process():
+  """60 evaluations of 16 batches: without lmjax.parallel.in_order, CPU
+  processes run the batches' collectives concurrently, in a different order
+  on each, and hang (3 runs of 3 did before it)."""
+  script = ["tests/scripts/evaluation_rounds.py", "60"]
+  status, out = run_to_end([LAUNCH, "2", sys.executable, *script])
+  assert status == 0, out[-3000:]
+  results = [json.loads(line.split("] ", 1)[1]) for line in out.splitlines()
+             if line.split("] ", 1)[-1].startswith("{")]
+  status, out = run_to_end([sys.executable, *script], env=dict(
+      os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+  assert status == 0, out[-3000:]
+  single = json.loads(out.splitlines()[-1])
+  assert len(results) == 2
+  for result in results:
+    assert result["scores"] == pytest.approx(single["scores"], rel=1e-6)
+    assert result["logits"] == pytest.approx(single["logits"], rel=1e-6)
+    assert result["sums"] == [[3, 0], [3, 2], [3, 4]]  # processes 1 + 2, rounds r + r
+  assert single["sums"] == [[1, 0], [1, 1], [1, 2]]
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_launcher_waits_for_its_processes_and_leaves_none(tmp_path, sig, status):
+  """Process 1 ends on the signal; process 0 ignores it and is killed after
+  the grace period. The launcher exits only once both are gone."""
+  marker = f"lmjax-launch-test-{tmp_path.name}"
+  script = ("import os, signal, sys, time\n"
+            "if os.environ['JAX_PROCESS_ID'] == '0':\n"
+            "  signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "  signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "else:\n"
+            "  signal.signal(signal.SIGINT, lambda *a: sys.exit(0))\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(120)\n")
+  process = subprocess.Popen([LAUNCH, "2", sys.executable, "-c", script, marker],
+                             cwd=ROOT, env=dict(os.environ, LMJAX_LAUNCH_GRACE_S="2"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  lines = [process.stdout.readline() for _ in range(2)]
+  assert sorted(lines) == ["[0] ready\n", "[1] ready\n"]
+  process.send_signal(sig)
+  start = time.monotonic()
+  _, err = process.communicate(timeout=30)
+  assert process.returncode == status
+  assert 2 <= time.monotonic() - start < 10
+  assert "killing what is left after 2 s" in err
+  left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True, check=False)
+  assert left.stdout == ""
 
 
 @pytest.mark.parametrize("args", [["0", "true"], ["2"], ["--devices=0", "2", "true"],
@@ -223,7 +288,6 @@ def workers(workdir, launcher) -> list[int]:
 
 
 def wait_for_step(workdir: Path, step: int, process, timeout=240):
-  import time  # pylint: disable=import-outside-toplevel
   deadline = time.time() + timeout
   path = workdir / "metrics.jsonl"
   while time.time() < deadline:
@@ -266,7 +330,6 @@ def free_port() -> int:
 def test_one_process_killed_ends_the_other_with_one_line(env, tmp_path, victim):
   """Process `victim` (1: a worker; 0: also the coordinator) SIGKILLed
   mid-run; the other ends within 60 s with one line and status 1."""
-  import time  # pylint: disable=import-outside-toplevel
   workdir, port = tmp_path / "run", free_port()
   processes = [subprocess.Popen(
       pretrain_command(workdir, NO_PROBE, "--config.train.steps=100000"), cwd=ROOT,

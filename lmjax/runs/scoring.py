@@ -31,7 +31,7 @@ def device_batches(arrays: dict, batch_size: int, mesh, buckets=()) -> DeviceBat
 
 def logits(eval_step, params, batches: DeviceBatches) -> np.ndarray:
   """The model's float64 logits [N, K] of the examples, in their order."""
-  out = jax.device_get([eval_step(params, b) for b in batches.batches])
+  out = jax.device_get([parallel.in_order(eval_step(params, b)) for b in batches.batches])
   ordered = np.concatenate(out)[:len(batches.order)].astype(np.float64)
   result = np.empty_like(ordered)
   result[batches.order] = ordered

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lmjax import parallel
 from lmjax.train import contrastive, steps
 
 MODEL_INPUTS = ("input_ids", "segment_ids", "input_mask", "masked_positions")
@@ -131,7 +132,7 @@ def evaluate(eval_step, params, batches) -> dict[str, float]:
   """`eval_` losses and accuracies of `params` over `batches`."""
   sums = None
   for batch in batches:
-    out = eval_step(params, batch)
+    out = parallel.in_order(eval_step(params, batch))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)
   mlm_count, nsp_count = max(sums["mlm_count"], 1.0), max(sums["nsp_count"], 1.0)

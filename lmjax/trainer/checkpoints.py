@@ -3,7 +3,9 @@ loader position, the config), saved together, restored whole or in part."""
 
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
+from absl import flags
 
 from lmjax import paths
 from lmjax.errors import Fault, first_line
@@ -24,6 +26,20 @@ class _Kept(ocp.checkpoint_managers.PreservationPolicy):
     return [c.step in self.steps for c in checkpoints]
 
 
+def _barriers_off_the_devices() -> None:
+  """Orbax's barriers between processes through JAX's coordination service.
+
+  By default Orbax meets the other processes in a device collective, from
+  the thread that finishes an asynchronous save too: on CPU processes that
+  collective can run among the training step's and meet them in another
+  order on each process, and every process waits forever (see
+  lmjax.parallel.in_order). The flag is Orbax's own absl flag.
+  """
+  name = "experimental_orbax_use_distributed_barrier"
+  if jax.process_count() > 1 and name in flags.FLAGS:
+    flags.FLAGS[name].value = True
+
+
 class Checkpoints:
   """`DIRECTORY/<step>/{state,loader,config}` (or other JSON items), saved
   asynchronously, keeping the newest `keep` and the one `protect` names. A
@@ -31,6 +47,7 @@ class Checkpoints:
 
   def __init__(self, directory: paths.PathLike, keep: int = 3,
                json_items: tuple[str, ...] = ("loader", "config")):
+    _barriers_off_the_devices()
     self._json_items = json_items
     self._kept = _Kept()
     policy = ocp.checkpoint_managers.AnyPreservationPolicy(

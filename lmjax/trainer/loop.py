@@ -5,7 +5,10 @@ profiling.
 from a restored checkpoint, it repeats the uninterrupted run bit for bit: the
 train state, the loader position and the dropout keys (folded with the step)
 are all part of the checkpoint. SIGTERM or SIGINT saves a checkpoint at the
-current step and returns; a non-finite loss raises TrainingDiverged.
+current step (with several processes, at the next log, evaluation or
+checkpoint step, where all of them agree) and returns; a non-finite loss
+raises TrainingDiverged. Between those steps the host makes no transfer
+from the device and waits for no other process: it dispatches ahead.
 """
 
 import contextlib
@@ -44,6 +47,17 @@ class Schedule:
 
   def is_due(self, step: int, every: int) -> bool:
     return step % every == 0 or step == self.steps
+
+  def logs(self, step: int, start: int) -> bool:
+    """Whether step's metrics are fetched and written: the first step of a
+    start alone, so that compilation stays out of the rates."""
+    return step == start + 1 or step % self.log_every == 0
+
+  def waits(self, step: int, start: int) -> bool:
+    """Whether the host waits for the device at `step` anyway (it logs,
+    evaluates or saves); between such steps it dispatches ahead."""
+    return (self.logs(step, start) or self.is_due(step, self.checkpoint_every)
+            or self.is_due(step, self.eval_every))
 
 
 @dataclasses.dataclass
@@ -160,17 +174,23 @@ class Hooks:
   saved_items: Callable[[], tuple[dict, ...]]
 
 
-def _stop_signal(stop: StopRequest, ckpts: Checkpoints, step: int) -> str | None:
+def _stop_signal(stop: StopRequest, ckpts: Checkpoints, step: int,
+                 agree: bool) -> str | None:
   """The signal that stops the run at this step, if any. Read once: a
-  signal may land at any moment. Several processes agree on the step: each
-  shares whether it got one, and JAX's preemption notice counts too."""
+  signal may land at any moment. Several processes must stop at the same
+  step: JAX's preemption notice tells them all at once; a signal one got
+  is shared (host to host) only where `agree`, at steps where every
+  process waits for the device anyway, so that in between the host
+  dispatches ahead of the device."""
   signal_name = stop.signal
   if jax.process_count() == 1:
     return signal_name
-  got = parallel.sum_over_processes(np.array([signal_name is not None], np.int32))
-  if got[0] or ckpts.reached_preemption(step):
+  if ckpts.reached_preemption(step):
     return signal_name or "SIGTERM"
-  return None
+  if not agree:
+    return None
+  got = parallel.sum_over_processes(np.array([signal_name is not None], np.int32))
+  return (signal_name or "SIGTERM") if got[0] else None
 
 
 def _log_evaluation(writer: MetricWriter, bar: tqdm, step: int, scores: dict) -> None:
@@ -227,10 +247,10 @@ def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
         profile.after(step, (state, step_metrics))
         metrics.add(step, step_metrics, rate.tokens(batch))
         bar.update(1)
-        stopping = _stop_signal(stop, ckpts, step)
+        stopping = _stop_signal(stop, ckpts, step, schedule.waits(step, start))
         saving = stopping or schedule.is_due(step, schedule.checkpoint_every)
-        if saving or step == start + 1 or step % schedule.log_every == 0:
-          metrics.flush(step)  # the first step alone: compilation stays out of rates
+        if saving or schedule.logs(step, start):
+          metrics.flush(step)
         if schedule.is_due(step, schedule.eval_every):
           last_eval = hooks.evaluate(state, step)
           _log_evaluation(writer, bar, step, last_eval)
