@@ -25,6 +25,7 @@ import time
 
 import jax
 
+from lmjax import console
 from lmjax.errors import ConfigError
 
 NAMES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
@@ -86,16 +87,20 @@ def watch_peers(timeout: float, interval: float = 1.0) -> threading.Thread:
       now = time.monotonic()
       try:
         beat(str(n))
-        values = {p: client.key_value_try_get(f"lmjax/beat/{p}") for p in seen}
+        values = {p: _try_get(client, f"lmjax/beat/{p}") for p in seen}
+        stopped_by_another = _try_get(client, _STOP_ALL)
         unreachable_since = None
-      except Exception as e:  # pylint: disable=broad-exception-caught
-        if "NOT_FOUND" not in str(e):  # a peer that has not beaten yet is fine
-          unreachable_since = unreachable_since or now
-          if now - unreachable_since > timeout:
-            _stop(f"the coordination service (process 0) has not answered for "
-                  f"{timeout:.0f} s: process 0 is gone (killed, or its host lost)")
-        values = {}
+      except Exception:  # pylint: disable=broad-exception-caught
+        unreachable_since = unreachable_since or now
+        if now - unreachable_since > timeout:
+          _stop(f"the coordination service (process 0) has not answered for "
+                f"{timeout:.0f} s: process 0 is gone (killed, or its host lost)")
+        values, stopped_by_another = {}, None
+      if stopped_by_another and not _announced:
+        _stop(stopped_by_another)
       for p, value in values.items():
+        if value is None:  # not beaten yet
+          continue
         if value == _EXITED:
           seen.pop(p)
         elif value != seen[p][0]:
@@ -112,9 +117,37 @@ def watch_peers(timeout: float, interval: float = 1.0) -> threading.Thread:
   return thread
 
 
-def _stop(cause: str) -> None:
-  print(f"\nerror: {cause}; process {jax.process_index()} stops too. Rerun the same "
-        "command on every host to resume from the newest checkpoint",
+_STOP_ALL = "lmjax/stop_all"
+_STOP_ALL_WAIT_S = 3.0  # the others' watches read the key every second
+_announced = False  # this process called stop_all
+
+
+def stop_all(cause: str) -> None:
+  """Ends this process with one line naming `cause`, and every other
+  process of the run with the same line (their watches read it from the
+  coordination service). Never returns."""
+  global _announced  # pylint: disable=global-statement
+  _announced = True
+  if jax.process_count() > 1:
+    from jax._src import distributed  # pylint: disable=import-outside-toplevel
+    _quietly(distributed.global_state.client.key_value_set, _STOP_ALL, cause)
+    time.sleep(_STOP_ALL_WAIT_S)  # the coordination service lives in process 0
+  _stop(cause, too=False)
+
+
+def _try_get(client, key: str) -> str | None:
+  """The value of `key` in the coordination service; None when unset."""
+  try:
+    return client.key_value_try_get(key)
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    if "NOT_FOUND" in str(e):
+      return None
+    raise
+
+
+def _stop(cause: str, too: bool = True) -> None:
+  print(f"\nerror: {cause}; process {jax.process_index()} stops{' too' if too else ''}. "
+        "Rerun the same command on every host to resume from the newest checkpoint",
         file=sys.stderr, flush=True)
   os._exit(PEER_LOST_STATUS)  # the main thread is stuck in a collective
 
@@ -148,17 +181,26 @@ _FATAL = b"JAX distributed service detected fatal errors"
 
 def supervise(argv: list[str], environ=os.environ) -> int:
   """Runs `argv` (this same command) as a child process and returns its exit
-  status. Its output passes through, except when JAX's distributed runtime
-  aborts it because another process died (the coordinator's host gone):
-  that C++ log and stack trace become one line. SIGTERM and SIGINT reach the
+  status. Its output passes through, except gloo's connection notices
+  (lmjax.console) and when JAX's distributed runtime aborts it because
+  another process died (the coordinator's host gone): that C++ log and
+  stack trace become one line. SIGTERM and SIGINT reach the
   child; the child dies with this process."""
+  quiet = not console.verbose()
   child = subprocess.Popen(argv, env={**environ, "LMJAX_SUPERVISED": "1"},
+                           stdout=subprocess.PIPE if quiet else None,
                            stderr=subprocess.PIPE, process_group=0,
                            preexec_fn=_die_with_parent)
   for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, lambda signum, frame: child.send_signal(signum))
+  if quiet:  # gloo's connection notices, one a peer
+    stdout = threading.Thread(target=console.copy_lines, daemon=True,
+                              args=(child.stdout.fileno(), sys.stdout.fileno(), console.GLOO))
+    stdout.start()
   aborted = _pass_through(child.stderr.fileno(), sys.stderr.buffer)
   status = child.wait()
+  if quiet:
+    stdout.join(timeout=10)
   if aborted:
     print(f"\nerror: JAX's distributed runtime lost another process of this run (killed, "
           f"or its host lost); process {environ.get('JAX_PROCESS_ID', '?')} stops too. "

@@ -17,8 +17,9 @@ import shutil
 import time
 
 from absl import flags
+from absl import logging as absl_logging
 
-from lmjax import cli
+from lmjax import cli, console
 from lmjax.data import builtin, shards, sources
 from lmjax.data.shard_writing import Settings, metadata, split_entry, staging_directory
 from lmjax.data.tokenization import Tokenizer
@@ -66,6 +67,9 @@ def pipeline_options(args: list[str]):
     defaults.append(f"--direct_num_workers={os.cpu_count() or 1}")
   if "--direct_running_mode" not in given:
     defaults.append("--direct_running_mode=multi_processing")
+  if "--default_sdk_harness_log_level" not in given:  # the workers' start and exit notices
+    level = "INFO" if absl_logging.get_verbosity() >= 0 else "ERROR"
+    defaults.append(f"--default_sdk_harness_log_level={level}")
   return po.PipelineOptions(defaults + args)
 
 
@@ -149,7 +153,7 @@ def run(source: str, output: str, settings: Settings, args: list[str],
   staging = _staging(output, overwrite)
   start = time.perf_counter()
   try:
-    with pipeline:
+    with console.dropping(2, console.BEAM_WORKERS), pipeline:
       beam_pipeline.build(pipeline, source, staging, settings, data_dir, text_field)
     result = pipeline.result
     counters = {c.key.metric.name: c.committed

@@ -196,9 +196,37 @@ def train_lines(workdir):
 TWO_SLICES = ("--config.mesh.dcn_data=2",)
 
 
-def pretrain_command(workdir, *extra):
+def uneven_corpus(path: Path) -> Path:
+  """Documents of 1 to 400 sentences of the built-in text, and a validation
+  split of three short documents: fewer pairs than one evaluation
+  (eval_batches x batch_size), which no process's share divides evenly."""
+  import gzip  # pylint: disable=import-outside-toplevel
+  import random  # pylint: disable=import-outside-toplevel
+
+  from lmjax.data import builtin, documents  # pylint: disable=import-outside-toplevel
+
+  def split(doc):
+    return documents.hash_split("\n".join(doc), *documents.DOCUMENT_SPLITS)
+
+  with gzip.open(builtin.AUSTEN_FILE, "rt") as f:
+    lines = [line.strip() for line in f if line.strip()]
+  rng, docs, i = random.Random(0), [], 0
+  while i < 6000:
+    n = rng.choice([1, 3, 40, 150, 400])
+    if split(lines[i:i + n]) == "train":
+      docs.append(lines[i:i + n])
+    i += n
+  short = [lines[j:j + 4] for j in range(i, len(lines), 4) if split(lines[j:j + 4]) != "train"]
+  for doc in short[:3]:
+    docs.insert(rng.randrange(len(docs)), doc)
+  path.write_text("\n\n".join("\n".join(doc) for doc in docs) + "\n")
+  return path
+
+
+def pretrain_command(workdir, *extra, corpus=None):
+  source = [f"--config.data.source=text:{corpus}"] if corpus else []
   return [sys.executable, "-m", "lmjax.pretrain", f"--config={ROOT}/configs/pretrain.py",
-          f"--workdir={workdir}", *TINY, *extra]
+          f"--workdir={workdir}", *TINY, *source, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -208,18 +236,30 @@ def env(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def two_process_run(env, tmp_path_factory):
+def corpus(tmp_path_factory):
+  return uneven_corpus(tmp_path_factory.mktemp("corpus") / "uneven.txt")
+
+
+@pytest.fixture(scope="module")
+def two_process_run(env, corpus, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("two") / "run"
-  done = launch("2", *pretrain_command(workdir, *TWO_SLICES), env=env)
+  done = launch("2", *pretrain_command(workdir, *TWO_SLICES, corpus=corpus), env=env)
   assert done.returncode == 0, done.stderr[-3000:]
   return workdir, done
 
 
 @pytest.mark.slow
-def test_two_processes_of_four_devices_train_as_one_of_eight(env, tmp_path,
+def test_two_processes_of_four_devices_train_as_one_of_eight(env, corpus, tmp_path,
                                                              two_process_run):
+  """On a corpus of uneven documents whose validation split is smaller than
+  one evaluation and uneven over the processes, probe included."""
   workdir, two = two_process_run
-  one = subprocess.run(pretrain_command(tmp_path / "one"), capture_output=True, text=True,
+  (validation,) = [meta["splits"]["validation"]["pairs"] for meta in (
+      json.loads(p.read_text()) for p in Path(env["LMJAX_CACHE"]).glob("prepared-*/metadata.json"))
+      if meta["source"] == f"text:{corpus}"]
+  assert validation < 2 * 8 and validation % 4, validation  # eval_batches x batch_size
+  one = subprocess.run(pretrain_command(tmp_path / "one", corpus=corpus), capture_output=True,
+                       text=True,
                        cwd=ROOT, check=False,
                        env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
   assert one.returncode == 0, one.stderr[-2000:]
@@ -234,14 +274,17 @@ def test_two_processes_of_four_devices_train_as_one_of_eight(env, tmp_path,
   for summary in summaries:  # every process agrees on the evaluation and baselines
     assert summary == expected
   assert json.loads((workdir / "summary.json").read_text()) == expected
+  assert "[Gloo]" not in two.stdout + two.stderr  # its connection notices, dropped
   steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert steps == [10, 20, 30]
 
 
 @pytest.mark.slow
-def test_both_processes_killed_then_restarted_repeat_the_run(env, tmp_path, two_process_run):
+def test_both_processes_killed_then_restarted_repeat_the_run(env, corpus, tmp_path,
+                                                            two_process_run):
   workdir = tmp_path / "killed"
-  process = subprocess.Popen([LAUNCH, "2", *pretrain_command(workdir, *TWO_SLICES, NO_PROBE)],
+  command = pretrain_command(workdir, *TWO_SLICES, NO_PROBE, corpus=corpus)
+  process = subprocess.Popen([LAUNCH, "2", *command],
                              cwd=ROOT, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   wait_for_step(workdir, 14, process)
@@ -249,7 +292,33 @@ def test_both_processes_killed_then_restarted_repeat_the_run(env, tmp_path, two_
     os.kill(pid, 9)
   process.wait(timeout=60)
   assert process.returncode != 0
-  done = launch("2", *pretrain_command(workdir, *TWO_SLICES, NO_PROBE), env=env)
+  done = launch("2", *command, env=env)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "resuming from the checkpoint of step 10" in done.stdout
+  expected = {s: line["loss"] for s, line in train_lines(two_process_run[0]).items()}
+  assert {s: line["loss"] for s, line in train_lines(workdir).items()} == expected
+
+
+@pytest.mark.slow
+def test_a_stalled_process_ends_every_process_with_one_line_and_a_rerun_resumes(
+    env, corpus, tmp_path, two_process_run):
+  """Process 1 sleeps for good in the evaluation at step 15: both processes
+  end within the stall timeout, each with one line naming the phase."""
+  workdir = tmp_path / "stalled"
+  command = pretrain_command(workdir, *TWO_SLICES, NO_PROBE, corpus=corpus)
+  stalled = [command[0], "tests/scripts/stalled_run.py", "1:evaluation", *command[2:],
+             "--config.train.stall_timeout_s=10"]
+  start = time.monotonic()
+  status, out = run_to_end([LAUNCH, "2", *stalled], env=env, timeout=180)
+  assert status == 1, out[-3000:]
+  errors = [line for line in out.splitlines() if "error:" in line]
+  assert len(errors) == 2 and {e[:3] for e in errors} == {"[0]", "[1]"}, out[-3000:]
+  for line in errors:
+    assert "evaluation at step 15 made no progress for 10 s" in line
+    assert "Rerun the same command on every host" in line
+  assert "Traceback" not in out
+  assert time.monotonic() - start < 120
+  done = launch("2", *command, env=env)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "resuming from the checkpoint of step 10" in done.stdout
   expected = {s: line["loss"] for s, line in train_lines(two_process_run[0]).items()}
@@ -258,8 +327,9 @@ def test_both_processes_killed_then_restarted_repeat_the_run(env, tmp_path, two_
 
 @pytest.mark.slow
 def test_fine_tuning_on_two_processes_is_fine_tuning_on_one(env, tmp_path):
-  rows = [f"{'a fine film' if i % 3 else 'a dull film'} number {i}\t"
-          f"{'pos' if i % 3 else 'neg'}" for i in range(300)]
+  # Texts of 3 to 30 words; 307 rows: no split is a whole number of batches.
+  rows = [f"{'a fine film' if i % 3 else 'a dull film'} number {i}{' and so on' * (i % 10)}\t"
+          f"{'pos' if i % 3 else 'neg'}" for i in range(307)]
   (tmp_path / "task.tsv").write_text("text\tlabel\n" + "\n".join(rows) + "\n")
   command = [sys.executable, "-m", "lmjax.finetune", f"--config={ROOT}/configs/finetune.py",
              f"--config.task.source=tsv:{tmp_path / 'task.tsv'}", "--config.init.source=random",

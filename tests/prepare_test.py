@@ -216,3 +216,21 @@ def test_beam_reads_a_tfds_source_as_the_in_process_path_does(tmp_path):
   for split in ("train", "validation"):
     assert all_pairs(tmp_path / "beam", split) == all_pairs(tmp_path / "local", split)
   assert shards.check(tmp_path / "beam").counts("train")["documents"] == 253
+
+
+def test_the_command_shows_its_own_lines_only(corpus, tmp_path):
+  """Beam's worker processes start and exit with INFO and WARNING notices;
+  the console shows lmjax's lines unless --verbosity asks for theirs."""
+  done = subprocess.run([sys.executable, "-m", "lmjax.prepare", f"--source={corpus}",
+                         f"--output={tmp_path / 'out'}", "--num_shards=2",
+                         "--direct_num_workers=2"], capture_output=True, text=True,
+                        check=False, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stderr == ""
+  lines = done.stdout.splitlines()
+  assert all(line.startswith(("read ", "prepared ", "{")) for line in lines), lines
+  verbose = subprocess.run([sys.executable, "-m", "lmjax.prepare", f"--source={corpus}",
+                            f"--output={tmp_path / 'again'}", "--num_shards=2",
+                            "--direct_num_workers=2", "--verbosity=0"],
+                           capture_output=True, text=True, check=False, timeout=300)
+  assert verbose.returncode == 0 and "Python sdk harness exiting" in verbose.stderr

@@ -20,7 +20,7 @@ from lmjax.model import BertConfig, BertForPreTraining, flops_per_token
 from lmjax.model.config import check_section
 from lmjax.runs import init_sources, probe
 from lmjax.train import mlm_nsp, optimizer, steps
-from lmjax.trainer import scaffold
+from lmjax.trainer import scaffold, watch
 from lmjax.trainer.loop import Schedule, TrainingDiverged
 from lmjax.trainer.throughput import Throughput, peak_flops_per_device
 
@@ -101,9 +101,11 @@ def _job(config, mesh, model_cfg, train_data, host_eval, tokenizer,
                              shardings.params, mesh) if probe_task else None
 
   def evaluate(state, step):
-    del step
     scores = mlm_nsp.evaluate(eval_step, state.params, eval_batches)
-    return {**scores, **linear_probe(state.params)} if linear_probe else scores
+    if not linear_probe:
+      return scores
+    watch.phase(f"linear probe at step {step}")
+    return {**scores, **linear_probe(state.params)}
 
   flops = flops_per_token(model_cfg, data.max_seq_length, data.max_predictions_per_seq)
   if train.cp_weight:  # CP encodes each segment again, at the pair's length

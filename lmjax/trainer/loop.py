@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from lmjax import parallel, paths
 from lmjax.errors import Fault, UserError
+from lmjax.trainer import watch
 from lmjax.trainer.checkpoints import Checkpoints
 from lmjax.trainer.throughput import RateWindow
 from lmjax.trainer.writer import MetricWriter
@@ -202,6 +203,22 @@ def _log_evaluation(writer: MetricWriter, bar: tqdm, step: int, scores: dict) ->
         if isinstance(v, (int, float, np.floating))))
 
 
+def _evaluate(hooks: Hooks, state, step: int, saving: bool, writer: MetricWriter, bar: tqdm,
+              metrics: _Metrics, ckpts: Checkpoints) -> dict:
+  """Evaluates and logs `state`; a healthy evaluation protects its
+  checkpoint (the one this step saves, or the newest before it) from the
+  rotation of this save."""
+  watch.phase(f"evaluation at step {step}")
+  scores = hooks.evaluate(state, step)
+  _log_evaluation(writer, bar, step, scores)
+  if all(np.isfinite(float(v)) for v in scores.values()
+         if isinstance(v, (int, float, np.floating))):
+    metrics.healthy = step if saving else ckpts.latest_step()
+    if metrics.healthy:
+      ckpts.protect(metrics.healthy)
+  return scores
+
+
 def _save_at_fault(ckpts: Checkpoints, step: int, state, hooks: Hooks) -> str:
   """Saves the state in memory when the disk still takes a checkpoint;
   says which checkpoint is the newest on disk."""
@@ -240,6 +257,7 @@ def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
   with StopRequest() as stop:
     try:
       while step < schedule.steps:
+        watch.phase(f"training step {step + 1}")
         profile.before(step + 1)
         batch = parallel.shard_batch(next(loader), mesh)
         state, step_metrics = train_step(state, batch, rng)
@@ -252,16 +270,9 @@ def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
         if saving or schedule.logs(step, start):
           metrics.flush(step)
         if schedule.is_due(step, schedule.eval_every):
-          last_eval = hooks.evaluate(state, step)
-          _log_evaluation(writer, bar, step, last_eval)
-          if all(np.isfinite(float(v)) for v in last_eval.values()
-                 if isinstance(v, (int, float, np.floating))):
-            # This state evaluated well: its checkpoint (or the last before) stays,
-            # and the one kept before it goes with the rotation of this save.
-            metrics.healthy = step if saving else ckpts.latest_step()
-            if metrics.healthy:
-              ckpts.protect(metrics.healthy)
+          last_eval = _evaluate(hooks, state, step, saving, writer, bar, metrics, ckpts)
         if saving:
+          watch.phase(f"checkpoint save at step {step}")
           ckpts.save(step, state, *hooks.saved_items())
           writer.flush()  # a bucket's metrics.jsonl is uploaded whole
         if stopping:
@@ -275,6 +286,7 @@ def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
       profile.stop()
       bar.close()
       if not faulted:
+        watch.phase(f"checkpoint save at step {step}")
         try:
           ckpts.wait()
         except Fault as e:  # the last save failed

@@ -27,6 +27,7 @@ from lmjax.config_sections import leaves
 from lmjax.data.loader import Loader
 from lmjax.errors import CheckpointError, ConfigError, UserError, check_fields, first_line
 from lmjax.train import steps
+from lmjax.trainer import watch
 from lmjax.trainer.checkpoints import Checkpoints
 from lmjax.trainer.loop import Hooks, LoopResult, Schedule, run_loop
 from lmjax.trainer.throughput import RateWindow, Throughput
@@ -153,6 +154,11 @@ class _CompiledByShape:
     return self._compiled[shapes](state, batch, rng)
 
 
+# How long a process of several may stay in one phase of the loop (a step, an
+# evaluation, a save) before every process stops (lmjax.trainer.watch).
+STALL_TIMEOUT_S = 1800.0
+
+
 class Run:
   """A job running in a workdir; a context manager that owns the run's
   checkpoints and metric writer and closes them however the run ends.
@@ -197,13 +203,14 @@ class Run:
       first = parallel.shard_batch(job.train_data[0], job.mesh)
       train_step = compile_step(job, state, first, rng)
     config_json = json.loads(job.config.to_json())
-    return run_loop(state, train_step, loader, rng=rng,
-                    mesh=job.mesh, schedule=job.schedule, ckpts=self._ckpts,
-                    writer=self._writer,
-                    hooks=Hooks(job.evaluate, lambda: (loader.state(), config_json)),
-                    rate=RateWindow(job.throughput), start=start, desc=job.name,
-                    progress_keys=job.progress_keys,
-                    profile_dir=self.workdir / "profile")
+    with watch.watching(job.config.train.get("stall_timeout_s", STALL_TIMEOUT_S)):
+      return run_loop(state, train_step, loader, rng=rng,
+                      mesh=job.mesh, schedule=job.schedule, ckpts=self._ckpts,
+                      writer=self._writer,
+                      hooks=Hooks(job.evaluate, lambda: (loader.state(), config_json)),
+                      rate=RateWindow(job.throughput), start=start, desc=job.name,
+                      progress_keys=job.progress_keys,
+                      profile_dir=self.workdir / "profile")
 
   def log(self, step: int, scalars: dict) -> None:
     """Appends scalars to the run's metrics (after `train`)."""
@@ -234,6 +241,7 @@ def check_train_fields(train) -> None:
   """Raises ConfigError naming the first impossible field of the `train`
   section that every run kind has."""
   check_fields("config.train", train, [
-      (f, train[f] >= 1, "at least 1") for f in ("batch_size", "log_every",
-                                                 "keep_checkpoints")])
+      *((f, train[f] >= 1, "at least 1") for f in ("batch_size", "log_every",
+                                                  "keep_checkpoints")),
+      ("stall_timeout_s", train.get("stall_timeout_s", STALL_TIMEOUT_S) > 0, "positive")])
   profile_steps(train)
