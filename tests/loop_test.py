@@ -251,6 +251,78 @@ def test_no_intact_checkpoint_is_one_line_and_nothing_moves(tmp_path):
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "6"]
 
 
+def failing_reads(monkeypatch, errors):
+  """Checkpoints.restore raises the next of `errors` (then reads) each call."""
+  errors, calls = list(errors), []
+  original = Checkpoints.restore
+
+  def restore(self, step, abstract):
+    calls.append(step)
+    if errors:
+      raise errors.pop(0)
+    return original(self, step, abstract)
+
+  monkeypatch.setattr(Checkpoints, "restore", restore)
+  monkeypatch.setattr(scaffold, "RETRY_DELAYS_S", (0.0, 0.0, 0.0))
+  return calls
+
+
+def checkpointed_run(tmp_path):
+  config = ml_collections.ConfigDict(dict(seed=0, train=dict(keep_checkpoints=5)))
+  mesh = parallel.make_mesh()
+  with scaffold.Run(job(config, mesh, 6), tmp_path, seed=1) as run_:
+    run_.train()  # checkpoints 3 and 6
+  return config, mesh
+
+
+def test_a_read_that_fails_twice_then_succeeds_resumes_from_the_newest(
+    tmp_path, monkeypatch, capsys):
+  config, mesh = checkpointed_run(tmp_path)
+  calls = failing_reads(monkeypatch, [OSError(5, "Input/output error"),
+                                      RuntimeError("UNAVAILABLE: bucket busy")])
+  capsys.readouterr()
+  with scaffold.Run(job(config, mesh, 9), tmp_path, seed=1) as run_:
+    assert run_.train().step == 9
+  assert calls == [6, 6, 6]
+  assert "resuming from the checkpoint of step 6" in capsys.readouterr().out
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "6", "9"]
+
+
+@pytest.mark.parametrize("errors,message", [
+    ([PermissionError(13, "Permission denied")], "could not be read: [Errno 13]"),
+    ([TimeoutError("the bucket did not answer")] * 4,
+     "could not be read (4 tries): the bucket did not answer"),
+    ([MemoryError()], "could not be read: MemoryError"),
+])
+def test_a_read_that_cannot_be_done_stops_with_one_line_and_moves_nothing(
+    tmp_path, monkeypatch, errors, message):
+  from lmjax.errors import Fault  # pylint: disable=import-outside-toplevel
+  config, mesh = checkpointed_run(tmp_path)
+  calls = failing_reads(monkeypatch, errors)
+  with (pytest.raises(Fault) as e,
+        scaffold.Run(job(config, mesh, 9), tmp_path, seed=1) as run_):
+    run_.train()
+  assert "\n" not in str(e.value) and message in str(e.value), str(e.value)
+  assert "step 6" in str(e.value) and "nothing was moved" in str(e.value)
+  assert calls == [6] * len(errors)  # the older checkpoint is not tried either
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "6"]
+
+
+@pytest.mark.parametrize("error,kind", [
+    (FileNotFoundError(2, "No such file"), "damage"),
+    (ValueError("Unexpected end of data"), "damage"),
+    (RuntimeError("DATA_LOSS: Error reading chunk: checksum mismatch"), "damage"),
+    (OSError(5, "Input/output error"), "transient"),
+    (ConnectionResetError(104, "Connection reset by peer"), "transient"),
+    (RuntimeError("DEADLINE_EXCEEDED: read timed out"), "transient"),
+    (PermissionError(13, "Permission denied"), "fault"),
+    (RuntimeError("PERMISSION_DENIED: 403 Forbidden"), "fault"),
+    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating"), "fault"),
+])
+def test_restore_failures_are_told_apart(error, kind):
+  assert scaffold.restore_failure(error) == kind
+
+
 def test_metrics_that_cannot_be_written_stop_the_run_with_one_line_and_a_checkpoint(
     tmp_path, monkeypatch):
   import builtins  # pylint: disable=import-outside-toplevel
@@ -355,3 +427,96 @@ def test_the_progress_bar_shows_tokens_per_second_once_it_has_measured_them(tmp_
     metrics.flush(step)
   writer.close()
   assert bar.shown == [{"loss": "0.500"}, {"loss": "0.500", "tok_s": "500"}]
+
+
+class DeviceReads:
+  """Fails a read of a device array on the host while `armed`: the
+  transfer guard where the backend enforces it (not CPU, whose arrays are
+  in host memory), and a tripwire on every way the host reads one."""
+
+  def __init__(self, monkeypatch):
+    self.armed, self._guard = False, None
+    from jax._src.array import ArrayImpl  # pylint: disable=import-outside-toplevel
+    for name in ("__array__", "__float__", "__int__", "__bool__", "item", "tolist"):
+      monkeypatch.setattr(ArrayImpl, name, self._tripwire(getattr(ArrayImpl, name)))
+    monkeypatch.setattr(jax, "device_get", self._tripwire(jax.device_get))
+    monkeypatch.setattr(jax, "block_until_ready", self._tripwire(jax.block_until_ready))
+
+  def _tripwire(self, fn):
+    def checked(*args, **kwargs):
+      if self.armed:
+        raise AssertionError(f"the host read a device array ({fn.__name__})")
+      return fn(*args, **kwargs)
+    return checked
+
+  def arm(self, on: bool) -> None:
+    self.armed = on
+    if on:
+      self._guard = jax.transfer_guard_device_to_host("disallow")
+      self._guard.__enter__()
+    elif self._guard is not None:
+      self._guard.__exit__(None, None, None)
+      self._guard = None
+
+
+def test_between_log_evaluation_and_checkpoint_steps_nothing_comes_back_from_the_device(
+    tmp_path, monkeypatch):
+  """The host dispatches ahead: from a step that neither logs, evaluates nor
+  saves to the next step's dispatch, the host reads nothing from the device."""
+  schedule = Schedule(steps=12, log_every=5, eval_every=6, checkpoint_every=12)
+
+  @jax.jit
+  def jitted(state, batch, rng):
+    del rng
+    count = state["count"] + 1
+    return ({"count": count, "total": state["total"] + batch["x"].sum()},
+            {"loss": count.astype(jnp.float32)})
+
+  reads, calls, armed_after = DeviceReads(monkeypatch), [], []
+
+  def step(state, batch, rng):
+    reads.arm(False)
+    out = jitted(state, batch, rng)
+    calls.append(len(calls) + 1)
+    if not schedule.waits(calls[-1], 0):
+      reads.arm(True)
+      armed_after.append(calls[-1])
+    return out
+
+  try:
+    result, evaluations, saved = run(tmp_path, schedule, step)
+  finally:
+    reads.arm(False)
+  assert armed_after == [2, 3, 4, 7, 8, 9, 11]
+  assert (result.step, evaluations, saved) == (12, [6, 12], [12])
+  assert [line["step"] for line in lines(tmp_path) if "loss" in line] == list(range(1, 13))
+  reads.arm(True)  # the tripwire works
+  with pytest.raises(AssertionError, match="read a device array"):
+    float(jitted({"count": jnp.int32(0), "total": jnp.float32(0)},
+                 {"x": jnp.ones(2)}, None)[1]["loss"])
+  reads.arm(False)
+
+
+def test_several_processes_share_a_signal_only_where_they_wait_anyway(monkeypatch):
+  """Processes agree on a stop at log, evaluation and checkpoint steps,
+  through the coordination service; elsewhere only JAX's preemption
+  notice (host-side) is read."""
+  from lmjax.trainer import loop  # pylint: disable=import-outside-toplevel
+  exchanged = []
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(parallel, "sum_over_processes",
+                      lambda x: exchanged.append(x.copy()) or x + 1)
+
+  class NoPreemption:
+    def reached_preemption(self, step):
+      return step == 99
+
+  stop = loop.StopRequest()
+  assert loop._stop_signal(stop, NoPreemption(), 3, agree=False) is None
+  assert exchanged == []
+  assert loop._stop_signal(stop, NoPreemption(), 5, agree=True) == "SIGTERM"  # the other's
+  assert [x.tolist() for x in exchanged] == [[0]]
+  stop.signal = "SIGINT"
+  assert loop._stop_signal(stop, NoPreemption(), 6, agree=False) is None  # not yet shared
+  assert loop._stop_signal(stop, NoPreemption(), 99, agree=False) == "SIGINT"
+  assert loop._stop_signal(stop, NoPreemption(), 10, agree=True) == "SIGINT"

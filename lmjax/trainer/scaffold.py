@@ -15,6 +15,7 @@ does the rest the same way for every kind:
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,8 @@ from etils import epath
 from lmjax import parallel, paths
 from lmjax.config_sections import leaves
 from lmjax.data.loader import Loader
-from lmjax.errors import CheckpointError, ConfigError, UserError, check_fields, first_line
+from lmjax.errors import (CheckpointError, ConfigError, Fault, UserError, check_fields,
+                          first_line)
 from lmjax.train import steps
 from lmjax.trainer import watch
 from lmjax.trainer.checkpoints import Checkpoints
@@ -80,6 +82,53 @@ def is_lead() -> bool:
   return jax.process_index() == 0
 
 
+class _Damaged(Exception):
+  """A checkpoint whose files are missing, truncated or unreadable."""
+
+
+# Waits before each retry of a read that failed for a cause that may pass.
+RETRY_DELAYS_S = (1.0, 4.0, 16.0)
+_PASSING = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "Connection reset",
+            "timed out", "Temporary failure", "Service Unavailable", "Too Many Requests")
+_FATAL = ("PERMISSION_DENIED", "Permission denied", "RESOURCE_EXHAUSTED", "Out of memory",
+          "UNAUTHENTICATED", "Forbidden")
+
+
+def restore_failure(e: BaseException) -> str:
+  """What a failed read of a checkpoint says about it: 'damage' (missing,
+  truncated or unreadable files: set aside), 'transient' (an I/O error or
+  a storage service that does not answer: retried) or 'fault' (no access,
+  no memory: the checkpoint may be good, so nothing is moved)."""
+  text = f"{type(e).__name__}: {e}"
+  if isinstance(e, (PermissionError, MemoryError)) or any(m in text for m in _FATAL):
+    return "fault"
+  if isinstance(e, FileNotFoundError):
+    return "damage"
+  if isinstance(e, (OSError, TimeoutError, ConnectionError)) or any(
+      m in text for m in _PASSING):
+    return "transient"
+  return "damage"
+
+
+def _read(step: int, read: Callable[..., Any], *args) -> Any:
+  """`read(step, *args)`: the checkpoint of `step`, retried while it fails for a
+  cause that may pass. Raises _Damaged (from the cause) for damage, and a
+  Fault naming the cause otherwise."""
+  for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
+    try:
+      return read(step, *args)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      kind = restore_failure(e)
+      if kind == "damage":
+        raise _Damaged() from e
+      if kind == "fault" or delay is None:
+        tries = f" ({attempt + 1} tries)" if kind == "transient" else ""
+        raise Fault(f"the checkpoint of step {step} could not be read{tries}: "
+                    f"{first_line(e)}; nothing was moved, rerun once it can be") from None
+      time.sleep(delay)
+  raise AssertionError("unreachable")
+
+
 def _resume(job: Job, workdir: epath.Path, ckpts: Checkpoints) -> tuple[Any, int, int]:
   """(state, step, loader position) of the newest checkpoint; or the fresh
   state at 0, and the workdir's files are written."""
@@ -88,15 +137,16 @@ def _resume(job: Job, workdir: epath.Path, ckpts: Checkpoints) -> tuple[Any, int
     # The config first: a model or tokenizer of another size would fail the
     # restore with shapes, not with the field that differs.
     try:
-      saved = ckpts.read_json(start, "config")
-    except Exception as e:  # pylint: disable=broad-exception-caught  # damaged
-      damaged.append((start, e))
+      saved = _read(start, ckpts.read_json, "config")
+    except _Damaged as e:
+      damaged.append((start, e.__cause__))
       continue
     check_resumable(saved, job.config, job.must_match)
+    abstract = steps.abstract_like(job.state, job.shardings)
     try:
-      state, loader, _ = ckpts.restore(start, steps.abstract_like(job.state, job.shardings))
-    except Exception as e:  # pylint: disable=broad-exception-caught  # damaged
-      damaged.append((start, e))
+      state, loader, _ = _read(start, ckpts.restore, abstract)
+    except _Damaged as e:
+      damaged.append((start, e.__cause__))
       continue
     changes = changed_fields(saved, job.config)
     if changes and is_lead():
