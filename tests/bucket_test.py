@@ -20,6 +20,8 @@ from helpers import task_config as finetune_config
 from lmjax import paths
 from lmjax.runs import finetuning, prediction
 from lmjax.runs.pretraining import train_and_evaluate
+from lmjax.trainer import writer as writer_module
+from lmjax.trainer.writer import MetricWriter, read_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("data_dirs")]
 BUCKET = "lmjax-test"
@@ -73,8 +75,7 @@ def pretraining(corpus):
 
 
 def lines(workdir) -> list[dict]:
-  text = paths.resolve(workdir).joinpath("metrics.jsonl").read_text()
-  return [json.loads(line) for line in text.splitlines()]
+  return read_metrics(workdir)
 
 
 def without_rates(records: list[dict]) -> list[dict]:
@@ -199,3 +200,49 @@ def test_the_best_checkpoint_lives_in_a_bucket(bucket):
   reopened = BestCheckpoint(directory, "eval_accuracy")
   assert (reopened.step, reopened.scores) == (2, {"eval_accuracy": 0.7})
   reopened.close()
+
+
+def uploaded_bytes(workdir: str, steps: int, monkeypatch, start: int = 0) -> int:
+  """Bytes a run of `steps` logged steps (a checkpoint every 10) uploads."""
+  sizes = []
+  original = writer_module.paths.write_whole
+
+  def counted(path, content):
+    sizes.append(len(content))
+    original(path, content)
+
+  monkeypatch.setattr(writer_module.paths, "write_whole", counted)
+  writer = MetricWriter(workdir, start)
+  for step in range(start + 1, steps + 1):
+    writer.write(step, {"loss": 1.0 / step, "learning_rate": 1e-4, "grad_norm": 0.5})
+    if step % 10 == 0:
+      writer.flush()
+  writer.close()
+  monkeypatch.setattr(writer_module.paths, "write_whole", original)
+  return sum(sizes)
+
+
+def test_a_bucket_gets_bytes_that_grow_with_the_run_not_its_square(bucket, monkeypatch):
+  """The metrics and event files of 200 and 2,000 logged steps, saved
+  every 10: ten times the steps, about ten times the bytes (uploading the
+  files whole, a hundred times)."""
+  short = uploaded_bytes(f"{bucket}/metrics-short", 200, monkeypatch)
+  long = uploaded_bytes(f"{bucket}/metrics-long", 2000, monkeypatch)
+  print(f"\nuploaded: 200 steps {short:,} bytes; 2,000 steps {long:,} bytes "
+        f"({long / short:.1f}x)")
+  assert 9 < long / short < 11
+  history = [r["step"] for r in read_metrics(f"{bucket}/metrics-long")]
+  assert history == list(range(1, 2001))
+
+
+def test_a_resumed_bucket_run_reads_as_one_ordered_history(bucket, monkeypatch):
+  """A run that logged to step 37 resumes from its checkpoint of step 20:
+  the lines after 20 go, the resumed run's follow in order."""
+  workdir = f"{bucket}/metrics-resumed"
+  uploaded_bytes(workdir, 37, monkeypatch)
+  uploaded_bytes(workdir, 45, monkeypatch, start=20)
+  records = read_metrics(workdir)
+  assert [r["step"] for r in records] == list(range(1, 46))
+  assert records[30]["loss"] == 1.0 / 31
+  tags = event_scalars(epath.Path(workdir) / "tensorboard")
+  assert set(range(1, 46)) <= tags["loss"]

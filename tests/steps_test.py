@@ -55,19 +55,51 @@ def test_training_on_one_batch_drives_the_loss_down():
   assert float(sums["mlm_correct"]) / 24 > 0.5
 
 
-def test_accumulated_gradients_equal_one_big_batch():
-  # Without dropout, k micro-batches of equal size give the same update as
-  # one batch: the MLM loss averages per micro-batch, and every micro-batch
-  # has the same number of predictions here.
+def test_accumulated_gradients_equal_one_big_batch_whatever_the_masked_counts():
+  """Without dropout, k micro-batches give the full batch's loss, metrics
+  and update: each term is normalized by the full batch's count. Micro-batch
+  i takes rows i, i+4: here 0, 2, 4 and 6 real predictions."""
   cfg = CFG.replace(dropout_rate=0.0, attention_dropout_rate=0.0)
   mesh = parallel.make_mesh()
-  batch = parallel.shard_batch(_batch(), mesh)
+  host = _batch()
+  host["masked_weights"] = (np.arange(3)[None] < (np.arange(8) % 4)[:, None]).astype(
+      np.float32)
+  assert [host["masked_weights"][i::4].sum() for i in range(4)] == [0, 2, 4, 6]
+  batch = parallel.shard_batch(host, mesh)
   _, s1, _, step1 = _setup(mesh, accum=1, cfg=cfg)
   _, s4, _, step4 = _setup(mesh, accum=4, cfg=cfg)
   s1, m1 = step1(s1, batch, jax.random.key(1))
   s4, m4 = step4(s4, batch, jax.random.key(1))
-  np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5)
+  for key in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy"):
+    np.testing.assert_allclose(m4[key], m1[key], rtol=1e-5, err_msg=key)
   np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               s4.params, s1.params)
+
+
+def test_accumulated_classification_equals_one_big_batch():
+  from lmjax.model import BertForSequenceClassification  # pylint: disable=import-outside-toplevel
+  from lmjax.train import classification  # pylint: disable=import-outside-toplevel
+  cfg = CFG.replace(dropout_rate=0.0, attention_dropout_rate=0.0)
+  mesh = parallel.make_mesh()
+  rng = np.random.default_rng(2)
+  host = dict(input_ids=rng.integers(5, 64, (8, 16)).astype(np.int32),
+              segment_ids=np.zeros((8, 16), np.int32),
+              input_mask=(np.arange(16)[None] < rng.integers(3, 17, (8, 1))).astype(np.int32),
+              labels=rng.integers(0, 3, 8).astype(np.int32))
+  model = BertForSequenceClassification(cfg, num_labels=3)
+  results = []
+  for accum in (1, 4):
+    train = train_config(grad_accum_steps=accum)
+    tx = optimizer.create_optimizer(train)
+    state, shardings = steps.create_train_state(
+        classification.init_params(model, host), tx, mesh, jax.random.key(0))
+    step = steps.jit_train_step(classification.make_train_step(model, tx, accum), shardings,
+                                mesh)
+    results.append(step(state, parallel.shard_batch(host, mesh), jax.random.key(1)))
+  (s1, m1), (s4, m4) = results
+  np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5)
+  np.testing.assert_allclose(m4["accuracy"], m1["accuracy"], rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                s4.params, s1.params)
 

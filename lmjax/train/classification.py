@@ -37,11 +37,18 @@ def losses(logits_BxK: jax.Array, labels_B: jax.Array) -> jax.Array:
   return -jnp.take_along_axis(log_probs_BxK, labels_B[:, None].astype(jnp.int32), -1)[:, 0]
 
 
-def make_loss(model: nn.Module):
-  """Returns `loss_fn(params, batch, rng) -> (loss, parts)`: the mean loss of
-  a forward pass with dropout, and the counts that make accuracy."""
+def totals(batch: steps.Batch) -> dict[str, jax.Array]:
+  """The normalizer of a batch's loss: its examples."""
+  return dict(examples=jnp.float32(batch["labels"].shape[0]))
 
-  def loss_fn(params, batch, rng):
+
+def make_loss(model: nn.Module):
+  """Returns `loss_fn(params, batch, rng, totals=None) -> (loss, parts)`:
+  the loss of a forward pass with dropout summed over the batch and divided
+  by `totals['examples']` (the batch's own by default: its mean), and the
+  counts that make accuracy."""
+
+  def loss_fn(params, batch, rng, batch_totals=None):
     logits_BxK = model.apply({"params": params}, *model_inputs(batch),
                              deterministic=False, rngs={"dropout": rng})
     loss_B = losses(logits_BxK, batch["labels"])
@@ -49,7 +56,8 @@ def make_loss(model: nn.Module):
     if logits_BxK.shape[-1] > 1:
       correct = logits_BxK.argmax(-1) == batch["labels"]
       parts["correct"] = correct.sum().astype(jnp.float32)
-    return loss_B.mean(), parts
+    examples = (batch_totals or totals(batch))["examples"]
+    return loss_B.sum() / examples, parts
 
   return loss_fn
 
@@ -62,7 +70,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   def summarize(parts):
     return {"accuracy": parts["correct"] / parts["count"]} if "correct" in parts else {}
 
-  return steps.make_step(make_loss(model), tx, accum_steps, schedule, summarize)
+  return steps.make_step(make_loss(model), tx, accum_steps, schedule, summarize, totals)
 
 
 def make_eval_step(model: nn.Module):

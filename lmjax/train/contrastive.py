@@ -8,8 +8,9 @@ documents) gets A itself as its positive, seen through another dropout mask
 (as in SimCSE, Gao et al., 2021), so every row of the batch trains CP. Every
 B segment of the batch is a negative for the others. The similarity matrix
 spans the global batch: under a sharded jit the B segments of every device
-meet every A. With gradient accumulation the negatives are those of the
-micro-batch.
+meet every A. With gradient accumulation the loss's normalization is the
+full batch's, but the negatives are those of the micro-batch: k
+micro-batches are then not the full batch (each row has fewer negatives).
 """
 
 import jax
@@ -47,7 +48,7 @@ def segments(batch: Batch) -> tuple[dict, dict]:
 
 
 def info_nce(a_BxD: jax.Array, b_BxD: jax.Array, positive_B: jax.Array,
-             temperature: float) -> dict[str, jax.Array]:
+             temperature: float, denominator: jax.Array | None = None) -> dict[str, jax.Array]:
   """Symmetric InfoNCE of pooled A and B segments: row i's positive is
   column i, the other columns are negatives. Averaged over the rows where
   `positive_B` is 1; with the top-1 retrieval count (A finds its B)."""
@@ -60,7 +61,9 @@ def info_nce(a_BxD: jax.Array, b_BxD: jax.Array, positive_B: jax.Array,
   weights_B = positive_B.astype(jnp.float32)
   count = weights_B.sum()
   correct = ((logits_BxB.argmax(1) == diagonal) * weights_B).sum()
-  return dict(cp_loss=(weights_B * (a_to_b_B + b_to_a_B) / 2).sum() / jnp.maximum(count, 1.0),
+  if denominator is None:
+    denominator = jnp.maximum(count, 1.0)
+  return dict(cp_loss=(weights_B * (a_to_b_B + b_to_a_B) / 2).sum() / denominator,
               cp_correct=correct, cp_count=count)
 
 
@@ -68,14 +71,16 @@ def _unit(x_BxD):
   return x_BxD / jnp.maximum(jnp.linalg.norm(x_BxD, axis=-1, keepdims=True), 1e-6)
 
 
-def losses(pooled, batch: Batch, temperature: float,
-           dropout_views: bool = False) -> dict[str, jax.Array]:
+def losses(pooled, batch: Batch, temperature: float, dropout_views: bool = False,
+           denominator: jax.Array | None = None) -> dict[str, jax.Array]:
   """CP's loss and counts; `pooled(inputs, stream) -> [B, D]` encodes one
   segment's inputs with dropout stream `stream` (0 for A, 1 for B). With
-  `dropout_views`, a random-next pair's B is replaced by its A."""
+  `dropout_views`, a random-next pair's B is replaced by its A. The loss is
+  summed over the positive rows and divided by `denominator` (by default
+  their number: the mean)."""
   a, b = segments(batch)
   positive_B = batch["nsp_labels"] == 0
   if dropout_views:
     b = {k: jnp.where(positive_B[:, None], b[k], a[k]) for k in b}
     positive_B = jnp.ones_like(positive_B)
-  return info_nce(pooled(a, 0), pooled(b, 1), positive_B, temperature)
+  return info_nce(pooled(a, 0), pooled(b, 1), positive_B, temperature, denominator)

@@ -39,38 +39,52 @@ def init_params(model: nn.Module, example_batch: steps.Batch) -> steps.InitParam
   return lambda rng: model.init(rng, **model_inputs(example_batch))["params"]
 
 
-def losses(outputs: dict, batch: steps.Batch) -> dict[str, jax.Array]:
-  """MLM loss (averaged over real predictions, by `masked_weights`) and NSP
-  loss, with the counts that make accuracies; all float32 scalars."""
+def totals(batch: steps.Batch) -> dict[str, jax.Array]:
+  """The normalizers of a batch's losses: its real MLM predictions (by
+  `masked_weights`) and its pairs (for NSP, and CP in training)."""
+  pairs = jnp.float32(batch["nsp_labels"].shape[0])
+  return dict(mlm=jnp.maximum(batch["masked_weights"].astype(jnp.float32).sum(), 1.0),
+              nsp=pairs, cp=pairs)
+
+
+def losses(outputs: dict, batch: steps.Batch,
+           batch_totals: dict | None = None) -> dict[str, jax.Array]:
+  """MLM loss (summed over real predictions, by `masked_weights`) and NSP
+  loss (summed over pairs), each divided by its total in `batch_totals`
+  (the batch's own by default: their means), with the counts that make
+  accuracies; all float32 scalars."""
+  batch_totals = batch_totals or totals(batch)
   logits_BxPxV = outputs["mlm_logits"]
   weights_BxP = batch["masked_weights"].astype(jnp.float32)
   log_probs_BxPxV = jax.nn.log_softmax(logits_BxPxV)
   target_logp_BxP = jnp.take_along_axis(log_probs_BxPxV, batch["masked_ids"][..., None],
                                         -1)[..., 0]
-  weight_sum = jnp.maximum(weights_BxP.sum(), 1.0)
   mlm_correct = ((logits_BxPxV.argmax(-1) == batch["masked_ids"]) * weights_BxP).sum()
   nsp_log_probs_Bx2 = jax.nn.log_softmax(outputs["nsp_logits"])
   nsp_logp_B = jnp.take_along_axis(nsp_log_probs_Bx2, batch["nsp_labels"][:, None], -1)[:, 0]
   nsp_correct = (outputs["nsp_logits"].argmax(-1) == batch["nsp_labels"]).sum()
-  return dict(mlm_loss=-(target_logp_BxP * weights_BxP).sum() / weight_sum,
-              nsp_loss=-nsp_logp_B.mean(),
+  return dict(mlm_loss=-(target_logp_BxP * weights_BxP).sum() / batch_totals["mlm"],
+              nsp_loss=-nsp_logp_B.sum() / batch_totals["nsp"],
               mlm_correct=mlm_correct.astype(jnp.float32), mlm_count=weights_BxP.sum(),
               nsp_correct=nsp_correct.astype(jnp.float32),
               nsp_count=jnp.float32(batch["nsp_labels"].shape[0]))
 
 
 def make_loss(model: nn.Module, weights: LossWeights = LossWeights()):
-  """Returns `loss_fn(params, batch, rng) -> (loss, parts)`: the weighted sum
-  of the MLM, NSP (and CP) losses of forward passes with dropout."""
+  """Returns `loss_fn(params, batch, rng, totals=None) -> (loss, parts)`:
+  the weighted sum of the MLM, NSP (and CP) losses of forward passes with
+  dropout, normalized by `totals` (see `losses`)."""
 
-  def loss_fn(params, batch, rng):
+  def loss_fn(params, batch, rng, batch_totals=None):
+    batch_totals = batch_totals or totals(batch)
     outputs = model.apply({"params": params}, **model_inputs(batch),
                           deterministic=False, rngs={"dropout": rng})
-    parts = losses(outputs, batch)
+    parts = losses(outputs, batch, batch_totals)
     loss = weights.mlm * parts["mlm_loss"] + weights.nsp * parts["nsp_loss"]
     if weights.cp:
       parts.update(contrastive.losses(_pooled(model, params, rng), batch,
-                                      weights.cp_temperature, dropout_views=True))
+                                      weights.cp_temperature, dropout_views=True,
+                                      denominator=batch_totals["cp"]))
       loss = loss + weights.cp * parts["cp_loss"]
     return loss, parts
 
@@ -105,7 +119,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                      cp_accuracy=parts["cp_correct"] / jnp.maximum(parts["cp_count"], 1))
     return metrics
 
-  return steps.make_step(make_loss(model, weights), tx, accum_steps, schedule, summarize)
+  return steps.make_step(make_loss(model, weights), tx, accum_steps, schedule, summarize,
+                         totals)
 
 
 def make_eval_step(model: nn.Module, weights: LossWeights = LossWeights()):

@@ -31,20 +31,31 @@ class TrainState:
 
 
 def make_step(loss_fn: Callable, tx: optax.GradientTransformation, accum_steps: int = 1,
-              schedule: Callable | None = None, summarize: Callable = lambda parts: parts):
+              schedule: Callable | None = None, summarize: Callable = lambda parts: parts,
+              totals: Callable[[Batch], dict] | None = None):
   """Returns `train_step(state, batch, rng) -> (state, metrics)` for any loss.
 
   `loss_fn(params, batch, rng) -> (loss, parts)`. The batch is split into
   `accum_steps` micro-batches whose gradients are summed in a `lax.scan`
   before one optimizer update (as big_vision does), so a step always means
-  one update. Parts named `*loss` are averaged over micro-batches, the others
-  (counts) summed; `summarize(parts)` turns them into the step's metrics,
+  one update. `summarize(parts)` turns the parts into the step's metrics,
   next to loss, grad_norm and learning_rate. Dropout keys are
-  `fold_in(rng, step)`.
+  `fold_in(rng, step)` (and the micro-batch's index).
+
+  With `totals(batch) -> {name: count}` (the full batch's normalizers: its
+  masked tokens, its examples), the loss is
+  `loss_fn(params, batch, rng, totals)`, each of its terms a sum over the
+  batch divided by its total: the micro-batches' losses, parts and
+  gradients then add up to the full batch's exactly, whatever each one's
+  counts. Without, losses and parts named `*loss` are averaged over
+  micro-batches (exact when they hold equal counts), the others summed.
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def accumulated(params, batch, rng):
+  def gradients(params, batch, rng):
+    fixed = () if totals is None else (totals(batch),)
+    if accum_steps == 1:
+      return grad_fn(params, batch, rng, *fixed)
     # Micro-batch i takes rows i, i+k, i+2k, ...: every device's shard of
     # the batch feeds every micro-batch equally.
     micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps,
@@ -52,19 +63,21 @@ def make_step(loss_fn: Callable, tx: optax.GradientTransformation, accum_steps: 
 
     def accumulate(carry, inputs):
       i, micro_batch = inputs
-      out = grad_fn(params, micro_batch, jax.random.fold_in(rng, i))
+      out = grad_fn(params, micro_batch, jax.random.fold_in(rng, i), *fixed)
       return jax.tree.map(jnp.add, carry, out), None
 
-    shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng)
+    shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng,
+                            *fixed)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     ((loss, parts), grads), _ = jax.lax.scan(accumulate, zeros,
                                              (jnp.arange(accum_steps), micro))
+    if totals is not None:
+      return (loss, parts), grads
     parts = {k: v / accum_steps if k.endswith("loss") else v for k, v in parts.items()}
     return (loss / accum_steps, parts), jax.tree.map(lambda g: g / accum_steps, grads)
 
   def train_step(state: TrainState, batch: Batch, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
-    gradients = grad_fn if accum_steps == 1 else accumulated
     (loss, parts), grads = gradients(state.params, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

@@ -274,7 +274,7 @@ def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
         if saving:
           watch.phase(f"checkpoint save at step {step}")
           ckpts.save(step, state, *hooks.saved_items())
-          writer.flush()  # a bucket's metrics.jsonl is uploaded whole
+          writer.flush()  # a bucket gets the lines since the last save
         if stopping:
           print(f"\n{stopping}: saved a checkpoint at step {step}; exiting", flush=True)
           break

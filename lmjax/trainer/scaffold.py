@@ -8,7 +8,7 @@ does the rest the same way for every kind:
 
   DIR/config.json, tokenizer.model, ...   written by process 0 on a fresh start
   DIR/checkpoints/<step>/                 state + loader position + config
-  DIR/metrics.jsonl, DIR/tensorboard/     one line per logged step
+  DIR/metrics.jsonl, DIR/tensorboard/     one line per logged step (a bucket: metrics/*.jsonl)
   DIR/profile/                            a jax.profiler trace, when asked for
   DIR/summary.json                        the run's final figures
 """

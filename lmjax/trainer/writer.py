@@ -2,10 +2,14 @@
 and the same scalars as TensorBoard event files in `DIR/tensorboard`.
 
 A local workdir's metrics.jsonl grows a line at a time. A bucket's objects
-cannot be appended to, so there the writer holds the file's lines and
-uploads it whole at each `flush`, which the loop calls when it saves a
-checkpoint and when it ends: what a resumed run keeps is always there.
-TensorBoard's event files reach a bucket the same way, through `lmjax.paths`.
+cannot be appended to, and uploading a growing file whole at each flush
+would upload bytes that grow with the square of the run. There the lines
+go in numbered segments, `DIR/metrics/000000.jsonl`, one new object at each
+`flush` (which the loop calls when it saves a checkpoint and when it ends)
+holding the lines since the last: what a resumed run keeps is always
+there, and `read_metrics` reads either layout as one ordered history.
+TensorBoard's event files reach a bucket the same way: each flush uploads
+the records since the last as a file of its own beside the first.
 """
 
 import io
@@ -16,6 +20,26 @@ import os
 from lmjax import paths
 from lmjax.errors import Fault
 
+SEGMENTS = "metrics"  # a bucket workdir's directory of metrics segments
+
+
+def read_metrics(workdir: paths.PathLike) -> list[dict]:
+  """Every logged line of a run, in order: DIR/metrics.jsonl, or the
+  segments of a bucket's DIR/metrics/."""
+  return [json.loads(line) for _, text in _metric_files(paths.resolve(workdir))
+          for line in text.splitlines() if line.strip()]
+
+
+def _metric_files(workdir) -> list[tuple[object, str]]:
+  """(path, text) of the files that hold a run's metrics, in order."""
+  single = workdir / "metrics.jsonl"
+  if single.exists():
+    return [(single, single.read_text())]
+  directory = workdir / SEGMENTS
+  if not directory.exists():
+    return []
+  return [(p, p.read_text()) for p in sorted(directory.glob("*.jsonl"))]
+
 
 class MetricWriter:
   """Appends the scalars of a step to both; a disabled writer (a process
@@ -25,23 +49,30 @@ class MetricWriter:
 
   def __init__(self, workdir: paths.PathLike, start: int = 0, enabled: bool = True):
     self.enabled = enabled
-    self.path = paths.resolve(workdir) / "metrics.jsonl"
-    self._remote = paths.is_remote(self.path)
-    self._lines: list[str] = []  # of a remote file, uploaded at flush
-    self._dirty = False
+    workdir = paths.resolve(workdir)
+    self._remote = paths.is_remote(workdir)
+    self.path = workdir / (SEGMENTS if self._remote else "metrics.jsonl")
+    self._pending: list[str] = []  # a bucket's lines since the last flush
+    self._next_segment: int | None = None  # the number of its next segment
     self._tb = None
-    self._tb_directory = os.fspath(paths.resolve(workdir) / "tensorboard")
-    if not enabled:
-      return
+    self._tb_directory = os.fspath(workdir / "tensorboard")
+    if enabled:
+      self._drop_after(workdir, start)
+
+  def _drop_after(self, workdir, start: int) -> None:
+    """Rewrites the files whose lines go past `start`; deletes segments
+    that begin after it."""
     try:
-      if self.path.exists():
-        self._lines = [line for line in self.path.read_text().splitlines()
-                       if line.strip() and json.loads(line)["step"] <= start]
-        paths.write_whole(self.path, "".join(line + "\n" for line in self._lines))
+      for path, text in _metric_files(workdir):
+        lines = [line for line in text.splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line)["step"] <= start]
+        if not kept and path.parent.name == SEGMENTS:
+          path.unlink()
+        elif len(kept) < len(lines):
+          paths.write_whole(path, "".join(line + "\n" for line in kept))
     except OSError as e:
-      raise Fault(f"{self.path}: cannot rewrite the run's metrics ({e.strerror or e})") from None
-    if not self._remote:
-      self._lines = []
+      raise Fault(f"{workdir / 'metrics.jsonl'}: cannot rewrite the run's metrics "
+                  f"({e.strerror or e})") from None
 
   @staticmethod
   def check(workdir: paths.PathLike) -> None:
@@ -59,8 +90,7 @@ class MetricWriter:
     record = {"step": step, **{k: _plain(v) for k, v in scalars.items()}}
     line = json.dumps(record)
     if self._remote:
-      self._lines.append(line)
-      self._dirty = True
+      self._pending.append(line)
     else:
       try:
         with open(self.path, "a") as f:
@@ -76,9 +106,13 @@ class MetricWriter:
         self._tb.add_scalar(key, value, step)
 
   def flush(self) -> None:
-    if self._dirty:
-      paths.write_whole(self.path, "".join(line + "\n" for line in self._lines))
-      self._dirty = False
+    if self._pending:
+      if self._next_segment is None:
+        names = [p.stem for p in self.path.glob("*.jsonl")] if self.path.exists() else []
+        self._next_segment = 1 + max((int(n) for n in names if n.isdigit()), default=-1)
+      paths.write_whole(self.path / f"{self._next_segment:06d}.jsonl",
+                        "".join(line + "\n" for line in self._pending))
+      self._pending, self._next_segment = [], self._next_segment + 1
     if self._tb is not None:
       self._tb.flush()
 
@@ -93,18 +127,23 @@ def _plain(value):
   return float(value) if isinstance(value, float) else value
 
 
-class _WholeObject:
-  """An event file in a bucket: the records so far, uploaded whole at each
-  flush (tensorboardX flushes every two minutes and at close)."""
+class _Chunks:
+  """An event file in a bucket: each flush uploads the records written
+  since the last as an object of its own, `<name>.<n>` (TensorBoard reads
+  every events file of a directory in the order of their names; tensorboardX
+  flushes every two minutes and at close)."""
 
   def __init__(self, path: str):
-    self._path, self._buffer = path, io.BytesIO()
+    self._path, self._buffer, self._count = path, io.BytesIO(), 0
 
   def write(self, data: bytes) -> None:
     self._buffer.write(data)
 
   def flush(self) -> None:
-    paths.write_whole(self._path, self._buffer.getvalue())
+    data = self._buffer.getvalue()
+    if data:
+      paths.write_whole(f"{self._path}.{self._count:05d}", data)
+      self._buffer, self._count = io.BytesIO(), self._count + 1
 
   def close(self) -> None:
     self.flush()
@@ -113,8 +152,8 @@ class _WholeObject:
 class _BucketFiles:
   """tensorboardX's writer factory for a URI scheme, through lmjax.paths."""
 
-  def open(self, path: str) -> _WholeObject:
-    return _WholeObject(path)
+  def open(self, path: str) -> _Chunks:
+    return _Chunks(path)
 
   def directory_check(self, path: str) -> None:
     paths.resolve(path).mkdir(parents=True, exist_ok=True)
