@@ -426,3 +426,22 @@ def test_one_process_killed_ends_the_other_with_one_line(env, tmp_path, victim):
   for noise in ("Check failure", "coordination_service", "Fatal Python error", "Traceback"):
     assert noise not in err
   assert processes[victim].wait(timeout=30) == 128 + 9
+
+
+def test_the_stall_watch_names_a_phase_that_lasts_too_long_and_no_other(monkeypatch):
+  from lmjax.trainer import watch  # pylint: disable=import-outside-toplevel
+  stopped = []
+  monkeypatch.setattr(distributed, "stop_all", stopped.append)
+  stall = watch.StallWatch(0.5)
+  stall.start()
+  try:
+    for step in range(10):  # phases that each end in time
+      stall.enter(f"training step {step + 1}")
+      time.sleep(0.1)
+    assert stopped == []
+    stall.enter("evaluation at step 10")
+    time.sleep(1.0)
+  finally:
+    stall.stop()
+  assert stopped and stopped[0] == ("evaluation at step 10 made no progress for 0.5 s on "
+                                    "process 0 (config.train.stall_timeout_s)")

@@ -239,7 +239,7 @@ def test_bad_configs_fail_before_any_work(env, tmp_path, override, message):
     ("train.mlm_weight,train.nsp_weight", 0.0, "config.train.mlm_weight must be positive, "
      "or nsp_weight or cp_weight (all three are 0: nothing to learn)"),
     ("train.cp_weight,train.batch_size", 1, "config.train.cp_weight must be 0 with batches "
-     "(or micro-batches) of one example: CP needs negatives"),
+     "of one example: CP needs negatives"),
     ("train.cp_temperature", 0.0, "config.train.cp_temperature must be positive"),
     ("data.tokenizer", "learn:many", "config.data.tokenizer=learn:many: learn:N takes a "
      "number of pieces above 5, e.g. learn:8000"),

@@ -24,14 +24,14 @@ def _batch(b=8, length=16, p=3, seed=0):
               nsp_labels=rng.integers(0, 2, b).astype(np.int32))
 
 
-def _setup(mesh, accum=1, cfg=CFG, **train):
+def _setup(mesh, accum=1, cfg=CFG, weights=None, **train):
   train = train_config(grad_accum_steps=accum, **train)
   model = BertForPreTraining(cfg)
   tx = optimizer.create_optimizer(train)
   state, shardings = steps.create_train_state(mlm_nsp.init_params(model, _batch()), tx,
                                               mesh, jax.random.key(0))
   step = steps.jit_train_step(
-      mlm_nsp.make_train_step(model, tx, accum_steps=accum,
+      mlm_nsp.make_train_step(model, tx, weights or mlm_nsp.LossWeights(), accum_steps=accum,
                               schedule=optimizer.learning_rate_schedule(train)),
       shardings, mesh)
   return model, state, shardings, step
@@ -55,22 +55,27 @@ def test_training_on_one_batch_drives_the_loss_down():
   assert float(sums["mlm_correct"]) / 24 > 0.5
 
 
-def test_accumulated_gradients_equal_one_big_batch_whatever_the_masked_counts():
+@pytest.mark.parametrize("cp", [0.0, 0.5])
+def test_accumulated_gradients_equal_one_big_batch_whatever_the_masked_counts(cp):
   """Without dropout, k micro-batches give the full batch's loss, metrics
-  and update: each term is normalized by the full batch's count. Micro-batch
-  i takes rows i, i+4: here 0, 2, 4 and 6 real predictions."""
+  and update: each term is normalized by the full batch's count, and CP's
+  negatives are the full batch's. Micro-batch i takes rows i, i+4: here 0,
+  2, 4 and 6 real predictions."""
   cfg = CFG.replace(dropout_rate=0.0, attention_dropout_rate=0.0)
   mesh = parallel.make_mesh()
   host = _batch()
   host["masked_weights"] = (np.arange(3)[None] < (np.arange(8) % 4)[:, None]).astype(
       np.float32)
+  host["segment_ids"] = (np.arange(16)[None] >= np.arange(4, 12)[:, None]).astype(np.int32)
   assert [host["masked_weights"][i::4].sum() for i in range(4)] == [0, 2, 4, 6]
   batch = parallel.shard_batch(host, mesh)
-  _, s1, _, step1 = _setup(mesh, accum=1, cfg=cfg)
-  _, s4, _, step4 = _setup(mesh, accum=4, cfg=cfg)
+  weights = mlm_nsp.LossWeights(cp=cp, cp_temperature=0.1)
+  _, s1, _, step1 = _setup(mesh, accum=1, cfg=cfg, weights=weights)
+  _, s4, _, step4 = _setup(mesh, accum=4, cfg=cfg, weights=weights)
   s1, m1 = step1(s1, batch, jax.random.key(1))
   s4, m4 = step4(s4, batch, jax.random.key(1))
-  for key in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy"):
+  keys = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy")
+  for key in keys + (("cp_loss", "cp_accuracy") if cp else ()):
     np.testing.assert_allclose(m4[key], m1[key], rtol=1e-5, err_msg=key)
   np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=1e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),

@@ -48,8 +48,8 @@ def check_config(config) -> None:
       ("mlm_weight", train.mlm_weight + train.nsp_weight + train.cp_weight > 0,
        "positive, or nsp_weight or cp_weight (all three are 0: nothing to learn)"),
       ("cp_temperature", train.cp_temperature > 0, "positive"),
-      ("cp_weight", not train.cp_weight or train.batch_size // max(train.grad_accum_steps, 1)
-       >= 2, "0 with batches (or micro-batches) of one example: CP needs negatives")])
+      ("cp_weight", not train.cp_weight or train.batch_size >= 2,
+       "0 with batches of one example: CP needs negatives")])
   check_data_config(config.data)
   if learned_size(config.data.tokenizer) and config.init.source != "random":
     raise ConfigError(f"config.data.tokenizer={config.data.tokenizer} learns a new "

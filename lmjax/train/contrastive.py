@@ -8,9 +8,9 @@ documents) gets A itself as its positive, seen through another dropout mask
 (as in SimCSE, Gao et al., 2021), so every row of the batch trains CP. Every
 B segment of the batch is a negative for the others. The similarity matrix
 spans the global batch: under a sharded jit the B segments of every device
-meet every A. With gradient accumulation the loss's normalization is the
-full batch's, but the negatives are those of the micro-batch: k
-micro-batches are then not the full batch (each row has fewer negatives).
+meet every A. With gradient accumulation too: the training step embeds
+every micro-batch first and takes CP over the whole batch
+(lmjax.train.steps.Across).
 """
 
 import jax
@@ -71,6 +71,18 @@ def _unit(x_BxD):
   return x_BxD / jnp.maximum(jnp.linalg.norm(x_BxD, axis=-1, keepdims=True), 1e-6)
 
 
+def views(batch: Batch, dropout_views: bool = False) -> tuple[dict, dict, jax.Array]:
+  """(A inputs, B inputs, positive_B) of a batch's pairs. With
+  `dropout_views`, a random-next pair's B is replaced by its A, and every
+  row is a positive."""
+  a, b = segments(batch)
+  positive_B = batch["nsp_labels"] == 0
+  if dropout_views:
+    b = {k: jnp.where(positive_B[:, None], b[k], a[k]) for k in b}
+    positive_B = jnp.ones_like(positive_B)
+  return a, b, positive_B
+
+
 def losses(pooled, batch: Batch, temperature: float, dropout_views: bool = False,
            denominator: jax.Array | None = None) -> dict[str, jax.Array]:
   """CP's loss and counts; `pooled(inputs, stream) -> [B, D]` encodes one
@@ -78,9 +90,5 @@ def losses(pooled, batch: Batch, temperature: float, dropout_views: bool = False
   `dropout_views`, a random-next pair's B is replaced by its A. The loss is
   summed over the positive rows and divided by `denominator` (by default
   their number: the mean)."""
-  a, b = segments(batch)
-  positive_B = batch["nsp_labels"] == 0
-  if dropout_views:
-    b = {k: jnp.where(positive_B[:, None], b[k], a[k]) for k in b}
-    positive_B = jnp.ones_like(positive_B)
+  a, b, positive_B = views(batch, dropout_views)
   return info_nce(pooled(a, 0), pooled(b, 1), positive_B, temperature, denominator)

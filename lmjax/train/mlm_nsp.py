@@ -107,8 +107,9 @@ def _pooled(model: nn.Module, params, rng=None):
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     weights: LossWeights = LossWeights(), accum_steps: int = 1,
                     schedule=None):
-  """Returns `train_step(state, batch, rng) -> (state, metrics)`: MLM and NSP
-  losses, weighted, with their accuracies."""
+  """Returns `train_step(state, batch, rng) -> (state, metrics)`: MLM, NSP
+  (and CP) losses, weighted, with their accuracies; with `accum_steps`
+  micro-batches, the full batch's exactly."""
 
   def summarize(parts):
     metrics = dict(mlm_loss=parts["mlm_loss"], nsp_loss=parts["nsp_loss"],
@@ -119,8 +120,27 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                      cp_accuracy=parts["cp_correct"] / jnp.maximum(parts["cp_count"], 1))
     return metrics
 
-  return steps.make_step(make_loss(model, weights), tx, accum_steps, schedule, summarize,
-                         totals)
+  mlm_nsp = dataclasses.replace(weights, cp=0.0)
+  return steps.make_step(make_loss(model, mlm_nsp), tx, accum_steps, schedule, summarize,
+                         totals, _contrastive(model, weights) if weights.cp else None)
+
+
+def _contrastive(model: nn.Module, weights: LossWeights) -> steps.Across:
+  """CP as a term over the whole batch: its negatives are every pair of
+  the batch, micro-batches or not (training's views, see `make_loss`)."""
+
+  def embed(params, batch, rng):
+    a, b, _ = contrastive.views(batch, dropout_views=True)
+    pooled = _pooled(model, params, rng)
+    return pooled(a, 0), pooled(b, 1)
+
+  def loss(embeddings, batch_totals):
+    a_BxD, b_BxD = embeddings
+    parts = contrastive.info_nce(a_BxD, b_BxD, jnp.ones(a_BxD.shape[0], bool),
+                                 weights.cp_temperature, batch_totals["cp"])
+    return weights.cp * parts["cp_loss"], parts
+
+  return steps.Across(embed, loss)
 
 
 def make_eval_step(model: nn.Module, weights: LossWeights = LossWeights()):

@@ -6,6 +6,7 @@ everything else is an argument, so a research script can call these with no
 flags and no files.
 """
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -30,9 +31,26 @@ class TrainState:
   opt_state: Any
 
 
+@dataclasses.dataclass(frozen=True)
+class Across:
+  """A loss term over the whole batch that does not split into a sum over
+  micro-batches (in-batch negatives): `embed(params, batch, rng)` gives
+  each example's embeddings (arrays [b, ...]), `loss(embeddings, totals) ->
+  (loss, parts)` the term over the whole batch's.
+
+  With accumulation its gradient is GradCache's (Gao et al., 2021): every
+  micro-batch's embeddings first, without a gradient; the term and its
+  gradient with respect to them over the whole batch; then each
+  micro-batch's backward pass through `embed` with its share of that
+  gradient. Exact, for a second forward pass of `embed`.
+  """
+  embed: Callable
+  loss: Callable
+
+
 def make_step(loss_fn: Callable, tx: optax.GradientTransformation, accum_steps: int = 1,
               schedule: Callable | None = None, summarize: Callable = lambda parts: parts,
-              totals: Callable[[Batch], dict] | None = None):
+              totals: Callable[[Batch], dict] | None = None, across: Across | None = None):
   """Returns `train_step(state, batch, rng) -> (state, metrics)` for any loss.
 
   `loss_fn(params, batch, rng) -> (loss, parts)`. The batch is split into
@@ -49,32 +67,10 @@ def make_step(loss_fn: Callable, tx: optax.GradientTransformation, accum_steps: 
   gradients then add up to the full batch's exactly, whatever each one's
   counts. Without, losses and parts named `*loss` are averaged over
   micro-batches (exact when they hold equal counts), the others summed.
+  `across` adds a term over the whole batch (see Across; with `totals`).
   """
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-  def gradients(params, batch, rng):
-    fixed = () if totals is None else (totals(batch),)
-    if accum_steps == 1:
-      return grad_fn(params, batch, rng, *fixed)
-    # Micro-batch i takes rows i, i+k, i+2k, ...: every device's shard of
-    # the batch feeds every micro-batch equally.
-    micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps,
-                                             *x.shape[1:]).swapaxes(0, 1), batch)
-
-    def accumulate(carry, inputs):
-      i, micro_batch = inputs
-      out = grad_fn(params, micro_batch, jax.random.fold_in(rng, i), *fixed)
-      return jax.tree.map(jnp.add, carry, out), None
-
-    shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng,
-                            *fixed)
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    ((loss, parts), grads), _ = jax.lax.scan(accumulate, zeros,
-                                             (jnp.arange(accum_steps), micro))
-    if totals is not None:
-      return (loss, parts), grads
-    parts = {k: v / accum_steps if k.endswith("loss") else v for k, v in parts.items()}
-    return (loss / accum_steps, parts), jax.tree.map(lambda g: g / accum_steps, grads)
+  gradients = (_accumulated if accum_steps > 1 else _whole)(
+      loss_fn, accum_steps, totals, across)
 
   def train_step(state: TrainState, batch: Batch, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
@@ -87,6 +83,70 @@ def make_step(loss_fn: Callable, tx: optax.GradientTransformation, accum_steps: 
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
+
+
+def _whole(loss_fn, accum_steps, totals, across):
+  """`(params, batch, rng) -> ((loss, parts), grads)` in one pass."""
+  del accum_steps
+
+  def loss(params, batch, rng):
+    fixed = () if totals is None else (totals(batch),)
+    value, parts = loss_fn(params, batch, rng, *fixed)
+    if across is not None:
+      extra, extra_parts = across.loss(across.embed(params, batch, rng), *fixed)
+      value, parts = value + extra, {**parts, **extra_parts}
+    return value, parts
+
+  return jax.value_and_grad(loss, has_aux=True)
+
+
+def _accumulated(loss_fn, k, totals, across):
+  """`(params, batch, rng) -> ((loss, parts), grads)` summed over k
+  micro-batches in a scan; micro-batch i takes rows i, i+k, i+2k, ...:
+  every device's shard of the batch feeds every micro-batch equally."""
+
+  def with_cache(params, batch, rng, fixed, cached):
+    """The micro-batch's loss; its gradient carries the `across` term's
+    through the embeddings (their cached gradient as a constant)."""
+    value, parts = loss_fn(params, batch, rng, *fixed)
+    if cached is None:
+      return value, (value, parts)
+    embedded = across.embed(params, batch, rng)
+    pulled = sum(jnp.vdot(e, jax.lax.stop_gradient(g)) for e, g in
+                 zip(jax.tree.leaves(embedded), jax.tree.leaves(cached), strict=True))
+    return value + pulled, (value, parts)
+
+  grad_fn = jax.grad(with_cache, has_aux=True)
+
+  def gradients(params, batch, rng):
+    fixed = () if totals is None else (totals(batch),)
+    micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1),
+                         batch)
+    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(k))
+    cached, extra = None, None
+    if across is not None:
+      embedded = jax.lax.map(lambda xs: across.embed(params, xs[1], xs[0]), (keys, micro))
+      whole = jax.tree.map(lambda e: e.reshape(-1, *e.shape[2:]), embedded)
+      extra, cached = jax.value_and_grad(across.loss, has_aux=True)(whole, *fixed)
+      cached = jax.tree.map(lambda g, e: g.reshape(e.shape), cached, embedded)
+
+    def accumulate(carry, inputs):
+      key, micro_batch, cached_i = inputs
+      grads, (value, parts) = grad_fn(params, micro_batch, key, fixed, cached_i)
+      return jax.tree.map(jnp.add, carry, ((value, parts), grads)), None
+
+    first = jax.tree.map(lambda x: x[0], (micro, cached))
+    shapes = jax.eval_shape(lambda m, c: grad_fn(params, m, rng, fixed, c), *first)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[1], shapes[0]))
+    ((value, parts), grads), _ = jax.lax.scan(accumulate, zeros, (keys, micro, cached))
+    if across is not None:
+      value, parts = value + extra[0], {**parts, **extra[1]}
+    if totals is not None:
+      return (value, parts), grads
+    parts = {n: v / k if n.endswith("loss") else v for n, v in parts.items()}
+    return (value / k, parts), jax.tree.map(lambda g: g / k, grads)
+
+  return gradients
 
 
 def _state_init(init_params: InitParams, tx: optax.GradientTransformation):

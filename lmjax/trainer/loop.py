@@ -253,6 +253,7 @@ def run_loop(state, train_step: Callable, loader, *, rng: jax.Array, mesh,
       schedule.profile_steps, profile_dir)
   step, stopping, last_eval, faulted = start, None, {}, False
   if start == 0 and schedule.eval_at_start:
+    watch.phase("evaluation at step 0")
     _log_evaluation(writer, bar, 0, hooks.evaluate(state, 0))
   with StopRequest() as stop:
     try:

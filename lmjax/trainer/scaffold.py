@@ -239,8 +239,14 @@ class Run:
 
   def train(self) -> LoopResult:
     """Resumes from the newest checkpoint or starts fresh, then trains to the
-    end of the schedule (see lmjax.trainer.loop)."""
+    end of the schedule (see lmjax.trainer.loop). With several processes
+    a stall watch (lmjax.trainer.watch) runs throughout."""
+    with watch.watching(self.job.config.train.get("stall_timeout_s", STALL_TIMEOUT_S)):
+      return self._train()
+
+  def _train(self) -> LoopResult:
     job = self.job
+    watch.phase("the restore of the newest checkpoint")
     state, start, position = _resume(job, self.workdir, self._ckpts)
     self._writer = MetricWriter(self.workdir, start, enabled=is_lead())
     loader = Loader(job.train_data, start=position, num_threads=job.num_threads)
@@ -250,17 +256,17 @@ class Run:
                   out_shardings=parallel.replicated(job.mesh))()
     train_step = job.train_step  # a finished run takes no step: nothing to compile
     if start < job.schedule.steps:
+      watch.phase("the compilation of the training step")
       first = parallel.shard_batch(job.train_data[0], job.mesh)
       train_step = compile_step(job, state, first, rng)
     config_json = json.loads(job.config.to_json())
-    with watch.watching(job.config.train.get("stall_timeout_s", STALL_TIMEOUT_S)):
-      return run_loop(state, train_step, loader, rng=rng,
-                      mesh=job.mesh, schedule=job.schedule, ckpts=self._ckpts,
-                      writer=self._writer,
-                      hooks=Hooks(job.evaluate, lambda: (loader.state(), config_json)),
-                      rate=RateWindow(job.throughput), start=start, desc=job.name,
-                      progress_keys=job.progress_keys,
-                      profile_dir=self.workdir / "profile")
+    return run_loop(state, train_step, loader, rng=rng,
+                    mesh=job.mesh, schedule=job.schedule, ckpts=self._ckpts,
+                    writer=self._writer,
+                    hooks=Hooks(job.evaluate, lambda: (loader.state(), config_json)),
+                    rate=RateWindow(job.throughput), start=start, desc=job.name,
+                    progress_keys=job.progress_keys,
+                    profile_dir=self.workdir / "profile")
 
   def log(self, step: int, scalars: dict) -> None:
     """Appends scalars to the run's metrics (after `train`)."""

@@ -1,23 +1,33 @@
-"""Run by tests/launch_test.py: an lmjax command in which one process
-stalls (sleeps for good) in one phase, as a hung collective, a bucket that
-stops answering or a stuck reader would.
+"""Run by tests/launch_test.py and tests/scripts/fault_table.py: an lmjax
+command in which one process stalls in one phase (sleeps for good, as a hung
+collective, a bucket that stops answering or a stuck reader would), dies
+there (SIGKILL), or is slow there (sleeps 8 s, then goes on).
 
-  python tests/scripts/stalled_run.py PROCESS:PHASE[:STEP] MODULE [FLAGS...]
+  python tests/scripts/stalled_run.py [ACTION@]PROCESS:PHASE[:STEP] MODULE [FLAGS...]
 
-PHASE is step (the batch of STEP never comes), evaluation, probe or save
-(the checkpoint of STEP). Other processes run MODULE as it is.
+ACTION is stall (the default), kill or slow. PHASE is step (the batch of
+STEP), evaluation, probe or save (the checkpoint of STEP). Other processes
+run MODULE as it is. A process that reaches the phase says so on stdout.
 """
 
 import os
 import runpy
+import signal
 import sys
 import time
 
 
+_ACTION = ["stall"]
+
+
 def _stall(*args, **kwargs):
+  """Stands in for the phase's function (whose original, if any, follows)."""
   del args, kwargs
-  print(f"stalling process {os.environ['JAX_PROCESS_ID']}", flush=True)
-  time.sleep(10**6)
+  action = _ACTION[0]
+  print(f"{action} process {os.environ['JAX_PROCESS_ID']}", flush=True)
+  if action == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+  time.sleep(8 if action == "slow" else 10**6)
 
 
 def _inject(phase: str, step: int) -> None:
@@ -28,23 +38,27 @@ def _inject(phase: str, step: int) -> None:
   from lmjax.trainer import checkpoints
 
   if phase == "evaluation":
-    mlm_nsp.evaluate = _stall
+    evaluate = mlm_nsp.evaluate
+    mlm_nsp.evaluate = lambda *a: (_stall(), evaluate(*a))[1]
   elif phase == "probe":
-    probe.Probe.__call__ = _stall
+    call = probe.Probe.__call__
+    probe.Probe.__call__ = lambda self, params: (_stall(), call(self, params))[1]
   elif phase == "step":
     original = loader.Loader.__next__
-    loader.Loader.__next__ = lambda self: (_stall() if self.step + 1 == step
-                                           else original(self))
+    loader.Loader.__next__ = lambda self: ((_stall(), original(self))[1]
+                                           if self.step + 1 == step else original(self))
   elif phase == "save":
     original_save = checkpoints.Checkpoints.save
-    checkpoints.Checkpoints.save = lambda self, s, *a: (_stall() if s == step
-                                                        else original_save(self, s, *a))
+    checkpoints.Checkpoints.save = lambda self, s, *a: (
+        (_stall(), original_save(self, s, *a))[1] if s == step else original_save(self, s, *a))
   else:
     raise SystemExit(f"unknown phase {phase}")
 
 
 def main() -> None:
   where, module, *flags = sys.argv[1:]
+  if "@" in where:
+    _ACTION[0], where = where.split("@")
   process, phase, *step = where.split(":")
   if os.environ.get("LMJAX_SUPERVISED") and os.environ["JAX_PROCESS_ID"] == process:
     _inject(phase, int(step[0]) if step else 0)
