@@ -6,7 +6,8 @@
 #   launch/local.sh [--dry-run] [--devices=K] [--port=P] N COMMAND...
 #
 # When one process fails the others get SIGTERM, then SIGKILL after
-# $LMJAX_LAUNCH_GRACE_S seconds (default 20). SIGTERM or SIGINT to the
+# $LMJAX_LAUNCH_GRACE_S seconds (default 30: longer than a survivor takes to
+# end itself with one line, see lmjax.distributed). SIGTERM or SIGINT to the
 # launcher goes to every process, and the launcher exits (143 or 130) only
 # once all have ended, killing what is left after the same grace period.
 #
@@ -31,6 +32,11 @@ if [[ $# -lt 2 || ! "$1" =~ ^[1-9][0-9]*$ || ! "$devices" =~ ^[1-9][0-9]*$ ]]; t
   exit 2
 fi
 count="$1"; shift
+grace=${LMJAX_LAUNCH_GRACE_S:-30}
+if [[ ! "$grace" =~ ^[0-9]+$ ]]; then
+  echo "error: LMJAX_LAUNCH_GRACE_S must be a whole number of seconds, got '$grace'" >&2
+  exit 2
+fi
 if [[ -z "$port" ]]; then
   port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')"
 fi
@@ -48,7 +54,6 @@ if [[ $dry_run == 1 ]]; then
 fi
 
 pids=() stopped_at=0
-grace=${LMJAX_LAUNCH_GRACE_S:-20}
 # SIGTERM lets the others save and exit; one stuck in a collective with a dead
 # peer cannot, so SIGKILL follows after a grace period.
 stop() { kill -TERM "${pids[@]}" 2>/dev/null || true; stopped_at=$SECONDS; }

@@ -162,6 +162,13 @@ def test_bad_usage_is_one_line_with_status_2(args):
   assert done.stderr.startswith("error:")
 
 
+def test_a_grace_period_that_is_not_a_number_is_one_line():
+  done = launch("2", "true", env=dict(os.environ, LMJAX_LAUNCH_GRACE_S="soon"))
+  assert done.returncode == 2
+  assert done.stderr == ("error: LMJAX_LAUNCH_GRACE_S must be a whole number of seconds, "
+                         "got 'soon'\n")
+
+
 @pytest.mark.parametrize("environ,message", [
     (dict(JAX_COORDINATOR_ADDRESS="localhost:1"), "set but not JAX_NUM_PROCESSES, "
                                                   "JAX_PROCESS_ID"),

@@ -25,6 +25,8 @@ FLAGS = ["--config=configs/pretrain.py", "--config.data.max_seq_length=32",
          "--config.train.stall_timeout_s=60"]
 CASES = [("kill", "step:13"), ("kill", "evaluation"), ("kill", "save:20"), ("kill", "probe"),
          ("term", "step:13"), ("term", "evaluation"), ("term", "save:20"), ("term", "probe")]
+if len(sys.argv) > 3:  # ACTION:PHASE ... : those cases only
+  CASES = [tuple(c.split(":", 1)) for c in sys.argv[3:]]
 
 
 def losses(workdir: Path) -> dict[int, float]:
