@@ -105,6 +105,7 @@ def run_to_end(command: list[str], env=None, timeout: float = 120) -> tuple[int,
   return process.returncode, out
 
 
+@pytest.mark.slow
 def test_many_evaluation_batches_on_two_processes_end_and_equal_one_process():
   """60 evaluations of 16 batches: without lmjax.parallel.in_order, CPU
   processes run the batches' collectives concurrently, in a different order

@@ -55,7 +55,7 @@ def test_training_on_one_batch_drives_the_loss_down():
   assert float(sums["mlm_correct"]) / 24 > 0.5
 
 
-@pytest.mark.parametrize("cp", [0.0, 0.5])
+@pytest.mark.parametrize("cp", [pytest.param(0.0, marks=pytest.mark.slow), 0.5])
 def test_accumulated_gradients_equal_one_big_batch_whatever_the_masked_counts(cp):
   """Without dropout, k micro-batches give the full batch's loss, metrics
   and update: each term is normalized by the full batch's count, and CP's
@@ -82,6 +82,7 @@ def test_accumulated_gradients_equal_one_big_batch_whatever_the_masked_counts(cp
                s4.params, s1.params)
 
 
+@pytest.mark.slow
 def test_accumulated_classification_equals_one_big_batch():
   from lmjax.model import BertForSequenceClassification  # pylint: disable=import-outside-toplevel
   from lmjax.train import classification  # pylint: disable=import-outside-toplevel
