@@ -287,6 +287,16 @@ def test_two_processes_of_four_devices_train_as_one_of_eight(env, corpus, tmp_pa
   assert steps == [10, 20, 30]
 
 
+def rerun_resumes_from_step_10(command, env, workdir, uninterrupted) -> None:
+  """The same command again resumes from step 10 and repeats the
+  uninterrupted run's losses exactly."""
+  done = launch("2", *command, env=env)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "resuming from the checkpoint of step 10" in done.stdout
+  expected = {s: line["loss"] for s, line in train_lines(uninterrupted).items()}
+  assert {s: line["loss"] for s, line in train_lines(workdir).items()} == expected
+
+
 @pytest.mark.slow
 def test_both_processes_killed_then_restarted_repeat_the_run(env, corpus, tmp_path,
                                                             two_process_run):
@@ -300,11 +310,7 @@ def test_both_processes_killed_then_restarted_repeat_the_run(env, corpus, tmp_pa
     os.kill(pid, 9)
   process.wait(timeout=60)
   assert process.returncode != 0
-  done = launch("2", *command, env=env)
-  assert done.returncode == 0, done.stderr[-3000:]
-  assert "resuming from the checkpoint of step 10" in done.stdout
-  expected = {s: line["loss"] for s, line in train_lines(two_process_run[0]).items()}
-  assert {s: line["loss"] for s, line in train_lines(workdir).items()} == expected
+  rerun_resumes_from_step_10(command, env, workdir, two_process_run[0])
 
 
 @pytest.mark.slow
@@ -326,11 +332,7 @@ def test_a_stalled_process_ends_every_process_with_one_line_and_a_rerun_resumes(
     assert "Rerun the same command on every host" in line
   assert "Traceback" not in out
   assert time.monotonic() - start < 120
-  done = launch("2", *command, env=env)
-  assert done.returncode == 0, done.stderr[-3000:]
-  assert "resuming from the checkpoint of step 10" in done.stdout
-  expected = {s: line["loss"] for s, line in train_lines(two_process_run[0]).items()}
-  assert {s: line["loss"] for s, line in train_lines(workdir).items()} == expected
+  rerun_resumes_from_step_10(command, env, workdir, two_process_run[0])
 
 
 @pytest.mark.slow
