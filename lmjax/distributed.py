@@ -9,6 +9,8 @@ second and reads the others'. A process killed outside the program
 completes; when its beat has not moved for `LMJAX_PEER_TIMEOUT_S` seconds
 (default 20) the watch ends this process with one line. Without it JAX's
 own heartbeat check would abort the process with a C++ stack trace, later.
+The same watch ends this process when another one called `stop_all` (its
+run stopped making progress, lmjax.trainer.watch), with that one's line.
 """
 
 import atexit
