@@ -51,6 +51,23 @@ def test_the_metric_writer_drops_lines_after_the_resumed_step(tmp_path):
   assert not MetricWriter(tmp_path / "other", enabled=False).path.parent.exists()
 
 
+def test_bucket_event_chunks_of_a_writer_opened_in_the_same_second_follow_the_first(
+    tmp_path):
+  """tensorboardX names an event file by the second it opens: a resumed
+  run's writer may get the same name, and its chunks must not overwrite."""
+  from lmjax.trainer.writer import _Chunks  # pylint: disable=import-outside-toplevel
+  name = str(tmp_path / "events.out.tfevents.1700000000.host")
+  for records in ([b"a", b"b"], [b"c"]):
+    chunks = _Chunks(name)
+    for record in records:
+      chunks.write(record)
+      chunks.flush()
+    chunks.close()
+  files = sorted(tmp_path.iterdir())
+  assert [f.name.rsplit(".", 1)[1] for f in files] == ["00000", "00001", "00002"]
+  assert b"".join(f.read_bytes() for f in files) == b"abc"
+
+
 def test_a_directory_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
   paths.check_writable(tmp_path / "new" / "run")  # made inside tmp_path: fine
   monkeypatch.setattr(os, "access", lambda path, mode: False)  # a read-only mount

@@ -134,7 +134,11 @@ class _Chunks:
   flushes every two minutes and at close)."""
 
   def __init__(self, path: str):
-    self._path, self._buffer, self._count = path, io.BytesIO(), 0
+    self._path, self._buffer = path, io.BytesIO()
+    # A writer opened in the same second as an earlier one (a quick resume)
+    # gets the same name from tensorboardX: its chunks follow that one's.
+    base = paths.resolve(path)
+    self._count = len(list(base.parent.glob(base.name + ".*"))) if base.parent.exists() else 0
 
   def write(self, data: bytes) -> None:
     self._buffer.write(data)
