@@ -85,7 +85,7 @@ while [[ ${#remaining[@]} -gt 0 ]]; do
   for index in "${!remaining[@]}"; do
     pid="${remaining[$index]}"
     kill -0 "$pid" 2>/dev/null && continue
-    set +e; wait "$pid"; code=$?; set -e
+    set +e; wait "$pid" 2>/dev/null; code=$?; set -e  # not bash's "Killed" notice
     unset 'remaining[index]'
     if [[ $code -ne 0 && $status -eq 0 ]]; then
       status=$code

@@ -80,7 +80,8 @@ def run_in_workdir(run_fn: Callable[[object, str], dict],
       sys.exit(distributed.supervise([sys.executable, *sys.orig_argv[1:]]))
     distributed.initialize()
     start = time.perf_counter()
-    summary = run_fn(config, workdir.value)
+    with distributed.lost_peers_in_one_line():
+      summary = run_fn(config, workdir.value)
     line = report(summary, time.perf_counter() - start)
     if line:
       print(line, flush=True)

@@ -76,8 +76,10 @@ def watch_peers(timeout: float, interval: float = 1.0) -> threading.Thread:
   """Starts the watch thread (see the module docstring); a process that
   exits says so, so that finishing is not taken for dying."""
   from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  global _me  # pylint: disable=global-statement
   client = distributed.global_state.client
   me, count = jax.process_index(), jax.process_count()
+  _me = me
 
   def beat(value: str) -> None:
     client.key_value_set(f"lmjax/beat/{me}", value, allow_overwrite=True)
@@ -122,6 +124,7 @@ def watch_peers(timeout: float, interval: float = 1.0) -> threading.Thread:
 _STOP_ALL = "lmjax/stop_all"
 _STOP_ALL_WAIT_S = 3.0  # the others' watches read the key every second
 _announced = False  # this process called stop_all
+_me: int | None = None  # this process's index, once the watch runs
 
 
 def stop_all(cause: str) -> None:
@@ -137,6 +140,24 @@ def stop_all(cause: str) -> None:
   _stop(cause, too=False)
 
 
+_LOST_PEER = ("Gloo", "Connection reset by peer", "Connection closed by peer", "Socket closed")
+
+
+@contextlib.contextmanager
+def lost_peers_in_one_line():
+  """Within it, a collective that fails because another process of the run
+  is gone (gloo sees its connection reset) ends this process with one line
+  and status 1, like the watch; not a traceback and then JAX's exit, which
+  would wait for the lost process."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    if jax.process_count() > 1 and any(m in str(e) for m in _LOST_PEER):
+      _stop("another process of this run is gone (killed, or its host lost): a collective "
+            "with it failed")
+    raise
+
+
 def _try_get(client, key: str) -> str | None:
   """The value of `key` in the coordination service; None when unset."""
   try:
@@ -148,7 +169,9 @@ def _try_get(client, key: str) -> str | None:
 
 
 def _stop(cause: str, too: bool = True) -> None:
-  print(f"\nerror: {cause}; process {jax.process_index()} stops{' too' if too else ''}. "
+  # Not jax.process_index(): at exit JAX's backends may be gone already.
+  me = _me if _me is not None else jax.process_index()
+  print(f"\nerror: {cause}; process {me} stops{' too' if too else ''}. "
         "Rerun the same command on every host to resume from the newest checkpoint",
         file=sys.stderr, flush=True)
   os._exit(PEER_LOST_STATUS)  # the main thread is stuck in a collective

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lmjax import distributed
 from lmjax.errors import ConfigError, first_line
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -49,17 +50,21 @@ def sum_over_processes(x: np.ndarray) -> np.ndarray:
   """
   if jax.process_count() == 1:
     return x
-  from jax._src import distributed  # pylint: disable=import-outside-toplevel
-  client, me = distributed.global_state.client, jax.process_index()
+  from jax._src import distributed as jax_distributed  # pylint: disable=import-outside-toplevel
+  client, me = jax_distributed.global_state.client, jax.process_index()
   call = next(_exchanges)
   key = f"lmjax/sum/{call}"
   x = np.ascontiguousarray(x)
-  client.key_value_set_bytes(f"{key}/{me}", x.tobytes())
-  client.wait_at_barrier(key, _EXCHANGE_TIMEOUT_MS)
-  values = [np.frombuffer(v, x.dtype).reshape(x.shape)
-            for _, v in client.key_value_dir_get_bytes(f"{key}/")]
-  if call:  # every process has read the previous exchange: its key can go
-    client.key_value_delete(f"lmjax/sum/{call - 1}/{me}")
+  try:
+    client.key_value_set_bytes(f"{key}/{me}", x.tobytes())
+    client.wait_at_barrier(key, _EXCHANGE_TIMEOUT_MS)
+    values = [np.frombuffer(v, x.dtype).reshape(x.shape)
+              for _, v in client.key_value_dir_get_bytes(f"{key}/")]
+    if call:  # every process has read the previous exchange: its key can go
+      client.key_value_delete(f"lmjax/sum/{call - 1}/{me}")
+  except Exception:  # pylint: disable=broad-exception-caught  # the service gave up on a peer
+    distributed.stop_all("another process of this run is gone (killed, or its host "
+                               "lost): the exchange between processes failed")
   return np.sum(values, axis=0, dtype=x.dtype)
 
 

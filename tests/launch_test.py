@@ -371,7 +371,10 @@ def wait_for_step(workdir: Path, step: int, process, timeout=240):
   deadline = time.time() + timeout
   path = workdir / "metrics.jsonl"
   while time.time() < deadline:
-    assert process.poll() is None, "the run ended before it was interrupted"
+    if process.poll() is not None:
+      err = process.stderr.read() if process.stderr else ""
+      raise AssertionError(f"the run ended ({process.returncode}) before it was interrupted: "
+                           f"{err[-2000:]}")
     if path.exists() and max(train_lines(workdir), default=0) >= step:
       return
     time.sleep(0.1)
@@ -424,7 +427,15 @@ def test_one_process_killed_ends_the_other_with_one_line(env, tmp_path, victim):
     os.kill(int(supervised[0]), 9)  # the run itself, not the supervising parent
     start = time.monotonic()
     survivor = processes[1 - victim]
-    _, err = survivor.communicate(timeout=60)
+    try:
+      _, err = survivor.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+      subprocess.run(["ps", "-ef", "--forest"], check=False)
+      subprocess.run(["py-spy", "dump", "--pid", str(survivor.pid)], check=False)
+      for child in subprocess.run(["pgrep", "-P", str(survivor.pid)], capture_output=True,
+                                  text=True, check=False).stdout.split():
+        subprocess.run(["py-spy", "dump", "--pid", child], check=False)
+      raise
     assert time.monotonic() - start < 60
   finally:
     for p in processes:
