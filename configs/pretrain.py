@@ -58,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       keep_checkpoints=3,
       cpu_peak_tflops=0.2,  # for MFU on CPU hosts; accelerators use known peaks
       profile_steps="",  # START,END: a jax.profiler trace of those steps in DIR/profile
-      stall_timeout_s=1800.0,  # several processes: one phase (step, evaluation, save) longer stops all
+      stall_timeout_s=1800.0,  # several processes: a phase (step, eval, save) longer stops all
   ))
 
   # A linear probe at each evaluation: a logistic regression on the frozen
