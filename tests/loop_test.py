@@ -310,6 +310,7 @@ def test_a_read_that_cannot_be_done_stops_with_one_line_and_moves_nothing(
 
 @pytest.mark.parametrize("error,kind", [
     (FileNotFoundError(2, "No such file"), "damage"),
+    (IsADirectoryError(21, "Is a directory"), "damage"),
     (ValueError("Unexpected end of data"), "damage"),
     (RuntimeError("DATA_LOSS: Error reading chunk: checksum mismatch"), "damage"),
     (OSError(5, "Input/output error"), "transient"),

@@ -69,8 +69,8 @@ def make_step(loss_fn: Callable, tx: optax.GradientTransformation, accum_steps: 
   micro-batches (exact when they hold equal counts), the others summed.
   `across` adds a term over the whole batch (see Across; with `totals`).
   """
-  gradients = (_accumulated if accum_steps > 1 else _whole)(
-      loss_fn, accum_steps, totals, across)
+  gradients = (_accumulated(loss_fn, accum_steps, totals, across) if accum_steps > 1
+               else _whole(loss_fn, totals, across))
 
   def train_step(state: TrainState, batch: Batch, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
@@ -85,9 +85,8 @@ def make_step(loss_fn: Callable, tx: optax.GradientTransformation, accum_steps: 
   return train_step
 
 
-def _whole(loss_fn, accum_steps, totals, across):
+def _whole(loss_fn, totals, across):
   """`(params, batch, rng) -> ((loss, parts), grads)` in one pass."""
-  del accum_steps
 
   def loss(params, batch, rng):
     fixed = () if totals is None else (totals(batch),)

@@ -102,8 +102,8 @@ def restore_failure(e: BaseException) -> str:
   text = f"{type(e).__name__}: {e}"
   if isinstance(e, (PermissionError, MemoryError)) or any(m in text for m in _FATAL):
     return "fault"
-  if isinstance(e, FileNotFoundError):
-    return "damage"
+  if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+    return "damage"  # a file missing, or a directory where a file should be
   if isinstance(e, (OSError, TimeoutError, ConnectionError)) or any(
       m in text for m in _PASSING):
     return "transient"
