@@ -34,7 +34,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       regression=False,  # local files: the label is a score
       metrics="",  # comma-separated, main first; '' = the task's own
       max_seq_length=128,  # longer examples are truncated (and counted)
-      length_buckets=4,  # batches pad to the shortest of this many lengths; 1 = max_seq_length
+      packing=True,  # several examples a row: no compute on padding, the same results
+      packed_length=ml_collections.config_dict.placeholder(int),  # rows; None = max_seq_length
+      length_buckets=4,  # packing off: batches pad to the shortest of this many lengths
       group_by_length=0,  # N: batches of one bucket, from windows of N batches (faster); 0 = off
       tokenizer="",  # only for init.source=random, or a checkpoint without a tokenizer
       data_dir="",  # tfds data directory; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets

@@ -168,6 +168,13 @@ def batch_sharding(mesh: Mesh, rules: Rules = RULES) -> NamedSharding:
   return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch",), rules))
 
 
+def batch_shards(mesh: Mesh, rules: Rules = RULES) -> int:
+  """The number of pieces `batch_sharding` cuts a batch into."""
+  axes = nn.logical_to_mesh_axes(("batch",), rules)[0]
+  axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+  return math.prod(mesh.shape[a] for a in axes)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 

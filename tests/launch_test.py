@@ -23,6 +23,12 @@ def launch(*args, env=None, timeout=300):
                         env=env, timeout=timeout, check=False)
 
 
+def tail(done: subprocess.CompletedProcess, chars: int = 3000) -> str:
+  """The end of a launch's output (the processes', prefixed) and of the
+  launcher's own, for a failed assertion."""
+  return f"{done.stdout[-chars:]}\n{done.stderr[-chars:]}"
+
+
 def test_dry_run_prints_each_process_command():
   done = launch("--dry-run", "--port=4321", "--devices=2", "3", "python", "-m",
                 "lmjax.pretrain", "--workdir=/tmp/a b")
@@ -252,7 +258,7 @@ def corpus(tmp_path_factory):
 def two_process_run(env, corpus, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("two") / "run"
   done = launch("2", *pretrain_command(workdir, *TWO_SLICES, corpus=corpus), env=env)
-  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.returncode == 0, tail(done)
   return workdir, done
 
 
@@ -270,7 +276,7 @@ def test_two_processes_of_four_devices_train_as_one_of_eight(env, corpus, tmp_pa
                        text=True,
                        cwd=ROOT, check=False,
                        env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
-  assert one.returncode == 0, one.stderr[-2000:]
+  assert one.returncode == 0, tail(one)
   single, double = train_lines(tmp_path / "one"), train_lines(workdir)
   assert sorted(single) == sorted(double) == list(range(1, 31))
   for step, line in single.items():
@@ -291,7 +297,7 @@ def rerun_resumes_from_step_10(command, env, workdir, uninterrupted) -> None:
   """The same command again resumes from step 10 and repeats the
   uninterrupted run's losses exactly."""
   done = launch("2", *command, env=env)
-  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.returncode == 0, tail(done)
   assert "resuming from the checkpoint of step 10" in done.stdout
   expected = {s: line["loss"] for s, line in train_lines(uninterrupted).items()}
   assert {s: line["loss"] for s, line in train_lines(workdir).items()} == expected
@@ -349,9 +355,9 @@ def test_fine_tuning_on_two_processes_is_fine_tuning_on_one(env, tmp_path):
   one = subprocess.run([*command, f"--workdir={tmp_path / 'one'}"], capture_output=True,
                        text=True, cwd=ROOT, check=False,
                        env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
-  assert one.returncode == 0, one.stderr[-2000:]
+  assert one.returncode == 0, tail(one)
   two = launch("2", *command, f"--workdir={tmp_path / 'two'}", env=env)
-  assert two.returncode == 0, two.stderr[-3000:]
+  assert two.returncode == 0, tail(two)
   single, double = train_lines(tmp_path / "one"), train_lines(tmp_path / "two")
   assert sorted(single) == sorted(double) == list(range(1, 13))
   for step, line in single.items():

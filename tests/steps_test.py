@@ -47,7 +47,8 @@ def test_training_on_one_batch_drives_the_loss_down():
     losses.append(float(metrics["loss"]))
   assert losses[-1] < 0.5 * losses[0]
   assert set(metrics) == {"loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy",
-                          "grad_norm", "learning_rate"}
+                          "grad_norm", "learning_rate", "real_tokens", "real_token_fraction"}
+  assert metrics["real_tokens"] == batch["input_mask"].sum()
   assert int(state.step) == 25
   eval_step = steps.jit_eval_step(mlm_nsp.make_eval_step(model), shardings.params, mesh)
   sums = eval_step(state.params, batch)

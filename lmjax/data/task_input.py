@@ -1,7 +1,7 @@
 """Task input: batches of encoded examples for fine-tuning (reshuffled
-every epoch, padded to length buckets, optionally grouped by length) and
-for evaluation (every example once, in order), each process reading its
-share of every global batch.
+every epoch, packed into rows or padded to length buckets, optionally
+grouped by length) and for evaluation (every example once), each process
+reading its share of every global batch.
 """
 
 import dataclasses
@@ -11,6 +11,7 @@ import grain
 import numpy as np
 
 from lmjax.data.loader import local_batch, stack
+from lmjax.data.packing import Packing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,31 +50,35 @@ def trim_to_bucket(batch: dict[str, np.ndarray], buckets: tuple[int, ...]) -> di
 
 @dataclasses.dataclass(frozen=True)
 class _Share:
-  """A process's rows of a global batch, cut to the global batch's bucket
-  (every process pads to the same length). Picklable, for grain."""
+  """A process's rows of a global batch: packed (every process packs the
+  whole batch alike), or cut to the global batch's bucket (every process
+  pads to the same length). Picklable, for grain."""
   process_index: int
-  local: int
+  process_count: int
   buckets: tuple[int, ...]
+  packing: Packing | None = None
 
   def __call__(self, batch):
-    start = self.process_index * self.local
-    return {k: v[start:start + self.local]
-            for k, v in trim_to_bucket(batch, self.buckets).items()}
+    batch = self.packing(batch) if self.packing else trim_to_bucket(batch, self.buckets)
+    local = local_batch(len(batch["input_mask"]), self.process_index, self.process_count)
+    start = self.process_index * local
+    return {k: v[start:start + local] for k, v in batch.items()}
 
 
 def examples_dataset(arrays: dict[str, np.ndarray], global_batch: int, seed: int,
                      process_index: int = 0, process_count: int = 1,
-                     buckets: tuple[int, ...] = (), group_window: int = 0
-                     ) -> grain.MapDataset:
+                     buckets: tuple[int, ...] = (), group_window: int = 0,
+                     packing: Packing | None = None) -> grain.MapDataset:
   """This process's share of global batches of encoded examples, reshuffled
-  every epoch, endless: `ds[k]` is its share of global batch k, padded to
-  the shortest of `buckets` that holds it (none: as encoded).
+  every epoch, endless: `ds[k]` is its share of global batch k, packed
+  into rows (lmjax.data.packing) or padded to the shortest of `buckets`
+  that holds it (none: as encoded).
 
   group_window > 0 (with buckets) makes each batch of examples of one
   bucket where it can (see `grouped_batches`), so that it pads little; 0
   batches them as shuffled."""
-  local = local_batch(global_batch, process_index, process_count)
-  share = _Share(process_index, local, tuple(buckets))
+  local_batch(global_batch, process_index, process_count)  # it splits evenly
+  share = _Share(process_index, process_count, tuple(buckets), packing)
   if group_window and len(buckets) > 1 and len(_Rows(arrays)) >= global_batch:
     bucket_of = np.searchsorted(np.asarray(buckets), arrays["input_mask"].sum(1))
     return grain.MapDataset.source(
@@ -137,10 +142,15 @@ def evaluation_batches(arrays: dict[str, np.ndarray], global_batch: int,
   padded = {k: np.concatenate([v, np.repeat(v[:1], total - n, axis=0)])
             for k, v in arrays.items()}
   padded["weights"] = (np.arange(total) < n).astype(np.float32)
-  share = _Share(process_index, local_batch(global_batch, process_index, process_count),
-                 tuple(buckets))
+  share = _Share(process_index, process_count, tuple(buckets))
   return [share({k: v[start:start + global_batch] for k, v in padded.items()})
           for start in range(0, total, global_batch)]
+
+
+def process_rows(batch: dict[str, np.ndarray], process_index: int = 0,
+                 process_count: int = 1) -> dict[str, np.ndarray]:
+  """This process's share of the rows of a global batch."""
+  return _Share(process_index, process_count, ())(batch)
 
 
 def by_length(arrays: dict[str, np.ndarray]) -> np.ndarray:

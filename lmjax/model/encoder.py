@@ -6,11 +6,12 @@ import jax.numpy as jnp
 
 from lmjax.model.config import REMAT_POLICIES, BertConfig
 from lmjax.model.layers import Embeddings, EncoderLayer, dense
+from lmjax.model.rows import Tokens, at_starts
 
 
-def _layer_step(layer, x_BxLxD, mask_BxL, deterministic):
+def _layer_step(layer, x_BxLxD, tokens, deterministic):
   """Scan body: one layer, carrying the hidden states."""
-  return layer(x_BxLxD, mask_BxL, deterministic), None
+  return layer(x_BxLxD, tokens, deterministic), None
 
 
 class Encoder(nn.Module):
@@ -24,8 +25,11 @@ class Encoder(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, mask_BxL, deterministic: bool):
+  def __call__(self, x_BxLxD, tokens: Tokens | jax.Array, deterministic: bool):
+    """`tokens`: their layout (lmjax.model.rows), or a mask [B, L] that is 1
+    on real tokens."""
     cfg = self.config
+    tokens = tokens if isinstance(tokens, Tokens) else Tokens.of(tokens)
     layer_cls = EncoderLayer
     if cfg.remat_policy != "none":
       # Argument 3 (counting self) is `deterministic`, a Python bool.
@@ -33,21 +37,24 @@ class Encoder(nn.Module):
                            prevent_cse=not cfg.scan_layers, static_argnums=(3,))
     if not cfg.scan_layers:
       for i in range(cfg.num_layers):
-        x_BxLxD = layer_cls(cfg, name=f"layers_{i}")(x_BxLxD, mask_BxL,
-                                                      deterministic)
+        x_BxLxD = layer_cls(cfg, name=f"layers_{i}")(x_BxLxD, tokens, deterministic)
       return x_BxLxD
     scan = nn.scan(
         _layer_step, variable_axes={"params": 0},
         split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"})
-    x_BxLxD, _ = scan(layer_cls(cfg, name="layers"), x_BxLxD, mask_BxL,
-                      deterministic)
+    x_BxLxD, _ = scan(layer_cls(cfg, name="layers"), x_BxLxD, tokens, deterministic)
     return x_BxLxD
 
 
 class BertModel(nn.Module):
-  """BERT's encoder: returns (sequence output [B, L, D], pooled output [B, D])."""
+  """BERT's encoder: returns (sequence output [B, L, D], pooled output [B, D]).
+
+  Packed rows (lmjax.model.rows) add `positions` and `example_index` [B, L]
+  and `example_starts` [B, E]; the pooled output is then each example's,
+  [B, E, D].
+  """
 
   config: BertConfig
 
@@ -58,11 +65,14 @@ class BertModel(nn.Module):
                         "pooler")
 
   def __call__(self, input_ids_BxL, segment_ids_BxL, input_mask_BxL,
-               deterministic: bool = True):
-    x_BxLxD = self.embeddings(input_ids_BxL, segment_ids_BxL, deterministic)
-    x_BxLxD = self.encoder(x_BxLxD, input_mask_BxL, deterministic)
-    pooled_BxD = jnp.tanh(self.pooler(x_BxLxD[:, 0]))
-    pooled_BxD = nn.with_logical_constraint(pooled_BxD, ("batch", "embed"))
+               deterministic: bool = True, positions=None, example_index=None,
+               example_starts=None):
+    tokens = Tokens.of(input_mask_BxL, positions, example_index)
+    x_BxLxD = self.embeddings(input_ids_BxL, segment_ids_BxL, deterministic, tokens)
+    x_BxLxD = self.encoder(x_BxLxD, tokens, deterministic)
+    pooled_BxD = jnp.tanh(self.pooler(at_starts(x_BxLxD, example_starts)))
+    pooled_BxD = nn.with_logical_constraint(
+        pooled_BxD, ("batch", "embed") if example_starts is None else ("batch", None, "embed"))
     return x_BxLxD, pooled_BxD
 
   def word_embedding_table(self) -> jax.Array:

@@ -4,10 +4,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmjax.model.config import BertConfig
+from lmjax.model.config import ACTIVATIONS, BertConfig
 from lmjax.model.encoder import BertModel
-from lmjax.model.config import ACTIVATIONS
 from lmjax.model.layers import Dropout, dense, layer_norm, logits_dtype, zeros_init
+from lmjax.model.rows import Tokens, example_keys
+
+# The inputs of packed rows (lmjax.model.rows), None for unpacked ones.
+PACKED_INPUTS = ("positions", "example_index", "example_starts")
 
 
 class MaskedLMHead(nn.Module):
@@ -44,6 +47,8 @@ class BertForPreTraining(nn.Module):
 
   The MLM head runs only at `masked_positions` [B, P], never over all L
   positions, so its cost scales with P (BERT's max_predictions_per_seq).
+  Packed rows of several pairs (lmjax.model.rows) give NSP logits and
+  pooled outputs per pair, [B, E, ...].
   """
 
   config: BertConfig
@@ -54,36 +59,51 @@ class BertForPreTraining(nn.Module):
     self.nsp = dense(self.config, 2, ("embed", None), "nsp")
 
   def __call__(self, input_ids, segment_ids, input_mask, masked_positions,
-               deterministic: bool = True) -> dict[str, jax.Array]:
+               deterministic: bool = True, positions=None, example_index=None,
+               example_starts=None) -> dict[str, jax.Array]:
     """Returns sequence_output [B,L,D], pooled_output [B,D], mlm_logits [B,P,V]
-    and nsp_logits [B,2]; logits are float32 (float64 in a float64 model)."""
+    and nsp_logits [B,2] ([B,E,D] and [B,E,2] packed); logits are float32
+    (float64 in a float64 model)."""
     seq_BxLxD, pooled_BxD = self.bert(input_ids, segment_ids, input_mask,
-                                      deterministic)
+                                      deterministic, positions, example_index,
+                                      example_starts)
     mlm_logits_BxPxV = self.mlm(gather_positions(seq_BxLxD, masked_positions),
                                 self.bert.word_embedding_table())
     nsp_logits_Bx2 = self.nsp(pooled_BxD).astype(logits_dtype(self.config.dtype))
     return dict(sequence_output=seq_BxLxD, pooled_output=pooled_BxD,
                 mlm_logits=mlm_logits_BxPxV, nsp_logits=nsp_logits_Bx2)
 
-  def mean_pooled(self, input_ids, segment_ids, input_mask) -> jax.Array:
-    """The last layer's mean over real tokens [B, D], in float32, with no
-    dropout: features for a linear probe."""
-    seq_BxLxD, _ = self.bert(input_ids, segment_ids, input_mask, True)
-    mask_BxLx1 = input_mask[..., None].astype(jnp.float32)
-    return ((seq_BxLxD.astype(jnp.float32) * mask_BxLx1).sum(1)
-            / jnp.maximum(mask_BxLx1.sum(1), 1.0))
+  def mean_pooled(self, input_ids, segment_ids, input_mask, positions=None,
+                  example_index=None, example_starts=None) -> jax.Array:
+    """The last layer's mean over each example's real tokens, [B, D] (or
+    [B, E, D] packed), in float32, with no dropout: features for a linear
+    probe."""
+    seq_BxLxD, _ = self.bert(input_ids, segment_ids, input_mask, True, positions,
+                             example_index, example_starts)
+    seq_BxLxD = seq_BxLxD.astype(jnp.float32)
+    if example_starts is None:
+      mask_BxLx1 = input_mask[..., None].astype(jnp.float32)
+      return (seq_BxLxD * mask_BxLx1).sum(1) / jnp.maximum(mask_BxLx1.sum(1), 1.0)
+    example_BxE = jnp.take_along_axis(example_index, example_starts, axis=1)
+    mine_BxExL = ((example_index[:, None, :] == example_BxE[:, :, None])
+                  & input_mask[:, None, :].astype(bool)).astype(jnp.float32)
+    return (jnp.einsum("bel,bld->bed", mine_BxExL, seq_BxLxD)
+            / jnp.maximum(mine_BxExL.sum(-1, keepdims=True), 1.0))
 
-  def pooled(self, input_ids, segment_ids, input_mask,
-             deterministic: bool = True) -> jax.Array:
-    """The encoder's pooled output [B, D] alone (contrastive prediction)."""
-    return self.bert(input_ids, segment_ids, input_mask, deterministic)[1]
+  def pooled(self, input_ids, segment_ids, input_mask, deterministic: bool = True,
+             positions=None, example_index=None, example_starts=None) -> jax.Array:
+    """The encoder's pooled output [B, D] ([B, E, D] packed) alone
+    (contrastive prediction)."""
+    return self.bert(input_ids, segment_ids, input_mask, deterministic, positions,
+                     example_index, example_starts)[1]
 
 
 class BertForSequenceClassification(nn.Module):
   """BERT with dropout + a linear layer on the pooled output.
 
   `num_labels` classes give classification logits; `num_labels=1` is a
-  regressor whose single output is the predicted score.
+  regressor whose single output is the predicted score. Packed rows give
+  them per example, [B, E, num_labels].
   """
 
   config: BertConfig
@@ -97,9 +117,15 @@ class BertForSequenceClassification(nn.Module):
     self.classifier = dense(self.config, self.num_labels, ("embed", None),
                             "classifier")
 
-  def __call__(self, input_ids, segment_ids, input_mask,
-               deterministic: bool = True) -> jax.Array:
-    """Returns logits [B, num_labels], in at least float32."""
-    _, pooled_BxD = self.bert(input_ids, segment_ids, input_mask, deterministic)
-    pooled_BxD = self.dropout(pooled_BxD, deterministic=deterministic)
+  def __call__(self, input_ids, segment_ids, input_mask, deterministic: bool = True,
+               positions=None, example_index=None, example_starts=None) -> jax.Array:
+    """Returns logits [B, num_labels] ([B, E, num_labels] packed), in at
+    least float32."""
+    _, pooled_BxD = self.bert(input_ids, segment_ids, input_mask, deterministic,
+                              positions, example_index, example_starts)
+    keys = None
+    if example_starts is not None:
+      keys = example_keys(Tokens.of(input_mask, positions, example_index), example_starts,
+                          pooled_BxD.shape[-1])
+    pooled_BxD = self.dropout(pooled_BxD, deterministic, keys)
     return self.classifier(pooled_BxD).astype(logits_dtype(self.config.dtype))

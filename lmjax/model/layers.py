@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from lmjax.model.config import ACTIVATIONS, BertConfig
+from lmjax.model.rows import Tokens
 
 
 def kernel_init(config: BertConfig, axes: tuple) -> nn.initializers.Initializer:
@@ -40,18 +41,24 @@ def layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
       bias_init=zeros_init(("embed",)), name=name)
 
 
-def keep_mask(seed, shape: tuple[int, ...], keep: float) -> jax.Array:
-  """A boolean mask, true with probability `keep`, hashed from `seed` and each
-  element's index along every axis (murmur3's finalizer, chained over the
-  axes). Element (i, j, ...) has the same value whatever the array's shape,
-  so a batch padded less keeps the masks of its tokens; it costs a few
-  integer operations an element."""
-  h = seed.astype(jnp.uint32)
-  for axis, size in enumerate(shape):
-    index = jax.lax.broadcasted_iota(
+def keep_mask(seed, shape: tuple[int, ...], keep: float, indices=None) -> jax.Array:
+  """A boolean mask, true with probability `keep`, hashed from `seed` and an
+  element's indices (murmur3's finalizer, chained over them). By default
+  those are its index along every axis, so element (i, j, ...) has the
+  same value whatever the array's shape: a batch padded less keeps the
+  masks of its tokens. `indices`, integer arrays broadcastable to `shape`,
+  replace them: a packed row keys a token by (example, position in the
+  example), which gives it the mask it has in a row of its own. It costs a
+  few integer operations an element."""
+  if indices is None:
+    indices = [jax.lax.broadcasted_iota(
         jnp.uint32, [size if i == axis else 1 for i in range(len(shape))], axis)
+               for axis, size in enumerate(shape)]
+  h = seed.astype(jnp.uint32)
+  for index in indices:
+    index = jnp.asarray(index).astype(jnp.uint32)
     h = _mix(h ^ (index * jnp.uint32(0x9E3779B9) + jnp.uint32(0x7F4A7C15)))
-  return h < jnp.uint32(min(int(keep * 2**32), 2**32 - 1))
+  return jnp.broadcast_to(h, shape) < jnp.uint32(min(int(keep * 2**32), 2**32 - 1))
 
 
 def _mix(h):
@@ -68,13 +75,14 @@ class Dropout(nn.Module):
   rate: float
 
   @nn.compact
-  def __call__(self, x, deterministic: bool):
+  def __call__(self, x, deterministic: bool, indices=None):
+    """`indices`: what keys each element's mask (see `keep_mask`)."""
     if deterministic or self.rate == 0.0:
       return x
     keep = 1.0 - self.rate
     seed = jax.random.bits(self.make_rng("dropout"), (), jnp.uint32)
-    return jnp.where(keep_mask(seed, x.shape, keep), x / jnp.asarray(keep, x.dtype),
-                     jnp.zeros((), x.dtype))
+    return jnp.where(keep_mask(seed, x.shape, keep, indices),
+                     x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
 
 
 class Embeddings(nn.Module):
@@ -96,17 +104,23 @@ class Embeddings(nn.Module):
     self.layer_norm = layer_norm(cfg, "layer_norm")
     self.dropout = Dropout(cfg.dropout_rate)
 
-  def __call__(self, input_ids_BxL, segment_ids_BxL, deterministic: bool):
-    """Returns the embedded sequence [B, L, D]."""
+  def __call__(self, input_ids_BxL, segment_ids_BxL, deterministic: bool,
+               tokens: Tokens | None = None):
+    """Returns the embedded sequence [B, L, D]; packed rows (`tokens`) take
+    each token's position in its own example."""
     length = input_ids_BxL.shape[1]
     if length > self.config.max_position:
       raise ValueError(f"sequence length {length} exceeds max_position "
                        f"{self.config.max_position}")
     x_BxLxD = (_lookup(self.word_embeddings, input_ids_BxL)
                + _lookup(self.token_type_embeddings, segment_ids_BxL))
-    positions_LxD = self.position_embeddings.embedding[:length]
-    x_BxLxD = x_BxLxD + positions_LxD.astype(self.config.dtype)[None]
-    x_BxLxD = self.dropout(self.layer_norm(x_BxLxD), deterministic=deterministic)
+    if tokens is not None and tokens.packed:
+      x_BxLxD = x_BxLxD + _lookup(self.position_embeddings, tokens.position)
+    else:
+      positions_LxD = self.position_embeddings.embedding[:length]
+      x_BxLxD = x_BxLxD + positions_LxD.astype(self.config.dtype)[None]
+    keys = None if tokens is None else tokens.token_keys(x_BxLxD.shape[-1])
+    x_BxLxD = self.dropout(self.layer_norm(x_BxLxD), deterministic, keys)
     return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
 
   def word_embedding_table(self) -> jax.Array:
@@ -151,14 +165,17 @@ def _lookup(embed: nn.Embed, ids_BxL):
 
 
 class MultiHeadAttention(nn.Module):
-  """Bidirectional self-attention over the unpadded positions."""
+  """Bidirectional self-attention over the unpadded positions (of a
+  token's own example, in packed rows)."""
 
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, mask_BxL, deterministic: bool):
-    """Returns the attention output [B, L, D]; `mask_BxL` is 1 on real tokens."""
+  def __call__(self, x_BxLxD, tokens: Tokens | jax.Array, deterministic: bool):
+    """Returns the attention output [B, L, D]; `tokens` is their layout, or
+    a mask [B, L] that is 1 on real tokens."""
     cfg = self.config
+    tokens = tokens if isinstance(tokens, Tokens) else Tokens.of(tokens)
 
     def project(name):
       return HeadProjection(cfg, (cfg.hidden_size, cfg.num_heads, cfg.head_dim),
@@ -168,26 +185,31 @@ class MultiHeadAttention(nn.Module):
     q_BxLxNxH = nn.with_logical_constraint(project("query")(x_BxLxD), axes)
     k_BxLxNxH = nn.with_logical_constraint(project("key")(x_BxLxD), axes)
     v_BxLxNxH = nn.with_logical_constraint(project("value")(x_BxLxD), axes)
-    mask_Bx1x1xL = mask_BxL[:, None, None, :].astype(bool)
+    mask_Bx1xQxL = tokens.attention_mask()  # Q: 1 unpacked, L packed
 
-    if cfg.attention_impl == "cudnn":
+    if cfg.attention_impl == "cudnn" and not tokens.packed:
       # cuDNN's fused kernel takes padding as key lengths (real tokens first,
       # as in every lmjax batch), not as a broadcast mask.
       out_BxLxNxH = jax.nn.dot_product_attention(
           q_BxLxNxH, k_BxLxNxH, v_BxLxNxH,
-          key_value_seq_lengths=mask_BxL.sum(-1).astype(jnp.int32),
+          key_value_seq_lengths=tokens.mask.sum(-1).astype(jnp.int32),
           implementation="cudnn")
+    elif cfg.attention_impl == "cudnn":
+      # Packed rows: jax's cuDNN attention takes the block-diagonal mask
+      # (as a bias of the fused kernel).
+      out_BxLxNxH = jax.nn.dot_product_attention(
+          q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask_Bx1xQxL, implementation="cudnn")
     elif (deterministic or cfg.attention_dropout_rate == 0.0) and (
         jnp.dtype(cfg.dtype) != jnp.float64):
       out_BxLxNxH = jax.nn.dot_product_attention(
-          q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask_Bx1x1xL,
+          q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask_Bx1xQxL,
           implementation="xla")
     else:
       # Explicit attention: for dropout on the probabilities, and in float64,
       # where the fused function would still round its softmax to float32.
-      probs_BxNxLxL = attention_probs(q_BxLxNxH, k_BxLxNxH, mask_Bx1x1xL)
+      probs_BxNxLxL = attention_probs(q_BxLxNxH, k_BxLxNxH, mask_Bx1xQxL)
       probs_BxNxLxL = Dropout(cfg.attention_dropout_rate)(
-          probs_BxNxLxL, deterministic=deterministic)
+          probs_BxNxLxL, deterministic, tokens.attention_keys(cfg.num_heads))
       out_BxLxNxH = jnp.einsum("bnqk,bknh->bqnh", probs_BxNxLxL, v_BxLxNxH)
     out_BxLxNxH = nn.with_logical_constraint(out_BxLxNxH, axes)
 
@@ -196,13 +218,14 @@ class MultiHeadAttention(nn.Module):
                           name="out")(out_BxLxNxH)
 
 
-def attention_probs(q_BxLxNxH, k_BxLxNxH, mask_Bx1x1xL):
-  """Softmax attention weights [B, N, L, L], computed in at least float32."""
+def attention_probs(q_BxLxNxH, k_BxLxNxH, mask_Bx1xQxL):
+  """Softmax attention weights [B, N, L, L], computed in at least float32;
+  the mask broadcasts over heads (and queries, when Q is 1)."""
   scale = q_BxLxNxH.shape[-1] ** -0.5
   dtype = logits_dtype(q_BxLxNxH.dtype)
   logits_BxNxLxL = jnp.einsum("bqnh,bknh->bnqk", q_BxLxNxH, k_BxLxNxH)
   logits_BxNxLxL = logits_BxNxLxL.astype(dtype) * scale
-  logits_BxNxLxL = jnp.where(mask_Bx1x1xL, logits_BxNxLxL, jnp.finfo(dtype).min)
+  logits_BxNxLxL = jnp.where(mask_Bx1xQxL, logits_BxNxLxL, jnp.finfo(dtype).min)
   return jax.nn.softmax(logits_BxNxLxL, axis=-1).astype(q_BxLxNxH.dtype)
 
 
@@ -231,14 +254,16 @@ class EncoderLayer(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, mask_BxL, deterministic: bool):
+  def __call__(self, x_BxLxD, tokens: Tokens | jax.Array, deterministic: bool):
+    """`tokens`: their layout, or a mask [B, L] that is 1 on real tokens."""
     cfg = self.config
+    tokens = tokens if isinstance(tokens, Tokens) else Tokens.of(tokens)
     dropout = Dropout(cfg.dropout_rate)
-    y_BxLxD = MultiHeadAttention(cfg, name="attention")(x_BxLxD, mask_BxL,
-                                                        deterministic)
-    y_BxLxD = dropout(y_BxLxD, deterministic=deterministic)
+    keys = tokens.token_keys(cfg.hidden_size)
+    y_BxLxD = MultiHeadAttention(cfg, name="attention")(x_BxLxD, tokens, deterministic)
+    y_BxLxD = dropout(y_BxLxD, deterministic, keys)
     x_BxLxD = layer_norm(cfg, "attention_norm")(x_BxLxD + y_BxLxD)
     y_BxLxD = FeedForward(cfg, name="mlp")(x_BxLxD)
-    y_BxLxD = dropout(y_BxLxD, deterministic=deterministic)
+    y_BxLxD = dropout(y_BxLxD, deterministic, keys)
     x_BxLxD = layer_norm(cfg, "mlp_norm")(x_BxLxD + y_BxLxD)
     return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))

@@ -20,6 +20,7 @@ import numpy as np
 from lmjax import parallel, paths
 from lmjax.data import tasks
 from lmjax.data.cache import LEARN
+from lmjax.data.packing import Packing
 from lmjax.data.task_input import bucket_lengths, examples_dataset
 from lmjax.errors import ConfigError, MissingSplitError, UserError, check_fields
 from lmjax.model import BertForSequenceClassification, flops_per_token
@@ -51,6 +52,8 @@ def check_config(config) -> None:
                         f"{', '.join(METRICS)})")
   check_fields("config.task", config.task, [
       ("max_seq_length", config.task.max_seq_length >= 4, "at least 4"),
+      ("packed_length", config.task.packed_length is None or config.task.packed_length >= 4,
+       "at least 4 (None: max_seq_length)"),
       ("length_buckets", 1 <= config.task.length_buckets <= 64, "in [1, 64]"),
       ("group_by_length", config.task.group_by_length >= 0, "at least 0"),
       ("num_threads", config.task.num_threads >= 0, "at least 0"),
@@ -105,6 +108,7 @@ def _encoded_splits(task, config, start: init_sources.Start
                       f"{start.config.max_position} positions")
   splits = _load_splits(task, config.task.data_dir or None)
   encoded = {name: tasks.encode(ex, start.tokenizer, length) for name, ex in splits.items()}
+  check_packing(config.task, encoded, start.config.max_position)
   print(f"{task.name}: {', '.join(f'{k} {len(e)}' for k, e in encoded.items())} examples; "
         f"truncated to {length} tokens: "
         f"{', '.join(f'{k} {e.truncated}' for k, e in encoded.items())}; "
@@ -128,6 +132,29 @@ class _Scorer:
 def length_buckets(task_config) -> tuple[int, ...]:
   """The lengths batches are padded to (config.task.length_buckets of them)."""
   return bucket_lengths(task_config.max_seq_length, task_config.length_buckets)
+
+
+def packed_length(task_config) -> int | None:
+  """The length of packed rows; None when the task's batches are not packed."""
+  if not task_config.get("packing", False):
+    return None
+  return task_config.get("packed_length") or task_config["max_seq_length"]
+
+
+def check_packing(task_config, encoded: dict[str, tasks.Encoded], max_position: int) -> None:
+  """Raises ConfigError when packed rows cannot hold the longest example
+  or are longer than the model's positions."""
+  length = packed_length(task_config)
+  if length is None:
+    return
+  if length > max_position:
+    raise ConfigError(f"config.task.packed_length ({length}) exceeds the model's "
+                      f"{max_position} positions")
+  longest = max(int(e.arrays["input_mask"].sum(1).max(initial=0)) for e in encoded.values())
+  if longest > length:
+    raise ConfigError(f"config.task.packed_length ({length}) is shorter than the longest "
+                      f"example ({longest} tokens); set it to at least {longest}, or "
+                      "--config.task.packing=false")
 
 
 def _schedule(config, train_size: int) -> tuple[Schedule, ml_collections.ConfigDict]:
@@ -156,11 +183,12 @@ def _job(config, mesh, task, start: init_sources.Start, encoded, best: BestCheck
     state = init_sources.with_params(state, shardings, start.params)
   eval_step = steps.jit_eval_step(classification.make_eval_step(model), shardings.params,
                                   mesh)
-  buckets = length_buckets(config.task)
+  buckets, rows = length_buckets(config.task), packed_length(config.task)
   scorers = {name: _Scorer(eval_step, task.metrics, device_batches(
-      encoded[name].arrays, config.train.eval_batch_size, mesh, buckets),
+      encoded[name].arrays, config.train.eval_batch_size, mesh, buckets, rows),
                            encoded[name].arrays["labels"])
              for name in ("validation", "test") if name in encoded}
+  packing = rows and Packing(rows, config.train.grad_accum_steps, parallel.batch_shards(mesh))
 
   def evaluate(state, step: int) -> dict:
     scores = scorers["validation"](state.params, "eval")
@@ -175,7 +203,8 @@ def _job(config, mesh, task, start: init_sources.Start, encoded, best: BestCheck
           optimizer.learning_rate_schedule(resolved)), shardings, mesh),
       train_data=examples_dataset(train_arrays, config.train.batch_size, config.seed,
                                   **parallel.process_share(), buckets=buckets,
-                                  group_window=config.task.group_by_length),
+                                  group_window=config.task.group_by_length,
+                                  packing=packing or None),
       evaluate=evaluate, schedule=schedule,
       throughput=Throughput(flops_per_token(start.config, length, 0),
                             peak_flops_per_device(config.train.cpu_peak_tflops)),

@@ -17,7 +17,7 @@ from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError
 from lmjax.model import BertConfig, BertForSequenceClassification
 from lmjax.runs import init_sources
-from lmjax.runs.finetuning import check_config
+from lmjax.runs.finetuning import check_config, check_packing, packed_length
 from lmjax.runs.scoring import device_batches, logits
 from lmjax.train import classification, steps
 from lmjax.trainer import scaffold
@@ -60,8 +60,11 @@ def predict(config, workdir: paths.PathLike) -> dict:
                                   jax.tree.map(lambda x: x.sharding, params), mesh)
   buckets = bucket_lengths(saved["task"]["max_seq_length"],
                            saved["task"].get("length_buckets", 1))  # 1: an older workdir
+  rows = packed_length(saved["task"])
+  if rows is not None:
+    check_packing(saved["task"], {"input": encoded}, model_cfg.max_position)
   out = logits(eval_step, params, device_batches(encoded.arrays, config.train.eval_batch_size,
-                                                 mesh, buckets))
+                                                 mesh, buckets, rows))
   output = paths.resolve(config.predict.output or workdir / "predictions.jsonl")
   paths.check_writable(output.parent)
   if scaffold.is_lead():

@@ -10,8 +10,12 @@ import numpy as np
 from lmjax.data import tasks
 from lmjax.data.task_input import bucket_lengths
 from lmjax.errors import ConfigError, MissingSplitError, UserError
+from lmjax.model.heads import PACKED_INPUTS
 from lmjax.runs.scoring import device_batches, logits
 from lmjax.train import baselines, steps
+
+
+FEATURE_INPUTS = ("input_ids", "segment_ids", "input_mask", *PACKED_INPUTS)
 
 
 def resolve(section) -> tasks.Task | None:
@@ -42,9 +46,10 @@ class Probe:
   """`probe(params) -> {eval_probe_accuracy}` for BertForPreTraining params."""
 
   def __init__(self, task: tasks.Task, section, model, tokenizer, max_seq_length: int,
-               params_shardings, mesh, batch_size: int = 128):
+               params_shardings, mesh, batch_size: int = 128, packed: bool = True):
     """Reads and encodes the probe's samples and puts them on `mesh` in
-    batches of about `batch_size`, by length."""
+    batches of about `batch_size` rows, packed (or one example a row, by
+    length)."""
     splits = {}
     for seed, (split, count) in enumerate((("train", section.train_examples),
                                            ("validation", section.eval_examples))):
@@ -57,12 +62,13 @@ class Probe:
     batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size  # splits evenly
     self._batches = {
         split: device_batches(tasks.encode(ex, tokenizer, max_seq_length).arrays, batch_size,
-                              mesh, buckets) for split, ex in splits.items()}
+                              mesh, buckets, max_seq_length if packed else None)
+        for split, ex in splits.items()}
     self._labels = {split: ex.labels for split, ex in splits.items()}
     self._features = steps.jit_eval_step(
-        lambda params, batch: model.apply({"params": params}, batch["input_ids"],
-                                          batch["segment_ids"], batch["input_mask"],
-                                          method="mean_pooled"), params_shardings, mesh)
+        lambda params, batch: model.apply(
+            {"params": params}, **{k: v for k, v in batch.items() if k in FEATURE_INPUTS},
+            method="mean_pooled"), params_shardings, mesh)
 
   def __call__(self, params) -> dict[str, float]:
     features = {split: logits(self._features, params, batches)

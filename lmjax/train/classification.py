@@ -13,19 +13,32 @@ import numpy as np
 import optax
 import scipy.special
 
+from lmjax.model.heads import PACKED_INPUTS
 from lmjax.train import steps
 from lmjax.train.task_metrics import task_metrics
 
 MODEL_INPUTS = ("input_ids", "segment_ids", "input_mask")
 
 
-def model_inputs(batch: steps.Batch) -> list:
-  return [batch[k] for k in MODEL_INPUTS]
+def model_inputs(batch: steps.Batch) -> dict:
+  """The model's inputs of a batch, packed rows' too."""
+  return {k: batch[k] for k in (*MODEL_INPUTS, *PACKED_INPUTS) if k in batch}
 
 
 def init_params(model: nn.Module, example_batch: steps.Batch) -> steps.InitParams:
   """`rng -> params` of `model` (a BertForSequenceClassification)."""
-  return lambda rng: model.init(rng, *model_inputs(example_batch))["params"]
+  inputs = {k: example_batch[k] for k in MODEL_INPUTS}
+  return lambda rng: model.init(rng, **inputs)["params"]
+
+
+def per_example(logits: jax.Array, batch: steps.Batch) -> tuple[jax.Array, jax.Array,
+                                                                  jax.Array]:
+  """(logits [M, K], labels [M], weights [M]) of a batch's examples: M = B
+  one a row, or R * E slots of packed rows, where empty slots weigh 0."""
+  if "example_mask" not in batch:
+    return logits, batch["labels"], jnp.ones(logits.shape[0], jnp.float32)
+  return (logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1),
+          batch["example_mask"].reshape(-1).astype(jnp.float32))
 
 
 def losses(logits_BxK: jax.Array, labels_B: jax.Array) -> jax.Array:
@@ -39,6 +52,8 @@ def losses(logits_BxK: jax.Array, labels_B: jax.Array) -> jax.Array:
 
 def totals(batch: steps.Batch) -> dict[str, jax.Array]:
   """The normalizer of a batch's loss: its examples."""
+  if "example_mask" in batch:
+    return dict(examples=batch["example_mask"].astype(jnp.float32).sum())
   return dict(examples=jnp.float32(batch["labels"].shape[0]))
 
 
@@ -49,15 +64,16 @@ def make_loss(model: nn.Module):
   counts that make accuracy."""
 
   def loss_fn(params, batch, rng, batch_totals=None):
-    logits_BxK = model.apply({"params": params}, *model_inputs(batch),
-                             deterministic=False, rngs={"dropout": rng})
-    loss_B = losses(logits_BxK, batch["labels"])
-    parts = dict(count=jnp.float32(loss_B.shape[0]))
-    if logits_BxK.shape[-1] > 1:
-      correct = logits_BxK.argmax(-1) == batch["labels"]
-      parts["correct"] = correct.sum().astype(jnp.float32)
+    logits = model.apply({"params": params}, **model_inputs(batch),
+                         deterministic=False, rngs={"dropout": rng})
+    logits_MxK, labels_M, weights_M = per_example(logits, batch)
+    loss_M = losses(logits_MxK, labels_M) * weights_M
+    parts = dict(count=weights_M.sum())
+    if logits_MxK.shape[-1] > 1:
+      correct = (logits_MxK.argmax(-1) == labels_M) * weights_M
+      parts["correct"] = correct.sum()
     examples = (batch_totals or totals(batch))["examples"]
-    return loss_B.sum() / examples, parts
+    return loss_M.sum() / examples, parts
 
   return loss_fn
 
@@ -74,10 +90,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
 
 def make_eval_step(model: nn.Module):
-  """Returns `eval_step(params, batch) -> logits [B, K]` with no dropout."""
+  """Returns `eval_step(params, batch) -> logits [B, K]` ([R, E, K] of
+  packed rows) with no dropout."""
 
   def eval_step(params, batch: steps.Batch):
-    return model.apply({"params": params}, *model_inputs(batch))
+    return model.apply({"params": params}, **model_inputs(batch))
 
   return eval_step
 

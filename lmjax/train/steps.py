@@ -57,7 +57,8 @@ def make_step(loss_fn: Callable, tx: optax.GradientTransformation, accum_steps: 
   `accum_steps` micro-batches whose gradients are summed in a `lax.scan`
   before one optimizer update (as big_vision does), so a step always means
   one update. `summarize(parts)` turns the parts into the step's metrics,
-  next to loss, grad_norm and learning_rate. Dropout keys are
+  next to loss, grad_norm, learning_rate and (for batches of tokens) the
+  real tokens and their share of the batch (`real_tokens`). Dropout keys are
   `fold_in(rng, step)` (and the micro-batch's index).
 
   With `totals(batch) -> {name: count}` (the full batch's normalizers: its
@@ -80,9 +81,19 @@ def make_step(loss_fn: Callable, tx: optax.GradientTransformation, accum_steps: 
     metrics = dict(loss=loss, **summarize(parts), grad_norm=optax.tree.norm(grads))
     if schedule is not None:
       metrics["learning_rate"] = schedule(state.step)
+    if "input_mask" in batch:
+      metrics.update(real_tokens(batch))
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
+
+
+def real_tokens(batch: Batch) -> dict[str, jax.Array]:
+  """The real (not padding) tokens of a batch, and their share of its token
+  positions."""
+  mask = batch["input_mask"]
+  tokens = mask.astype(jnp.float32).sum()
+  return dict(real_tokens=tokens, real_token_fraction=tokens / mask.size)
 
 
 def _whole(loss_fn, totals, across):

@@ -113,6 +113,8 @@ class _Metrics:
     for s, m in fetched:
       if not np.isfinite(m["loss"]):
         self._diverged(s, m["loss"])
+    if all("real_tokens" in m for _, m in fetched):  # tokens/s counts real tokens
+      self._tokens = sum(float(m.pop("real_tokens")) for _, m in fetched)
     rate, self._tokens = self._rate.read(self._tokens), 0
     for s, m in fetched:
       self._writer.write(s, {**{k: float(v) for k, v in m.items()},

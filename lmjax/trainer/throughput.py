@@ -62,9 +62,10 @@ class RateWindow:
     """The token positions of a (global) batch."""
     return batch[self._throughput.token_field].size
 
-  def read(self, tokens: int) -> dict:
-    """{tokens_per_s, mfu} of the `tokens` (padding included) that the steps
-    since the previous reading took in ({} for the first)."""
+  def read(self, tokens: float) -> dict:
+    """{tokens_per_s, mfu} of the `tokens` that the steps since the previous
+    reading took in ({} for the first): real tokens where the steps count
+    them (lmjax.train.steps.real_tokens), so MFU is the useful work's."""
     now, previous = self._clock(), self._start
     self._start = now
     if previous is None:

@@ -40,7 +40,8 @@ def main(rounds: int) -> None:
   head = jax.jit(lambda w, b: jnp.tanh(b["x"] @ w)[:, :2],
                  out_shardings=parallel.replicated(mesh))
   logits = scoring.logits(head, w,
-                          scoring.DeviceBatches(batches(0), np.arange(16 * rows)))
+                          scoring.DeviceBatches(batches(0), list(np.arange(16 * rows)
+                                                                 .reshape(16, rows)), 16 * rows))
   sums = [parallel.sum_over_processes(np.array([jax.process_index() + 1, r], np.int64))
           for r in range(3)]
   print(json.dumps(dict(scores=scores, logits=float(logits.sum()),

@@ -1,0 +1,170 @@
+"""Packed rows: several examples one after another in a row, so that a batch
+spends its compute on tokens rather than padding (lmjax.model.rows says
+what the model reads of them).
+
+A packed batch holds, for R rows of length L and at most E examples a row:
+  input_ids, segment_ids, input_mask [R, L]   the examples' tokens, then padding
+  positions [R, L]       each token's position in its example (0 at its [CLS])
+  example_index [R, L]   the example it belongs to (its index in the batch, or
+                         in its micro-batch), -1 on padding
+  example_starts [R, E]  where each example of the row begins (0 in empty slots)
+  example_mask [R, E]    1 for an example, 0 for an empty slot
+and every per-example field (labels, weights) as [R, E].
+
+Which example goes to which row is best-fit decreasing: exact to compute,
+deterministic, and within a row or two of the fewest rows. Numpy only.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from lmjax.errors import UserError
+
+# The sequence fields of an encoded example, which packing lays end to end.
+SEQUENCE_FIELDS = ("input_ids", "segment_ids", "input_mask")
+ROW_STEPS = 16  # row counts a batch may take: multiples of 1/16 of its examples
+
+
+def max_examples_per_row(row_length: int) -> int:
+  """E, the slots of a row: room for examples of 8 tokens on average (a
+  row holding fewer, longer examples leaves slots empty; more short ones
+  than E start another row)."""
+  return max(1, row_length // 8)
+
+
+def best_fit(lengths: np.ndarray, row_length: int, max_per_row: int) -> list[list[int]]:
+  """The examples of each row: the longest first, each into the row with
+  the least room that holds its tokens and has a free slot (best-fit
+  decreasing). Rows keep their examples in index order. O(N * L)."""
+  if len(lengths) and int(lengths.max()) > row_length:
+    raise UserError(f"an example of {int(lengths.max())} tokens does not fit a packed "
+                    f"row of {row_length}")
+  rows: list[list[int]] = []
+  with_room: list[list[int]] = [[] for _ in range(row_length + 1)]  # rows by free tokens
+  for i in np.argsort(-lengths, kind="stable").tolist():
+    n = int(lengths[i])
+    free = next((f for f in range(n, row_length + 1) if with_room[f]), None)
+    if free is None:
+      r, free = len(rows), row_length
+      rows.append([])
+    else:
+      r = with_room[free].pop()
+    rows[r].append(i)
+    if len(rows[r]) < max_per_row:
+      with_room[free - n].append(r)
+  return [sorted(r) for r in rows]
+
+
+def row_sizes(examples: int, multiple: int = 1) -> tuple[int, ...]:
+  """The row counts a batch of `examples` may be packed into: multiples of
+  ROW_STEPS-ths of it, each rounded up to `multiple`; the last holds one
+  example a row."""
+  step = max(1, -(-examples // ROW_STEPS))
+  sizes = {-(-min(examples, k * step) // multiple) * multiple
+           for k in range(1, ROW_STEPS + 1)}
+  return tuple(sorted(sizes | {-(-examples // multiple) * multiple}))
+
+
+def pack(arrays: dict[str, np.ndarray], row_length: int, *, groups: int = 1,
+         row_multiple: int = 1, rows: int | None = None,
+         max_per_row: int | None = None) -> dict[str, np.ndarray]:
+  """Packs a batch of N encoded examples (`SEQUENCE_FIELDS` [N, L0], any
+  other field [N] per example) into rows of `row_length`.
+
+  With `groups` = k, example i goes to group i % k as its (i // k)-th
+  example, and group g's rows are rows g, g + k, g + 2k, ... of the result:
+  the micro-batches of an accumulated step (lmjax.train.steps) hold the
+  examples they hold unpacked, with the same indices. Each group takes the
+  same number of rows, the smallest of `row_sizes` (in multiples of
+  `row_multiple`, the devices a batch is split over) that holds every
+  group, unless `rows` (a row count per group) is given.
+  """
+  n = len(arrays["input_mask"])
+  if n % groups:
+    raise ValueError(f"{n} examples do not split into {groups} groups")
+  max_per_row = max_per_row or max_examples_per_row(row_length)
+  lengths = arrays["input_mask"].sum(1).astype(np.int64)
+  members = [np.arange(g, n, groups) for g in range(groups)]
+  placed = [[m[r] for r in best_fit(lengths[m], row_length, max_per_row)] for m in members]
+  needed = max(len(p) for p in placed)
+  if rows is None:  # a micro-batch splits over the devices too
+    rows = next(s for s in row_sizes(n // groups, row_multiple) if s >= needed)
+  elif rows < needed:
+    raise ValueError(f"{needed} rows are needed, {rows} given")
+  out = _empty(arrays, rows * groups, row_length, max_per_row)
+  for g, group_rows in enumerate(placed):
+    for r, examples in enumerate(group_rows):
+      _fill(out, arrays, g + r * groups, examples, lengths, groups)
+  return out
+
+
+def _empty(arrays: dict, rows: int, row_length: int, max_per_row: int) -> dict:
+  out = {k: np.zeros((rows, row_length), arrays[k].dtype) for k in SEQUENCE_FIELDS}
+  out["positions"] = np.zeros((rows, row_length), np.int32)
+  out["example_index"] = np.full((rows, row_length), -1, np.int32)
+  out["example_starts"] = np.zeros((rows, max_per_row), np.int32)
+  out["example_mask"] = np.zeros((rows, max_per_row), np.int32)
+  for k, v in arrays.items():
+    if k not in SEQUENCE_FIELDS:
+      out[k] = np.zeros((rows, max_per_row, *v.shape[1:]), v.dtype)
+  return out
+
+
+def _fill(out: dict, arrays: dict, row: int, examples: list, lengths: np.ndarray,
+          groups: int) -> None:
+  start = 0
+  for slot, i in enumerate(examples):
+    n = int(lengths[i])
+    for k in SEQUENCE_FIELDS:
+      out[k][row, start:start + n] = arrays[k][i, :n]
+    out["positions"][row, start:start + n] = np.arange(n)
+    out["example_index"][row, start:start + n] = i // groups
+    out["example_starts"][row, slot] = start
+    out["example_mask"][row, slot] = 1
+    for k, v in arrays.items():
+      if k not in SEQUENCE_FIELDS:
+        out[k][row, slot] = v[i]
+    start += n
+
+
+@dataclasses.dataclass(frozen=True)
+class Packing:
+  """How a task's batches are packed: rows of `row_length`, the step's
+  `groups` (micro-batches), and the `row_multiple` (devices the batch is
+  split over) a row count must be. Picklable, for grain."""
+  row_length: int
+  groups: int = 1
+  row_multiple: int = 1
+
+  def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return pack(arrays, self.row_length, groups=self.groups, row_multiple=self.row_multiple)
+
+
+def pack_all(arrays: dict[str, np.ndarray], row_length: int, rows_per_batch: int
+             ) -> list[dict[str, np.ndarray]]:
+  """Every example once, packed into as few rows as they fit, cut into
+  batches of `rows_per_batch` rows (the last filled with empty rows):
+  evaluation's batches, where which examples share a batch does not
+  matter. `example_index` is each token's example's index in `arrays`."""
+  lengths = arrays["input_mask"].sum(1).astype(np.int64)
+  max_per_row = max_examples_per_row(row_length)
+  placed = best_fit(lengths, row_length, max_per_row)
+  rows = -(-max(len(placed), 1) // rows_per_batch) * rows_per_batch
+  out = _empty(arrays, rows, row_length, max_per_row)
+  for r, examples in enumerate(placed):
+    _fill(out, arrays, r, examples, lengths, 1)
+  return [{k: v[start:start + rows_per_batch] for k, v in out.items()}
+          for start in range(0, rows, rows_per_batch)]
+
+
+def slot_examples(batch: dict[str, np.ndarray]) -> np.ndarray:
+  """[R, E]: the example each slot of packed rows holds (its
+  `example_index`), -1 for an empty slot."""
+  index = np.take_along_axis(batch["example_index"], batch["example_starts"], 1)
+  return np.where(batch["example_mask"] > 0, index, -1)
+
+
+def real_token_fraction(batch: dict[str, np.ndarray]) -> float:
+  """The share of a batch's token slots that hold real tokens."""
+  return float(batch["input_mask"].mean()) if batch["input_mask"].size else 0.0
