@@ -82,6 +82,7 @@ def run_in_workdir(run_fn: Callable[[object, str], dict],
     start = time.perf_counter()
     with distributed.lost_peers_in_one_line():
       summary = run_fn(config, workdir.value)
+      distributed.leave_together()
     line = report(summary, time.perf_counter() - start)
     if line:
       print(line, flush=True)

@@ -140,6 +140,22 @@ def stop_all(cause: str) -> None:
   _stop(cause, too=False)
 
 
+_LEAVE = "lmjax/leave"
+LEAVE_TIMEOUT_S = 600.0
+
+
+def leave_together(timeout_s: float = LEAVE_TIMEOUT_S) -> None:
+  """At the end of a run of several processes: waits (at a barrier of the
+  coordination service) until every process has done its work. JAX's exit
+  closes a process's collective connections before anything else, and a
+  peer still in a collective then aborts; leaving together, none is. A
+  process gone meanwhile is the peer watch's to report."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  _quietly(distributed.global_state.client.wait_at_barrier, _LEAVE, int(timeout_s * 1000))
+
+
 _LOST_PEER = ("Gloo", "Connection reset by peer", "Connection closed by peer", "Socket closed")
 
 

@@ -24,9 +24,12 @@ def launch(*args, env=None, timeout=300):
 
 
 def tail(done: subprocess.CompletedProcess, chars: int = 3000) -> str:
-  """The end of a launch's output (the processes', prefixed) and of the
-  launcher's own, for a failed assertion."""
-  return f"{done.stdout[-chars:]}\n{done.stderr[-chars:]}"
+  """For a failed assertion: the lines of a launch's output that name an
+  error (a C++ abort's among them), then the end of the processes' output
+  and of the launcher's own."""
+  errors = [line for line in done.stdout.splitlines()
+            if any(m in line for m in ("rror", "terminate", "what():", "Check failed", "Fatal"))]
+  return "\n".join([*errors[:20], "...", done.stdout[-chars:], done.stderr[-chars:]])
 
 
 def test_dry_run_prints_each_process_command():
