@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       masked_lm_prob=0.15,
       short_seq_prob=0.1,
       whole_word_masking=False,
+      packing=True,  # a step's pairs share rows: no compute on padding (false: one a row)
       num_threads=2,  # host threads that prepare batches
   ))
 

@@ -23,6 +23,8 @@ from lmjax.errors import UserError
 
 # The sequence fields of an encoded example, which packing lays end to end.
 SEQUENCE_FIELDS = ("input_ids", "segment_ids", "input_mask")
+# An example's MLM targets [P]: a packed row holds those of its examples.
+PREDICTION_FIELDS = ("masked_positions", "masked_ids", "masked_weights")
 ROW_STEPS = 16  # row counts a batch may take: multiples of 1/16 of its examples
 
 
@@ -66,66 +68,84 @@ def row_sizes(examples: int, multiple: int = 1) -> tuple[int, ...]:
   return tuple(sorted(sizes | {-(-examples // multiple) * multiple}))
 
 
-def pack(arrays: dict[str, np.ndarray], row_length: int, *, groups: int = 1,
-         row_multiple: int = 1, rows: int | None = None,
-         max_per_row: int | None = None) -> dict[str, np.ndarray]:
-  """Packs a batch of N encoded examples (`SEQUENCE_FIELDS` [N, L0], any
-  other field [N] per example) into rows of `row_length`.
+def place(lengths: np.ndarray, row_length: int, *, groups: int = 1, row_multiple: int = 1,
+          max_per_row: int | None = None) -> list[list[int]]:
+  """The examples (indices into `lengths`) of each row of a packed batch.
 
-  With `groups` = k, example i goes to group i % k as its (i // k)-th
-  example, and group g's rows are rows g, g + k, g + 2k, ... of the result:
-  the micro-batches of an accumulated step (lmjax.train.steps) hold the
-  examples they hold unpacked, with the same indices. Each group takes the
-  same number of rows, the smallest of `row_sizes` (in multiples of
-  `row_multiple`, the devices a batch is split over) that holds every
-  group, unless `rows` (a row count per group) is given.
+  With `groups` = k, example i goes to group i % k, and group g's rows are
+  rows g, g + k, g + 2k, ...: the micro-batches of an accumulated step
+  (lmjax.train.steps) hold the examples they hold unpacked. Each group
+  takes the same number of rows, the smallest of `row_sizes` (in multiples
+  of `row_multiple`, the devices a batch is split over) that holds every
+  group's examples; spare rows are empty.
   """
-  n = len(arrays["input_mask"])
+  n = len(lengths)
   if n % groups:
     raise ValueError(f"{n} examples do not split into {groups} groups")
   max_per_row = max_per_row or max_examples_per_row(row_length)
-  lengths = arrays["input_mask"].sum(1).astype(np.int64)
   members = [np.arange(g, n, groups) for g in range(groups)]
-  placed = [[m[r] for r in best_fit(lengths[m], row_length, max_per_row)] for m in members]
+  placed = [[m[r].tolist() for r in best_fit(lengths[m], row_length, max_per_row)]
+            for m in members]
   needed = max(len(p) for p in placed)
-  if rows is None:  # a micro-batch splits over the devices too
-    rows = next(s for s in row_sizes(n // groups, row_multiple) if s >= needed)
-  elif rows < needed:
-    raise ValueError(f"{needed} rows are needed, {rows} given")
-  out = _empty(arrays, rows * groups, row_length, max_per_row)
-  for g, group_rows in enumerate(placed):
-    for r, examples in enumerate(group_rows):
-      _fill(out, arrays, g + r * groups, examples, lengths, groups)
-  return out
+  rows = next(s for s in row_sizes(n // groups, row_multiple) if s >= needed)
+  return [placed[g][r] if r < len(placed[g]) else []
+          for r in range(rows) for g in range(groups)]
 
 
-def _empty(arrays: dict, rows: int, row_length: int, max_per_row: int) -> dict:
-  out = {k: np.zeros((rows, row_length), arrays[k].dtype) for k in SEQUENCE_FIELDS}
-  out["positions"] = np.zeros((rows, row_length), np.int32)
-  out["example_index"] = np.full((rows, row_length), -1, np.int32)
-  out["example_starts"] = np.zeros((rows, max_per_row), np.int32)
-  out["example_mask"] = np.zeros((rows, max_per_row), np.int32)
+def pack(arrays: dict[str, np.ndarray], row_length: int, *, groups: int = 1,
+         row_multiple: int = 1, max_per_row: int | None = None,
+         predictions: int | None = None) -> dict[str, np.ndarray]:
+  """Packs a batch of N encoded examples into rows of `row_length`, placed
+  by `place`: `SEQUENCE_FIELDS` [N, L0] end to end, `PREDICTION_FIELDS`
+  [N, P] (MLM targets) as `predictions` slots a row, any other field [N, ...]
+  one slot an example. `example_index` is an example's index in its group."""
+  max_per_row = max_per_row or max_examples_per_row(row_length)
+  lengths = arrays["input_mask"].sum(1).astype(np.int64)
+  rows = place(lengths, row_length, groups=groups, row_multiple=row_multiple,
+               max_per_row=max_per_row)
+  return fill(arrays, rows, row_length, max_per_row, groups, predictions)
+
+
+def fill(arrays: dict[str, np.ndarray], rows: list[list[int]], row_length: int,
+         max_per_row: int, groups: int = 1, predictions: int | None = None
+         ) -> dict[str, np.ndarray]:
+  """Packed rows of the examples `rows` names (indices into `arrays`, whose
+  `example_index` is i // groups); see `pack`."""
+  lengths = arrays["input_mask"].sum(1).astype(np.int64)
+  out = {k: np.zeros((len(rows), row_length), arrays[k].dtype) for k in SEQUENCE_FIELDS}
+  out["positions"] = np.zeros((len(rows), row_length), np.int32)
+  out["example_index"] = np.full((len(rows), row_length), -1, np.int32)
+  out["example_starts"] = np.zeros((len(rows), max_per_row), np.int32)
+  out["example_mask"] = np.zeros((len(rows), max_per_row), np.int32)
   for k, v in arrays.items():
-    if k not in SEQUENCE_FIELDS:
-      out[k] = np.zeros((rows, max_per_row, *v.shape[1:]), v.dtype)
+    if k in PREDICTION_FIELDS:
+      out[k] = np.zeros((len(rows), predictions), v.dtype)
+    elif k not in SEQUENCE_FIELDS:
+      out[k] = np.zeros((len(rows), max_per_row, *v.shape[1:]), v.dtype)
+  for row, examples in enumerate(rows):
+    start, predicted = 0, 0
+    for slot, i in enumerate(examples):
+      n = int(lengths[i])
+      for k in SEQUENCE_FIELDS:
+        out[k][row, start:start + n] = arrays[k][i, :n]
+      out["positions"][row, start:start + n] = np.arange(n)
+      out["example_index"][row, start:start + n] = i // groups
+      out["example_starts"][row, slot] = start
+      out["example_mask"][row, slot] = 1
+      for k, v in arrays.items():
+        if k not in SEQUENCE_FIELDS and k not in PREDICTION_FIELDS:
+          out[k][row, slot] = v[i]
+      if "masked_weights" in arrays:
+        real = np.flatnonzero(arrays["masked_weights"][i] > 0)
+        end = predicted + len(real)
+        if end > predictions:
+          raise ValueError(f"a row needs more than its {predictions} prediction slots")
+        out["masked_positions"][row, predicted:end] = arrays["masked_positions"][i, real] + start
+        out["masked_ids"][row, predicted:end] = arrays["masked_ids"][i, real]
+        out["masked_weights"][row, predicted:end] = arrays["masked_weights"][i, real]
+        predicted = end
+      start += n
   return out
-
-
-def _fill(out: dict, arrays: dict, row: int, examples: list, lengths: np.ndarray,
-          groups: int) -> None:
-  start = 0
-  for slot, i in enumerate(examples):
-    n = int(lengths[i])
-    for k in SEQUENCE_FIELDS:
-      out[k][row, start:start + n] = arrays[k][i, :n]
-    out["positions"][row, start:start + n] = np.arange(n)
-    out["example_index"][row, start:start + n] = i // groups
-    out["example_starts"][row, slot] = start
-    out["example_mask"][row, slot] = 1
-    for k, v in arrays.items():
-      if k not in SEQUENCE_FIELDS:
-        out[k][row, slot] = v[i]
-    start += n
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,9 +171,7 @@ def pack_all(arrays: dict[str, np.ndarray], row_length: int, rows_per_batch: int
   max_per_row = max_examples_per_row(row_length)
   placed = best_fit(lengths, row_length, max_per_row)
   rows = -(-max(len(placed), 1) // rows_per_batch) * rows_per_batch
-  out = _empty(arrays, rows, row_length, max_per_row)
-  for r, examples in enumerate(placed):
-    _fill(out, arrays, r, examples, lengths, 1)
+  out = fill(arrays, placed + [[]] * (rows - len(placed)), row_length, max_per_row)
   return [{k: v[start:start + rows_per_batch] for k, v in out.items()}
           for start in range(0, rows, rows_per_batch)]
 

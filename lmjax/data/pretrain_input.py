@@ -13,7 +13,7 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from lmjax.data import builtin, cache, shards
+from lmjax.data import builtin, cache, packing, shards
 from lmjax.data.loader import local_batch
 from lmjax.data.masking import Masking, Vocabulary, mask_batch, pad_pairs
 from lmjax.data.tokenization import Tokenizer
@@ -37,13 +37,73 @@ class _ReadAndMask:
                       self.vocabulary, self.seed, examples)
 
 
+@dataclasses.dataclass(frozen=True)
+class RowPacking:
+  """Packed pretraining rows: the step's `groups` (micro-batches) and the
+  `row_multiple` (devices the batch splits over) a row count must be."""
+  groups: int = 1
+  row_multiple: int = 1
+
+
+def prediction_slots(masking: Masking, max_per_row: int) -> int:
+  """The MLM prediction slots of a packed row: room for the predictions of
+  any pairs that fit it (each predicts round(15%) of its tokens, at least
+  one, at most max_predictions)."""
+  length = masking.max_seq_length
+  return min(length, max_per_row * masking.max_predictions,
+             int(np.ceil(masking.masked_lm_prob * length)) + max_per_row)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReadPackAndMask:
+  """Reads the pairs of global batch m (stream elements [m*G, (m+1)*G)),
+  places them in packed rows (every process alike), and masks and packs
+  those of this process's rows. Picklable, for grain's worker processes."""
+  pairs: shards.PreparedPairs
+  masking: Masking
+  vocabulary: Vocabulary
+  seed: int
+  batch: int
+  rows: RowPacking
+  process_index: int
+  process_count: int
+
+  def __call__(self, m, indices):
+    pairs = self.pairs.get_many(indices)
+    length = self.masking.max_seq_length
+    per_row = packing.max_examples_per_row(length)
+    placed = packing.place(np.array([len(p["tokens"]) for p in pairs]), length,
+                           groups=self.rows.groups, row_multiple=self.rows.row_multiple,
+                           max_per_row=per_row)
+    local = local_batch(len(placed), self.process_index, self.process_count)
+    mine = placed[self.process_index * local:(self.process_index + 1) * local]
+    members = sorted(i for row in mine for i in row) or [0]  # [0]: rows all empty
+    masked = mask_batch(pad_pairs([pairs[i] for i in members], length), self.masking,
+                        self.vocabulary, self.seed, m * self.batch + np.array(members, np.int64))
+    whole = {k: np.zeros((self.batch, *v.shape[1:]), v.dtype) for k, v in masked.items()}
+    for k, v in masked.items():  # by index in the batch, which example_index counts
+      whole[k][members] = v
+    return packing.fill(whole, mine, length, per_row, self.rows.groups,
+                        prediction_slots(self.masking, per_row))
+
+
 def pretraining_dataset(pairs, masking: Masking, vocabulary: Vocabulary,
                         global_batch: int, seed: int, process_index: int = 0,
-                        process_count: int = 1) -> grain.MapDataset:
+                        process_count: int = 1,
+                        rows: RowPacking | None = None) -> grain.MapDataset:
   """Returns this process's batches as a random-access grain dataset:
-  `ds[k]` is its share of global batch k, over endless epochs. `pairs` is
-  a shards.PreparedPairs (len, and get_many(indices) -> pair dicts)."""
+  `ds[k]` is its share of global batch k, over endless epochs; with `rows`,
+  the batch's pairs packed into rows (lmjax.data.packing). `pairs` is a
+  shards.PreparedPairs (len, and get_many(indices) -> pair dicts)."""
   local = local_batch(global_batch, process_index, process_count)
+  if rows is not None:
+    return (grain.MapDataset.range(len(pairs))
+            .shuffle(seed=seed)
+            .repeat(None)
+            .batch(global_batch, drop_remainder=True)
+            .map_with_index(_ReadPackAndMask(pairs, masking, vocabulary, seed + 1,
+                                             global_batch, rows, process_index,
+                                             process_count)))
   batches = (grain.MapDataset.range(len(pairs))
              .shuffle(seed=seed)
              .repeat(None)
@@ -117,9 +177,10 @@ _FEW_TOKENS_PER_DOCUMENT = 16  # below it, a corpus is more likely a mistake tha
 
 
 def pretraining_input(data, global_batch: int, seed: int, split: str = "train",
-                      process_index: int = 0, process_count: int = 1):
+                      process_index: int = 0, process_count: int = 1,
+                      rows: RowPacking | None = None):
   """Builds the pretraining dataset of a config's `data` section (checked
-  by `check_data_config` first).
+  by `check_data_config` first); with `rows`, of packed rows.
 
   Returns (dataset of this process's batches, tokenizer, info) where info
   holds the corpus sizes, the cache outcome and the start-up time.
@@ -132,7 +193,7 @@ def pretraining_input(data, global_batch: int, seed: int, split: str = "train",
                     masked_lm_prob=data.masked_lm_prob,
                     whole_word_masking=data.whole_word_masking)
   dataset = pretraining_dataset(pairs, masking, Vocabulary.of(tokenizer),
-                                global_batch, seed, process_index, process_count)
+                                global_batch, seed, process_index, process_count, rows)
   info = dict(info, source=data.source, split=split,
               startup_s=round(time.perf_counter() - start, 2))
   return dataset, tokenizer, info

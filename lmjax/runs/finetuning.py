@@ -34,8 +34,13 @@ from lmjax.trainer.checkpoints import BestCheckpoint
 from lmjax.trainer.loop import Schedule
 from lmjax.trainer.throughput import Throughput, peak_flops_per_device
 
-_MUST_MATCH = ("seed", "init", "task", "model", "train.batch_size", "train.epochs",
-               "train.steps", "train.grad_accum_steps", "train.learning_rate")
+# Config fields a resumed run must share with the run that wrote the checkpoint;
+# not those that change no result (packing, length buckets, threads, data_dir).
+_MUST_MATCH = ("seed", "init", "model", "train.batch_size", "train.epochs", "train.steps",
+               "train.grad_accum_steps", "train.learning_rate",
+               *(f"task.{name}" for name in ("source", "text_fields", "label_field", "labels",
+                                             "regression", "metrics", "max_seq_length",
+                                             "group_by_length", "tokenizer")))
 
 
 def check_config(config) -> None:

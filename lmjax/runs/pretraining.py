@@ -14,7 +14,7 @@ import ml_collections
 
 from lmjax import parallel, paths
 from lmjax.data.cache import learned_size
-from lmjax.data.pretrain_input import check_data_config, pretraining_input
+from lmjax.data.pretrain_input import RowPacking, check_data_config, pretraining_input
 from lmjax.errors import ConfigError, MissingSplitError, check_fields
 from lmjax.model import BertConfig, BertForPreTraining, flops_per_token
 from lmjax.model.config import check_section
@@ -27,7 +27,8 @@ from lmjax.trainer.throughput import Throughput, peak_flops_per_device
 __all__ = ["check_config", "train_and_evaluate", "TrainingDiverged"]
 
 # Config fields a resumed run must share with the run that wrote the checkpoint:
-# those that shape the model or the stream of batches.
+# those that shape the model or the stream of batches (packing does not: a packed
+# step computes what the same pairs one a row do).
 _MUST_MATCH = ("seed", "model", "init.source", "train.batch_size", "train.grad_accum_steps",
                "data.source", "data.text_field", "data.tokenizer", "data.max_seq_length",
                "data.max_predictions_per_seq", "data.masked_lm_prob",
@@ -61,16 +62,19 @@ def check_config(config) -> None:
                       f"exceeds config.model.max_position ({config.model.max_position})")
 
 
-def _inputs(config, workdir):
+def _inputs(config, workdir, mesh):
   """(train dataset, evaluation host batches, tokenizer, corpus sizes)."""
   batch, share = config.train.batch_size, parallel.process_share()
   data = config.data
+  if data.get("packing", False):
+    share["rows"] = RowPacking(config.train.grad_accum_steps, parallel.batch_shards(mesh))
   learned = paths.resolve(workdir) / "tokenizer.model"
   if learned_size(data.tokenizer) and learned.is_file():
     # A run that learned its tokenizer keeps it when it resumes, even if its
     # corpus changed since.
     data = ml_collections.ConfigDict({**data.to_dict(), "tokenizer": str(learned)})
   train_data, tokenizer, info = pretraining_input(data, batch, config.seed, "train", **share)
+  _check_packing(config, info)
   try:
     eval_data, _, _ = pretraining_input(data, batch, config.seed, "validation", **share)
   except MissingSplitError as e:
@@ -79,6 +83,18 @@ def _inputs(config, workdir):
   host_eval = [eval_data[k] for k in range(config.train.eval_batches)]
   sizes = {f"train_{k}": info[k] for k in ("documents", "tokens", "pairs")}
   return train_data, host_eval, tokenizer, sizes
+
+
+def _check_packing(config, info: dict) -> None:
+  """A corpus of one document has nothing to pack with NSP on: its pairs
+  are as long as the rows, and their random next segments come from that
+  same document."""
+  if config.data.get("packing", False) and config.train.nsp_weight and info["documents"] == 1:
+    raise ConfigError(f"{config.data.source} is one document: with NSP on it has nothing "
+                      "to pack (its pairs fill their rows, and random next segments come "
+                      "from the same document); set --config.data.packing=false, or "
+                      "--config.train.nsp_weight=0, or give the corpus its document "
+                      "boundaries (a blank line between documents)")
 
 
 def _job(config, mesh, model_cfg, train_data, host_eval, tokenizer,
@@ -98,7 +114,8 @@ def _job(config, mesh, model_cfg, train_data, host_eval, tokenizer,
                                   mesh)
   eval_batches = [parallel.shard_batch(b, mesh) for b in host_eval]
   linear_probe = probe.Probe(probe_task, config.probe, model, tokenizer, data.max_seq_length,
-                             shardings.params, mesh) if probe_task else None
+                             shardings.params, mesh,
+                             packed=data.get("packing", False)) if probe_task else None
 
   def evaluate(state, step):
     scores = mlm_nsp.evaluate(eval_step, state.params, eval_batches)
@@ -152,7 +169,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   probe_task = probe.resolve(config.probe)
   config, model_cfg, params = _start(config)
   mesh = parallel.make_mesh(**config.mesh)
-  train_data, host_eval, tokenizer, sizes = _inputs(config, workdir)
+  train_data, host_eval, tokenizer, sizes = _inputs(config, workdir, mesh)
   model_cfg = model_cfg or BertConfig.from_section(config.model,
                                                    vocab_size=tokenizer.vocab_size)
   job = _job(config, mesh, model_cfg, train_data, host_eval, tokenizer, probe_task)

@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from lmjax import parallel
+from lmjax.model.heads import PACKED_INPUTS
 from lmjax.train import contrastive, steps
 
 MODEL_INPUTS = ("input_ids", "segment_ids", "input_mask", "masked_positions")
@@ -31,18 +32,28 @@ class LossWeights:
 
 
 def model_inputs(batch: steps.Batch) -> dict:
-  return {k: batch[k] for k in MODEL_INPUTS}
+  """The model's inputs of a batch, packed rows' too."""
+  return {k: batch[k] for k in (*MODEL_INPUTS, *PACKED_INPUTS) if k in batch}
 
 
 def init_params(model: nn.Module, example_batch: steps.Batch) -> steps.InitParams:
   """`rng -> params` of `model` (a BertForPreTraining) for batches like this."""
-  return lambda rng: model.init(rng, **model_inputs(example_batch))["params"]
+  inputs = {k: example_batch[k] for k in MODEL_INPUTS}
+  return lambda rng: model.init(rng, **inputs)["params"]
+
+
+def pair_weights(batch: steps.Batch) -> jax.Array:
+  """1 for each pair of a batch: [B], or [R, E] of packed rows, where an
+  empty slot weighs 0."""
+  if "example_mask" in batch:
+    return batch["example_mask"].astype(jnp.float32)
+  return jnp.ones(batch["nsp_labels"].shape, jnp.float32)
 
 
 def totals(batch: steps.Batch) -> dict[str, jax.Array]:
   """The normalizers of a batch's losses: its real MLM predictions (by
   `masked_weights`) and its pairs (for NSP, and CP in training)."""
-  pairs = jnp.float32(batch["nsp_labels"].shape[0])
+  pairs = pair_weights(batch).sum()
   return dict(mlm=jnp.maximum(batch["masked_weights"].astype(jnp.float32).sum(), 1.0),
               nsp=pairs, cp=pairs)
 
@@ -60,14 +71,15 @@ def losses(outputs: dict, batch: steps.Batch,
   target_logp_BxP = jnp.take_along_axis(log_probs_BxPxV, batch["masked_ids"][..., None],
                                         -1)[..., 0]
   mlm_correct = ((logits_BxPxV.argmax(-1) == batch["masked_ids"]) * weights_BxP).sum()
-  nsp_log_probs_Bx2 = jax.nn.log_softmax(outputs["nsp_logits"])
-  nsp_logp_B = jnp.take_along_axis(nsp_log_probs_Bx2, batch["nsp_labels"][:, None], -1)[:, 0]
-  nsp_correct = (outputs["nsp_logits"].argmax(-1) == batch["nsp_labels"]).sum()
+  # Pairs: [B] one a row, [R, E] in packed rows.
+  pairs = pair_weights(batch)
+  nsp_log_probs = jax.nn.log_softmax(outputs["nsp_logits"])
+  nsp_logp = jnp.take_along_axis(nsp_log_probs, batch["nsp_labels"][..., None], -1)[..., 0]
+  nsp_correct = ((outputs["nsp_logits"].argmax(-1) == batch["nsp_labels"]) * pairs).sum()
   return dict(mlm_loss=-(target_logp_BxP * weights_BxP).sum() / batch_totals["mlm"],
-              nsp_loss=-nsp_logp_B.sum() / batch_totals["nsp"],
+              nsp_loss=-(nsp_logp * pairs).sum() / batch_totals["nsp"],
               mlm_correct=mlm_correct.astype(jnp.float32), mlm_count=weights_BxP.sum(),
-              nsp_correct=nsp_correct.astype(jnp.float32),
-              nsp_count=jnp.float32(batch["nsp_labels"].shape[0]))
+              nsp_correct=nsp_correct, nsp_count=pairs.sum())
 
 
 def make_loss(model: nn.Module, weights: LossWeights = LossWeights()):
@@ -132,12 +144,13 @@ def _contrastive(model: nn.Module, weights: LossWeights) -> steps.Across:
   def embed(params, batch, rng):
     a, b, _ = contrastive.views(batch, dropout_views=True)
     pooled = _pooled(model, params, rng)
-    return pooled(a, 0), pooled(b, 1)
+    flat = contrastive.flat_pairs
+    return flat(pooled(a, 0)), flat(pooled(b, 1)), pair_weights(batch).reshape(-1)
 
   def loss(embeddings, batch_totals):
-    a_BxD, b_BxD = embeddings
-    parts = contrastive.info_nce(a_BxD, b_BxD, jnp.ones(a_BxD.shape[0], bool),
-                                 weights.cp_temperature, batch_totals["cp"])
+    a_MxD, b_MxD, valid_M = embeddings  # valid: 0 for packed rows' empty slots
+    parts = contrastive.info_nce(a_MxD, b_MxD, jnp.ones(a_MxD.shape[0], bool),
+                                 weights.cp_temperature, batch_totals["cp"], valid_M)
     return weights.cp * parts["cp_loss"], parts
 
   return steps.Across(embed, loss)
@@ -187,7 +200,8 @@ def target_counts(host_batches: list[dict], vocab_size: int) -> np.ndarray:
   """How often each token is an MLM target [V], then each NSP label [2], in
   host batches: counts that add up over processes."""
   targets = np.concatenate([b["masked_ids"][b["masked_weights"] > 0] for b in host_batches])
-  labels = np.concatenate([b["nsp_labels"] for b in host_batches])
+  labels = np.concatenate([b["nsp_labels"][b["example_mask"] > 0] if "example_mask" in b
+                           else b["nsp_labels"] for b in host_batches])
   return np.concatenate([np.bincount(targets, minlength=vocab_size),
                          np.bincount(labels, minlength=2)]).astype(np.int32)
 
