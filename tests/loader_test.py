@@ -120,3 +120,46 @@ def test_a_corpus_of_a_few_tokens_a_document_is_warned_about(tmp_path, capsys, m
   pretrain_input.pretraining_input(data, 4, 0)
   out = capsys.readouterr().out
   assert "warning: text:" in out and "documents of" in out and "a document)" in out
+
+
+def _pairs(batch):
+  """{example index: (its tokens, MLM positions and targets in it, NSP label)}
+  of an unpacked batch, or of packed rows."""
+  if "example_starts" not in batch:
+    return {i: (ids[m > 0].tolist(), pos[w > 0].tolist(), tgt[w > 0].tolist(), int(label))
+            for i, (ids, m, pos, tgt, w, label) in enumerate(zip(
+                batch["input_ids"], batch["input_mask"], batch["masked_positions"],
+                batch["masked_ids"], batch["masked_weights"], batch["nsp_labels"],
+                strict=True))}
+  out = {}
+  for r, e in zip(*np.nonzero(batch["example_mask"]), strict=True):
+    start = batch["example_starts"][r, e]
+    i = batch["example_index"][r, start]
+    mine = batch["example_index"][r] == i
+    w = batch["masked_weights"][r] > 0
+    pos = batch["masked_positions"][r][w]
+    inside = mine[pos]
+    out[int(i)] = (batch["input_ids"][r][mine].tolist(), (pos[inside] - start).tolist(),
+                   batch["masked_ids"][r][w][inside].tolist(), int(batch["nsp_labels"][r, e]))
+  return out
+
+
+def test_packed_batches_hold_the_same_masked_pairs_in_fewer_rows(config):
+  rows = pretrain_input.RowPacking(groups=2, row_multiple=2)
+  one, _, _ = pretrain_input.pretraining_input(config.data, 16, seed=0)
+  packed, _, _ = pretrain_input.pretraining_input(config.data, 16, seed=0, rows=rows)
+  shares = [pretrain_input.pretraining_input(config.data, 16, seed=0, rows=rows,
+                                             process_index=p, process_count=2)[0]
+            for p in range(2)]
+  for k in (0, 5):
+    unpacked = _pairs(one[k])
+    # Micro-batch g of 2 holds examples g, g + 2, ... as 0, 1, ...
+    regrouped = {}
+    for g in range(2):
+      group = {k: v[g::2] for k, v in packed[k].items()}
+      regrouped.update({2 * i + g: pair for i, pair in _pairs(group).items()})
+    assert regrouped == unpacked
+    assert len(packed[k]["input_ids"]) <= 16 and len(packed[k]["input_ids"]) % 4 == 0
+    assert packed[k]["masked_ids"].shape[1] >= one[k]["masked_ids"].shape[1]
+    joined = {name: np.concatenate([s[k][name] for s in shares]) for name in packed[k]}
+    assert _equal(joined, packed[k])

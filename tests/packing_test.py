@@ -11,8 +11,8 @@ from lmjax.data import packing
 from lmjax.errors import UserError
 from lmjax.model import BertConfig, BertForPreTraining, BertForSequenceClassification
 
-CFG = BertConfig(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4,
-                 intermediate_size=40, max_position=32)
+CFG = BertConfig(vocab_size=97, hidden_size=16, num_layers=1, num_heads=2,
+                 intermediate_size=24, max_position=32)
 
 
 def examples(n=12, length=24, seed=0):
@@ -74,13 +74,13 @@ def test_an_example_longer_than_a_row_is_a_user_error():
 def _unpacked_and_packed(model, arrays, **kwargs):
   """Per-example outputs of `model` on `arrays` one a row, and packed."""
   inputs = {k: jnp.asarray(arrays[k]) for k in packing.SEQUENCE_FIELDS}
-  params = nn.unbox(model.init(jax.random.key(0), **inputs))["params"]
+  params = nn.unbox(jax.jit(lambda: model.init(jax.random.key(0), **inputs))())["params"]
   packed = packing.pack(arrays, arrays["input_mask"].shape[1], **kwargs)
   packed_inputs = {k: jnp.asarray(packed[k]) for k in
                    (*packing.SEQUENCE_FIELDS, "positions", "example_index", "example_starts")}
-  rng = {"dropout": jax.random.key(5)}
-  one = model.apply({"params": params}, **inputs, deterministic=False, rngs=rng)
-  many = model.apply({"params": params}, **packed_inputs, deterministic=False, rngs=rng)
+  apply = jax.jit(lambda inputs: model.apply({"params": params}, **inputs, deterministic=False,
+                                            rngs={"dropout": jax.random.key(5)}))
+  one, many = apply(inputs), apply(packed_inputs)
   index = np.take_along_axis(packed["example_index"], packed["example_starts"], 1)
   real = packed["example_mask"] > 0
   result = np.zeros_like(np.asarray(one))
@@ -107,19 +107,20 @@ def test_pretraining_heads_pool_each_pair_and_the_probe_means_each_example():
   model = BertForPreTraining(CFG)
   inputs = {k: jnp.asarray(arrays[k]) for k in packing.SEQUENCE_FIELDS}
   positions = jnp.zeros((10, 3), jnp.int32)
-  params = nn.unbox(model.init(jax.random.key(0), **inputs,
-                               masked_positions=positions))["params"]
+  params = nn.unbox(jax.jit(lambda: model.init(jax.random.key(0), **inputs,
+                                               masked_positions=positions))())["params"]
   packed = packing.pack(arrays, 24)
   packed_inputs = {k: jnp.asarray(packed[k]) for k in
                    (*packing.SEQUENCE_FIELDS, "positions", "example_index", "example_starts")}
   index = np.take_along_axis(packed["example_index"], packed["example_starts"], 1)
   real = packed["example_mask"] > 0
-  one = model.apply({"params": params}, **inputs, masked_positions=positions)
-  many = model.apply({"params": params}, **packed_inputs,
-                     masked_positions=jnp.zeros((len(packed["input_ids"]), 3), jnp.int32))
+  apply = jax.jit(lambda inputs, method: model.apply({"params": params}, **inputs,
+                                                    method=method), static_argnums=1)
+  one = apply({**inputs, "masked_positions": positions}, None)
+  many = apply({**packed_inputs, "masked_positions": jnp.zeros((len(packed["input_ids"]), 3),
+                                                               jnp.int32)}, None)
   np.testing.assert_allclose(np.asarray(many["nsp_logits"])[real],
                              np.asarray(one["nsp_logits"])[index[real]], rtol=1e-5, atol=1e-5)
-  means = [model.apply({"params": params}, **x, method="mean_pooled")
-           for x in (inputs, packed_inputs)]
+  means = [apply(x, "mean_pooled") for x in (inputs, packed_inputs)]
   np.testing.assert_allclose(np.asarray(means[1])[real], np.asarray(means[0])[index[real]],
                              rtol=1e-5, atol=1e-5)

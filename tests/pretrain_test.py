@@ -186,6 +186,40 @@ def test_a_small_local_corpus_trains_and_evaluates_on_train_batches(tmp_path, ca
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("data_dirs")
+def test_packed_rows_give_the_unpacked_run_step_for_step(tmp_path, reviews_tsv):
+  """Short documents (reviews), micro-batches and CP's dropout views: the
+  same losses at every step, on about half the token positions."""
+  lines = {}
+  for packing in (False, True):
+    config = tiny_config(**{"data.source": f"task:tsv:{reviews_tsv}", "data.packing": packing,
+                            "data.max_seq_length": 64, "data.max_predictions_per_seq": 10,
+                            "train.steps": 8, "train.batch_size": 32, "train.cp_weight": 0.5,
+                            "train.grad_accum_steps": 2, "train.eval_every": 4})
+    pretraining.train_and_evaluate(config, tmp_path / str(packing))
+    lines[packing] = [json.loads(line) for line in
+                      (tmp_path / str(packing) / "metrics.jsonl").read_text().splitlines()]
+  for key in ("loss", "mlm_loss", "nsp_loss", "cp_loss", "eval_loss", "eval_cp_accuracy"):
+    values = [[line[key] for line in lines[p] if key in line] for p in (False, True)]
+    assert len(values[0]) >= 2
+    np.testing.assert_allclose(values[1], values[0], rtol=1e-5, err_msg=key)
+  fractions = [np.mean([line["real_token_fraction"] for line in lines[p] if "loss" in line])
+               for p in (False, True)]
+  assert fractions[0] < 0.5 and fractions[1] > 1.4 * fractions[0]  # 8 devices: rows of 8
+
+
+@pytest.mark.usefixtures("data_dirs")
+def test_a_corpus_of_one_document_with_nsp_has_nothing_to_pack(tmp_path):
+  corpus = tmp_path / "one.txt"
+  corpus.write_text("".join(f"Sentence {i} of the only document there is.\n"
+                            for i in range(400)))
+  config = tiny_config(**{"data.source": f"text:{corpus}"})
+  with pytest.raises(ConfigError, match="is one document: with NSP on it has nothing to pack"):
+    pretraining.train_and_evaluate(config, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
 def test_a_linear_probe_scores_every_evaluation(env, tmp_path):
   rng = random.Random(0)
   words = ["plot", "scene", "actor", "music", "story", "light", "shot", "cut", "frame"]

@@ -60,7 +60,8 @@ class _Share:
 
   def __call__(self, batch):
     batch = self.packing(batch) if self.packing else trim_to_bucket(batch, self.buckets)
-    local = local_batch(len(batch["input_mask"]), self.process_index, self.process_count)
+    rows = len(next(iter(batch.values())))
+    local = local_batch(rows, self.process_index, self.process_count)
     start = self.process_index * local
     return {k: v[start:start + local] for k, v in batch.items()}
 
