@@ -115,7 +115,8 @@ def test_packed_rows_give_the_padded_run_step_for_step(tmp_path, reviews_tsv):
   predictions, on about a third of the token positions."""
   runs = {}
   for packing in (False, True):
-    c = task_config(reviews_tsv, steps=30, eval_every=15, log_every=1, grad_accum_steps=2)
+    c = task_config(reviews_tsv, steps=30, eval_every=15, log_every=1, grad_accum_steps=2,
+                    batch_size=32)
     c.init.source, c.task.max_seq_length, c.task.length_buckets = "random", 48, 1
     c.task.packing = packing
     summary = finetuning.finetune(c, tmp_path / str(packing))
@@ -130,7 +131,7 @@ def test_packed_rows_give_the_padded_run_step_for_step(tmp_path, reviews_tsv):
     assert packed[key] == padded[key], key
   fractions = [[line["real_token_fraction"] for line in lines if "loss" in line]
                for lines in (padded_lines, packed_lines)]
-  # Rows come in multiples of the 8 devices' micro-batch shares here.
+  # A micro-batch's rows come in multiples of the 8 devices here.
   assert np.mean(fractions[1]) > 1.8 * np.mean(fractions[0])
   c = task_config(reviews_tsv)
   c.mode, c.predict.input = "predict", str(tmp_path / "texts.txt")
