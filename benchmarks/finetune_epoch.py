@@ -203,7 +203,7 @@ def main(argv):
     row = measure(setting, seeds, extra)
     row["speedup"] = rows[0]["epoch_s"] / row["epoch_s"] if rows else 1.0
     rows.append(row)
-    print(f"buckets:group {setting}: epoch {row['epoch_s']:.1f} s ({row['speedup']:.2f}x), "
+    print(f"{setting}: epoch {row['epoch_s']:.1f} s ({row['speedup']:.2f}x), "
           f"runs of 1 and {_EPOCHS.value} epochs {row['short_run_s']:.0f} / "
           f"{row['long_run_s']:.0f} s; best eval {row['metric']} "
           f"{' '.join(f'{v:.4f}' for v in row['best_eval'])} ({_mean_std(row['best_eval'])}), "

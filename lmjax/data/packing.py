@@ -25,7 +25,7 @@ from lmjax.errors import UserError
 SEQUENCE_FIELDS = ("input_ids", "segment_ids", "input_mask")
 # An example's MLM targets [P]: a packed row holds those of its examples.
 PREDICTION_FIELDS = ("masked_positions", "masked_ids", "masked_weights")
-ROW_STEPS = 16  # row counts a batch may take: multiples of 1/16 of its examples
+ROW_STEPS = 32  # row counts a batch may take: multiples of 1/32 of its examples
 
 
 def max_examples_per_row(row_length: int) -> int:
@@ -35,24 +35,32 @@ def max_examples_per_row(row_length: int) -> int:
   return max(1, row_length // 8)
 
 
-def best_fit(lengths: np.ndarray, row_length: int, max_per_row: int) -> list[list[int]]:
+def best_fit(lengths: np.ndarray, row_length: int, max_per_row: int,
+             costs: np.ndarray | None = None, budget: int = 0) -> list[list[int]]:
   """The examples of each row: the longest first, each into the row with
-  the least room that holds its tokens and has a free slot (best-fit
+  the least room that holds its tokens, has a free slot and (with `costs`)
+  has `budget` left for its cost: its MLM predictions (best-fit
   decreasing). Rows keep their examples in index order. O(N * L)."""
   if len(lengths) and int(lengths.max()) > row_length:
     raise UserError(f"an example of {int(lengths.max())} tokens does not fit a packed "
                     f"row of {row_length}")
   rows: list[list[int]] = []
+  spent: list[int] = []
   with_room: list[list[int]] = [[] for _ in range(row_length + 1)]  # rows by free tokens
   for i in np.argsort(-lengths, kind="stable").tolist():
-    n = int(lengths[i])
-    free = next((f for f in range(n, row_length + 1) if with_room[f]), None)
-    if free is None:
+    n, cost = int(lengths[i]), 0 if costs is None else int(costs[i])
+    found = next(((f, k) for f in range(n, row_length + 1)
+                  for k, r in enumerate(with_room[f])
+                  if costs is None or spent[r] + cost <= budget), None)
+    if found is None:
       r, free = len(rows), row_length
       rows.append([])
+      spent.append(0)
     else:
-      r = with_room[free].pop()
+      free, k = found
+      r = with_room[free].pop(k)
     rows[r].append(i)
+    spent[r] += cost
     if len(rows[r]) < max_per_row:
       with_room[free - n].append(r)
   return [sorted(r) for r in rows]
@@ -69,7 +77,8 @@ def row_sizes(examples: int, multiple: int = 1) -> tuple[int, ...]:
 
 
 def place(lengths: np.ndarray, row_length: int, *, groups: int = 1, row_multiple: int = 1,
-          max_per_row: int | None = None) -> list[list[int]]:
+          max_per_row: int | None = None, costs: np.ndarray | None = None,
+          budget: int = 0) -> list[list[int]]:
   """The examples (indices into `lengths`) of each row of a packed batch.
 
   With `groups` = k, example i goes to group i % k, and group g's rows are
@@ -77,14 +86,16 @@ def place(lengths: np.ndarray, row_length: int, *, groups: int = 1, row_multiple
   (lmjax.train.steps) hold the examples they hold unpacked. Each group
   takes the same number of rows, the smallest of `row_sizes` (in multiples
   of `row_multiple`, the devices a batch is split over) that holds every
-  group's examples; spare rows are empty.
+  group's examples; spare rows are empty. With `costs`, a row's examples
+  cost at most `budget` (see `best_fit`).
   """
   n = len(lengths)
   if n % groups:
     raise ValueError(f"{n} examples do not split into {groups} groups")
   max_per_row = max_per_row or max_examples_per_row(row_length)
   members = [np.arange(g, n, groups) for g in range(groups)]
-  placed = [[m[r].tolist() for r in best_fit(lengths[m], row_length, max_per_row)]
+  placed = [[m[r].tolist() for r in best_fit(lengths[m], row_length, max_per_row,
+                                             None if costs is None else costs[m], budget)]
             for m in members]
   needed = max(len(p) for p in placed)
   rows = next(s for s in row_sizes(n // groups, row_multiple) if s >= needed)

@@ -45,13 +45,21 @@ class RowPacking:
   row_multiple: int = 1
 
 
-def prediction_slots(masking: Masking, max_per_row: int) -> int:
-  """The MLM prediction slots of a packed row: room for the predictions of
-  any pairs that fit it (each predicts round(15%) of its tokens, at least
-  one, at most max_predictions)."""
-  length = masking.max_seq_length
-  return min(length, max_per_row * masking.max_predictions,
-             int(np.ceil(masking.masked_lm_prob * length)) + max_per_row)
+def prediction_slots(masking: Masking) -> int:
+  """The MLM prediction slots of a packed row: a pair's, or round(15%) of
+  the row's tokens, and 2 for rounding (the placement keeps a row's pairs'
+  predictions within them)."""
+  return max(masking.max_predictions,
+             int(np.ceil(masking.masked_lm_prob * masking.max_seq_length))) + 2
+
+
+def most_predictions(lengths: np.ndarray, masking: Masking) -> np.ndarray:
+  """The most MLM predictions masking can choose in pairs of these lengths:
+  round(masked_lm_prob) of their tokens but [CLS] and the two [SEP]s (at
+  least one, at most max_predictions), as `mask_batch` counts them."""
+  eligible = np.maximum(lengths - 3, 0)
+  return np.minimum(masking.max_predictions,
+                    np.maximum(1, np.round(eligible * masking.masked_lm_prob))).astype(np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +80,11 @@ class _ReadPackAndMask:
     pairs = self.pairs.get_many(indices)
     length = self.masking.max_seq_length
     per_row = packing.max_examples_per_row(length)
-    placed = packing.place(np.array([len(p["tokens"]) for p in pairs]), length,
-                           groups=self.rows.groups, row_multiple=self.rows.row_multiple,
-                           max_per_row=per_row)
+    lengths = np.array([len(p["tokens"]) for p in pairs])
+    slots = prediction_slots(self.masking)
+    placed = packing.place(lengths, length, groups=self.rows.groups,
+                           row_multiple=self.rows.row_multiple, max_per_row=per_row,
+                           costs=most_predictions(lengths, self.masking), budget=slots)
     local = local_batch(len(placed), self.process_index, self.process_count)
     mine = placed[self.process_index * local:(self.process_index + 1) * local]
     members = sorted(i for row in mine for i in row) or [0]  # [0]: rows all empty
@@ -83,8 +93,7 @@ class _ReadPackAndMask:
     whole = {k: np.zeros((self.batch, *v.shape[1:]), v.dtype) for k, v in masked.items()}
     for k, v in masked.items():  # by index in the batch, which example_index counts
       whole[k][members] = v
-    return packing.fill(whole, mine, length, per_row, self.rows.groups,
-                        prediction_slots(self.masking, per_row))
+    return packing.fill(whole, mine, length, per_row, self.rows.groups, slots)
 
 
 def pretraining_dataset(pairs, masking: Masking, vocabulary: Vocabulary,
