@@ -63,15 +63,10 @@ def most_predictions(lengths: np.ndarray, masking: Masking) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class _ReadPackAndMask:
-  """Reads the pairs of global batch m (stream elements [m*G, (m+1)*G)),
-  places them in packed rows (every process alike), and masks and packs
-  those of this process's rows. Picklable, for grain's worker processes."""
-  pairs: shards.PreparedPairs
-  masking: Masking
-  vocabulary: Vocabulary
-  seed: int
-  batch: int
+class _ReadPackAndMask(_ReadAndMask):
+  """Reads the pairs of global batch m (stream elements [m*G, (m+1)*G),
+  `batch` = G), places them in packed rows (every process alike), and masks
+  and packs those of this process's rows. Picklable, for grain."""
   rows: RowPacking
   process_index: int
   process_count: int
