@@ -17,7 +17,7 @@ from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError
 from lmjax.model import BertConfig, BertForSequenceClassification
 from lmjax.runs import init_sources
-from lmjax.runs.finetuning import check_config, check_packing, packed_length
+from lmjax.runs.finetuning import check_config, packed_length
 from lmjax.runs.scoring import device_batches, logits
 from lmjax.train import classification, steps
 from lmjax.trainer import scaffold
@@ -61,8 +61,8 @@ def predict(config, workdir: paths.PathLike) -> dict:
   buckets = bucket_lengths(saved["task"]["max_seq_length"],
                            saved["task"].get("length_buckets", 1))  # 1: an older workdir
   rows = packed_length(saved["task"])
-  if rows is not None:
-    check_packing(saved["task"], {"input": encoded}, model_cfg.max_position)
+  if rows is not None:  # rows that hold the longest new text (predictions do not depend on it)
+    rows = max(rows, int(encoded.arrays["input_mask"].sum(1).max(initial=0)))
   out = logits(eval_step, params, device_batches(encoded.arrays, config.train.eval_batch_size,
                                                  mesh, buckets, rows))
   output = paths.resolve(config.predict.output or workdir / "predictions.jsonl")
