@@ -25,7 +25,10 @@ from lmjax.errors import UserError
 SEQUENCE_FIELDS = ("input_ids", "segment_ids", "input_mask")
 # An example's MLM targets [P]: a packed row holds those of its examples.
 PREDICTION_FIELDS = ("masked_positions", "masked_ids", "masked_weights")
-ROW_STEPS = 32  # row counts a batch may take: multiples of 1/32 of its examples
+# Row counts a batch may take: multiples of 1/16 of its examples. Each count
+# compiles the step once more: a fine-tuning run of a few epochs meets most of
+# 16 early; a long pretraining run affords 32 (denser rows).
+ROW_STEPS = 16
 
 
 def max_examples_per_row(row_length: int) -> int:
@@ -66,19 +69,19 @@ def best_fit(lengths: np.ndarray, row_length: int, max_per_row: int,
   return [sorted(r) for r in rows]
 
 
-def row_sizes(examples: int, multiple: int = 1) -> tuple[int, ...]:
+def row_sizes(examples: int, multiple: int = 1, steps: int = ROW_STEPS) -> tuple[int, ...]:
   """The row counts a batch of `examples` may be packed into: multiples of
-  ROW_STEPS-ths of it, each rounded up to `multiple`; the last holds one
+  `steps`-ths of it, each rounded up to `multiple`; the last holds one
   example a row."""
-  step = max(1, -(-examples // ROW_STEPS))
+  step = max(1, -(-examples // steps))
   sizes = {-(-min(examples, k * step) // multiple) * multiple
-           for k in range(1, ROW_STEPS + 1)}
+           for k in range(1, steps + 1)}
   return tuple(sorted(sizes | {-(-examples // multiple) * multiple}))
 
 
 def place(lengths: np.ndarray, row_length: int, *, groups: int = 1, row_multiple: int = 1,
           max_per_row: int | None = None, costs: np.ndarray | None = None,
-          budget: int = 0) -> list[list[int]]:
+          budget: int = 0, steps: int = ROW_STEPS) -> list[list[int]]:
   """The examples (indices into `lengths`) of each row of a packed batch.
 
   With `groups` = k, example i goes to group i % k, and group g's rows are
@@ -86,8 +89,8 @@ def place(lengths: np.ndarray, row_length: int, *, groups: int = 1, row_multiple
   (lmjax.train.steps) hold the examples they hold unpacked. Each group
   takes the same number of rows, the smallest of `row_sizes` (in multiples
   of `row_multiple`, the devices a batch is split over) that holds every
-  group's examples; spare rows are empty. With `costs`, a row's examples
-  cost at most `budget` (see `best_fit`).
+  group's examples (`steps` sizes); spare rows are empty. With `costs`, a
+  row's examples cost at most `budget` (see `best_fit`).
   """
   n = len(lengths)
   if n % groups:
@@ -98,7 +101,7 @@ def place(lengths: np.ndarray, row_length: int, *, groups: int = 1, row_multiple
                                              None if costs is None else costs[m], budget)]
             for m in members]
   needed = max(len(p) for p in placed)
-  rows = next(s for s in row_sizes(n // groups, row_multiple) if s >= needed)
+  rows = next(s for s in row_sizes(n // groups, row_multiple, steps) if s >= needed)
   return [placed[g][r] if r < len(placed[g]) else []
           for r in range(rows) for g in range(groups)]
 

@@ -43,6 +43,7 @@ class RowPacking:
   `row_multiple` (devices the batch splits over) a row count must be."""
   groups: int = 1
   row_multiple: int = 1
+  steps: int = 2 * packing.ROW_STEPS  # row counts; a long run affords more compiles
 
 
 def prediction_slots(masking: Masking) -> int:
@@ -79,7 +80,8 @@ class _ReadPackAndMask(_ReadAndMask):
     slots = prediction_slots(self.masking)
     placed = packing.place(lengths, length, groups=self.rows.groups,
                            row_multiple=self.rows.row_multiple, max_per_row=per_row,
-                           costs=most_predictions(lengths, self.masking), budget=slots)
+                           costs=most_predictions(lengths, self.masking), budget=slots,
+                           steps=self.rows.steps)
     local = local_batch(len(placed), self.process_index, self.process_count)
     mine = placed[self.process_index * local:(self.process_index + 1) * local]
     members = sorted(i for row in mine for i in row) or [0]  # [0]: rows all empty
