@@ -117,6 +117,10 @@ def test_kill_9_and_resume_repeats_the_run_bit_for_bit(env, tmp_path, uninterrup
   process = subprocess.Popen(command(workdir), env=env, cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   wait_for_step(workdir, random.Random().randint(8, 22), process)
+  deadline = time.time() + 120  # a checkpoint committed (saves are asynchronous)
+  while not any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*")):
+    assert time.time() < deadline and process.poll() is None
+    time.sleep(0.05)
   os.kill(process.pid, signal.SIGKILL)
   process.wait()
   done = run(env, workdir)
