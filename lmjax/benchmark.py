@@ -3,7 +3,9 @@
   python -m lmjax.benchmark --size=small,base --batch=8,32 --output=runs/bench
 
 Each list flag is one axis of the sweep; every combination is a point, run in
-a process of its own. A line per point as it goes; results.jsonl,
+a process of its own. `--lengths=rt_polarity,long_tailed --packing=false,true`
+times padded against packed rows on realistic lengths (tokens/s counts real
+tokens). A line per point as it goes; results.jsonl,
 results.csv and results.png in --output. --compare=hf_torch also times
 transformers' torch BERT on the same workload (CPU), taking turns with lmjax.
 """
@@ -32,6 +34,9 @@ _SCAN = flags.DEFINE_list("scan_layers", [str(_DEFAULT.scan_layers).lower()],
                           "nn.scan over layers: true, false")
 _MESH = flags.DEFINE_list("mesh", ["auto"], "DATAxFSDPxTENSOR meshes, or auto (all on data)")
 _OBJECTIVE = flags.DEFINE_list("objective", ["mlm_nsp"], "mlm_nsp, classification")
+_LENGTHS = flags.DEFINE_list("lengths", ["full"], "sequence lengths: full (seq_len), "
+                             "rt_polarity (its examples'), long_tailed (Wikipedia-like)")
+_PACKING = flags.DEFINE_list("packing", ["false"], "pack sequences into rows: true, false")
 _MODE = flags.DEFINE_string("mode", "train", "train (forward, backward, AdamW) or "
                             "forward_backward (no optimizer)")
 _STEPS = flags.DEFINE_integer("steps", 10, "timed steps a round")
@@ -72,7 +77,8 @@ def main(argv):
       size=_values(_SIZE, str), seq_len=_values(_SEQ_LEN, int), batch=_values(_BATCH, int),
       dtype=_values(_DTYPE, str), attention_impl=_values(_ATTENTION, str),
       remat_policy=_values(_REMAT, str), scan_layers=_values(_SCAN, bool),
-      mesh=_values(_MESH, str), objective=_values(_OBJECTIVE, str)))
+      mesh=_values(_MESH, str), objective=_values(_OBJECTIVE, str),
+      lengths=_values(_LENGTHS, str), packing=_values(_PACKING, bool)))
   settings = sweep_points.Settings(
       mode=_MODE.value, steps=_STEPS.value, rounds=_ROUNDS.value, warmup=_WARMUP.value,
       vocab_size=_VOCAB.value, mask_rate=_MASK_RATE.value, dropout=_DROPOUT.value,

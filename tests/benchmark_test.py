@@ -3,6 +3,7 @@ figures, the peer comparison takes turns, and bad sweeps fail before any
 compilation."""
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lmjax.benchmarking import points, results, sweep
@@ -58,16 +60,57 @@ def test_a_tiny_sweep_writes_rows_csv_and_plot(tmp_path):
   assert len(lines) == 8 and "tokens/s" in lines[1] and lines[0].startswith("[1/4] tiny")
 
 
+@pytest.mark.parametrize("objective", ["mlm_nsp", "classification"])
+def test_packed_points_hold_the_padded_points_sequences_in_fewer_rows(objective):
+  point = Point("tiny", 128, 64, objective=objective, lengths="rt_polarity")
+  padded = points.synthetic_batch(point, QUICK)
+  packed = points.synthetic_batch(dataclasses.replace(point, packing=True), QUICK,
+                                  row_multiple=4)
+  lengths = points.sequence_lengths(point)
+  np.testing.assert_array_equal(padded["input_mask"].sum(1), lengths)
+  assert 30 < lengths.mean() < 45 and lengths.max() <= 128  # rt_polarity's 37 on average
+  figures = points.batch_figures(packed)
+  assert figures["real_tokens"] == points.batch_figures(padded)["real_tokens"] == lengths.sum()
+  assert figures["rows"] % 4 == 0 and figures["rows"] < 64 // 2
+  assert figures["real_token_fraction"] > 0.7 > points.batch_figures(padded)["real_token_fraction"]
+  # Every sequence's tokens, one after another in its row, at its own positions.
+  flat_ids = padded["input_ids"][padded["input_mask"] > 0]
+  assert sorted(packed["input_ids"][packed["input_mask"] > 0]) == sorted(flat_ids)
+  assert (packed["positions"][packed["example_index"] >= 0] < 128).all()
+  if objective == "mlm_nsp":  # every MLM target kept, in a row's prediction slots
+    assert packed["masked_weights"].sum() == padded["masked_weights"].sum() > 64
+    assert (padded["masked_weights"].sum(1) == np.ceil(0.15 * lengths)).all()
+  peer = points.padded_to_longest(padded)
+  assert peer["input_ids"].shape == (64, lengths.max())
+
+
+def test_long_tailed_lengths_are_mostly_short_with_a_tail_to_full_length():
+  lengths = points.sequence_lengths(Point("tiny", 512, 1024, lengths="long_tailed"))
+  assert 100 < np.median(lengths) < 160 and lengths.min() >= 8
+  assert 0.03 < (lengths == 512).mean() < 0.15  # the clipped tail
+  assert (points.sequence_lengths(Point("tiny", 64, 8)) == 64).all()
+
+
 @pytest.mark.slow
-def test_forward_backward_mode_and_the_torch_peer_take_turns(tmp_path):
+def test_the_torch_peer_takes_turns_on_the_same_sequences_padded_to_the_longest(tmp_path):
+  # Packed lmjax rows against the peer's dynamic padding; forward and backward only.
   settings = Settings(steps=2, rounds=2, warmup=0, vocab_size=512, peer="hf_torch",
                       mode="forward_backward")
-  rows = sweep.measure(Point("tiny", 16, 8), settings)
+  point = Point("tiny", 64, 16, lengths="long_tailed", packing=True)
+  rows = sweep.measure(point, settings)
   assert [r["implementation"] for r in rows] == ["lmjax", "hf_torch"]
   lmjax, peer = rows
   assert lmjax["steps_timed"] == peer["steps_timed"] == 4 and peer["loss_finite"]
   assert lmjax["speedup_vs_peer"] == pytest.approx(
       lmjax["tokens_per_s"] / peer["tokens_per_s"], rel=1e-2)
+  lengths = points.sequence_lengths(point)
+  assert lmjax["real_tokens"] == peer["real_tokens"] == lengths.sum()
+  assert lmjax["rows"] < 16 == peer["rows"] and lmjax["token_slots"] == 64 * lmjax["rows"]
+  assert peer["token_slots"] == 16 * lengths.max()
+  for row in rows:  # tokens/s counts real tokens
+    assert row["tokens_per_s"] == pytest.approx(
+        lengths.sum() / row["step_ms_median"] * 1e3, rel=1e-3)
+  assert "real)" in results.line(lmjax) and "padded to longest" in results.line(peer)
   # Untrained BERTs of 512 tokens start near ln(512) + ln(2).
   assert abs(lmjax["final_loss"] - peer["final_loss"]) < 0.5
 
@@ -88,6 +131,7 @@ def test_a_point_that_fails_is_a_row_and_the_sweep_goes_on(tmp_path):
     (dict(attention_impl=["cudnn"]), {}, "--attention_impl=cudnn: must be xla on cpu"),
     (dict(remat_policy=["most"]), {}, "--remat_policy=most: must be one of none"),
     (dict(objective=["mlm"]), {}, "--objective=mlm: must be one of mlm_nsp"),
+    (dict(lengths=["wiki"]), {}, "--lengths=wiki: must be one of full, rt_polarity"),
     (dict(mesh=["4x1x1"]), {}, "--mesh=4x1x1: 4 devices, but there are 8"),
     (dict(mesh=["2x2"]), {}, "--mesh=2x2: expected DATAxFSDPxTENSOR"),
     (dict(mesh=["2x2x2"], batch=[6]), {}, "--batch=6: must be divisible by the mesh's"),
@@ -111,6 +155,7 @@ def _cli(*args, cwd=ROOT):
 @pytest.mark.parametrize("args, message", [
     (["--batch=8,x"], "error: --batch: 'x' is not an integer"),
     (["--scan_layers=maybe"], "error: --scan_layers: 'maybe' is not a boolean"),
+    (["--packing=maybe"], "error: --packing: 'maybe' is not a boolean"),
     (["--size=tiny", "--seq_len=16", "--batch=8", "--output="], "error: --output is empty"),
     (["--size=tiny", "--seq_len=16", "--batch=8", "--output=/proc/lmjax"],
      "error: --output=/proc/lmjax: cannot write there"),

@@ -1,13 +1,18 @@
 """The peers the benchmark compares lmjax with, on the same workload: Hugging
 Face's torch BertForPreTraining / BertForSequenceClassification, trained as
-lmjax trains (dropout, AdamW with BERT's b1, b2 and eps, clipping at 1).
+lmjax trains (dropout, AdamW with BERT's b1, b2 and eps, clipping at 1), on
+the point's sequences one a row, the batch padded to its longest (dynamic
+padding, what transformers' collators do), whether lmjax packs or not.
 
 torch and transformers are not lmjax dependencies: `--compare=hf_torch`
 needs them installed (`pip install -r requirements-test.txt`)."""
 
 import time
 
-from lmjax.benchmarking.points import TRAIN, Point, Settings, synthetic_batch, timed_steps
+import dataclasses
+
+from lmjax.benchmarking.points import (TRAIN, Point, Settings, batch_figures, padded_to_longest,
+                                      synthetic_batch, timed_steps)
 
 
 class HfTorchWorker:
@@ -27,7 +32,8 @@ class HfTorchWorker:
         intermediate_size=sized["intermediate_size"],
         hidden_dropout_prob=settings.dropout, attention_probs_dropout_prob=settings.dropout,
         max_position_embeddings=512)
-    host = synthetic_batch(point, settings)
+    host = padded_to_longest(synthetic_batch(dataclasses.replace(point, packing=False), settings))
+    self.shape = batch_figures(host)
     tensor = lambda x: torch.from_numpy(x).long()  # noqa: E731
     self.inputs = dict(input_ids=tensor(host["input_ids"]),
                        token_type_ids=tensor(host["segment_ids"]),
@@ -66,7 +72,8 @@ class HfTorchWorker:
     for _ in range(self.settings.warmup):
       self._step()
     return dict(device="cpu", platform="cpu", devices=1, first_step_s=round(first_step_s, 2),
-                torch_version=self.torch.__version__, torch_threads=self.torch.get_num_threads())
+                torch_version=self.torch.__version__,
+                torch_threads=self.torch.get_num_threads(), **self.shape)
 
   def run(self, count: int) -> list[float]:
     return timed_steps(self._step, count)

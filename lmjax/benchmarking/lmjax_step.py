@@ -8,8 +8,8 @@ import numpy as np
 import optax
 
 from lmjax import parallel
-from lmjax.benchmarking.points import (TRAIN, Point, Settings, parse_mesh, synthetic_batch,
-                                      timed_steps)
+from lmjax.benchmarking.points import (TRAIN, Point, Settings, batch_figures, parse_mesh,
+                                      synthetic_batch, timed_steps)
 from lmjax.model import BertConfig, BertForPreTraining, BertForSequenceClassification
 from lmjax.train import classification, mlm_nsp, optimizer, steps
 from lmjax.trainer.throughput import measured_matmul_flops, peak_flops_per_device
@@ -27,7 +27,9 @@ class StepWorker:
                            remat_policy=point.remat_policy, scan_layers=point.scan_layers,
                            dropout_rate=settings.dropout,
                            attention_dropout_rate=attention_dropout)
-    host_batch = synthetic_batch(point, settings)
+    host_batch = synthetic_batch(point, settings,
+                                 row_multiple=parallel.batch_shards(self.mesh))
+    self.shape = batch_figures(host_batch)
     if point.objective == "classification":
       model, objective = BertForSequenceClassification(cfg, 2), classification
     else:
@@ -66,7 +68,8 @@ class StepWorker:
                    devices=jax.device_count(), jax_version=jax.__version__,
                    compile_s=round(compile_s, 2), first_step_s=round(compile_s + first_step_s, 2),
                    peak_flops_per_device=peak_flops_per_device(self.settings.cpu_peak_tflops),
-                   peak_source="--cpu_peak_tflops" if device.platform == "cpu" else "datasheet")
+                   peak_source="--cpu_peak_tflops" if device.platform == "cpu" else "datasheet",
+                   **self.shape)
     if device.platform == "cpu" and not self.settings.cpu_peak_tflops:
       figures.update(peak_flops_per_device=measured_matmul_flops() / jax.device_count(),
                      peak_source="measured float32 matmul")

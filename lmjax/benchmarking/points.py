@@ -5,9 +5,19 @@ synthetic batch and FLOPs, checked before anything compiles.
 Figures per point: compile time, step time (median and min over the timed
 steps), tokens/s, model and useful MFU, the compiled step's memory and the
 device's peak where the platform reports it, and the host's peak RSS.
+
+A point's sequences are all `seq_len` long (`lengths=full`) or drawn from a
+realistic distribution (`rt_polarity`: the built-in task's examples as the
+built-in tokenizer encodes them, 37 tokens on average; `long_tailed`: a
+Wikipedia-like tail, log-normal around seq_len / 4, clipped at seq_len),
+one a row padded to seq_len or, with `packing`, packed into rows of seq_len
+(lmjax.data.packing). tokens/s counts real tokens; a peer pads each batch to
+its longest sequence, as transformers' dynamic padding does.
 """
 
 import dataclasses
+import functools
+import gzip
 import importlib.util
 import itertools
 import math
@@ -20,10 +30,13 @@ from typing import Any
 import numpy as np
 
 from lmjax import config_sections
+from lmjax.data import builtin, packing
+from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError
 from lmjax.model import config as model_config
 
 OBJECTIVES = ("mlm_nsp", "classification")
+LENGTHS = ("full", "rt_polarity", "long_tailed")
 MODES = ("train", "forward_backward")  # the whole step, or no optimizer
 PEERS = ("hf_torch",)
 
@@ -46,11 +59,15 @@ class Point:
   scan_layers: bool = _MODEL.scan_layers
   mesh: str = "auto"  # DATAxFSDPxTENSOR, or auto: every device on data
   objective: str = "mlm_nsp"  # mlm_nsp (pretraining) | classification (fine-tuning)
+  lengths: str = "full"  # the sequences' lengths: one of LENGTHS
+  packing: bool = False  # several sequences a row (else one a row, padded)
 
   def label(self) -> str:
+    shape = "" if self.lengths == "full" and not self.packing else (
+        f" lengths={self.lengths}{' packed' if self.packing else ''}")
     return (f"{self.size} L{self.seq_len} B{self.batch} {self.dtype} {self.attention_impl}"
             f" remat={self.remat_policy} scan={int(self.scan_layers)} mesh={self.mesh}"
-            f" {self.objective}")
+            f" {self.objective}{shape}")
 
 
 SWEEP_FIELDS = tuple(f.name for f in dataclasses.fields(Point))
@@ -146,7 +163,8 @@ def check(points: Sequence[Point], settings: Settings, device_count: int,
          f"xla on {platform} (cudnn is for NVIDIA GPUs)"),
         ("remat_policy", p.remat_policy in model_config.REMAT_POLICIES,
          f"one of {', '.join(model_config.REMAT_POLICIES)}"),
-        ("objective", p.objective in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}")):
+        ("objective", p.objective in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}"),
+        ("lengths", p.lengths in LENGTHS, f"one of {', '.join(LENGTHS)}")):
       if not ok:
         raise UserError(f"--{name}={getattr(p, name)}: must be {need}")
     data, fsdp, _ = parse_mesh(p.mesh, device_count)
@@ -155,27 +173,79 @@ def check(points: Sequence[Point], settings: Settings, device_count: int,
                       f"({data * fsdp} with --mesh={p.mesh})")
 
 
-def synthetic_batch(point: Point, settings: Settings, seed: int = 0) -> dict[str, np.ndarray]:
-  """A batch shaped as the trainer's: full-length sequence pairs with
-  ceil(mask_rate * L) MLM positions, or classification pairs with labels."""
+def sequence_lengths(point: Point, seed: int = 0) -> np.ndarray:
+  """[batch]: the tokens of each of the point's sequences, [CLS] and [SEP]
+  included (see the module's docstring)."""
   rng = np.random.default_rng(seed)
   b, length = point.batch, point.seq_len
-  first = length // 2
+  shortest = min(8, length)
+  if point.lengths == "rt_polarity":
+    drawn = rng.choice(_rt_polarity_lengths(), b)
+  elif point.lengths == "long_tailed":
+    drawn = np.round(rng.lognormal(np.log(length / 4), 1.0, b))
+  else:
+    drawn = np.full(b, length)
+  return np.clip(drawn, shortest, length).astype(np.int64)
+
+
+@functools.cache
+def _rt_polarity_lengths() -> np.ndarray:
+  with gzip.open(builtin.RT_POLARITY_FILE, "rt", encoding="utf-8") as f:
+    texts = [line.rstrip("\n").split("\t", 1)[-1] for line in f]
+  return np.array([len(ids) + 2 for ids in Tokenizer.load(builtin.TOKENIZER_FILE).encode(texts)])
+
+
+def synthetic_batch(point: Point, settings: Settings, seed: int = 0,
+                    row_multiple: int = 1) -> dict[str, np.ndarray]:
+  """A batch shaped as the trainer's: sequence pairs of `sequence_lengths`
+  (the first half segment A) with ceil(mask_rate * length) MLM positions
+  each, or classification pairs with labels; one a row padded to seq_len,
+  or with `point.packing` packed into rows of seq_len, a multiple of
+  `row_multiple` of them."""
+  rng = np.random.default_rng(seed)
+  b, length = point.batch, point.seq_len
+  lengths = sequence_lengths(point, seed)
+  real = np.arange(length) < lengths[:, None]
   batch = dict(
-      input_ids=rng.integers(5, settings.vocab_size, (b, length)).astype(np.int32),
-      segment_ids=np.broadcast_to(np.arange(length) >= first, (b, length)).astype(np.int32),
-      input_mask=np.ones((b, length), np.int32))
+      input_ids=np.where(real, rng.integers(5, settings.vocab_size, (b, length)), 0),
+      segment_ids=real & (np.arange(length) >= lengths[:, None] // 2),
+      input_mask=real)
+  batch = {k: v.astype(np.int32) for k, v in batch.items()}
+  costs, slots = None, None
   if point.objective == "classification":
     batch["labels"] = rng.integers(0, 2, b).astype(np.int32)
+  else:
+    p = predictions(settings, length)
+    costs = np.minimum([max(1, math.ceil(settings.mask_rate * n)) for n in lengths], lengths - 1)
+    positions = np.zeros((b, p), np.int32)
+    for i, (n, k) in enumerate(zip(lengths, costs, strict=True)):
+      positions[i, :k] = np.sort(rng.choice(np.arange(1, n), k, replace=False))
+    batch.update(masked_positions=positions,
+                 masked_ids=np.take_along_axis(batch["input_ids"], positions, 1),
+                 masked_weights=(np.arange(p) < costs[:, None]).astype(np.float32),
+                 nsp_labels=rng.integers(0, 2, b).astype(np.int32))
+    slots = max(p, math.ceil(settings.mask_rate * length)) + 2
+  if not point.packing:
     return batch
-  p = predictions(settings, length)
-  positions = np.stack([np.sort(rng.choice(np.arange(1, length), p, replace=False))
-                        for _ in range(b)]).astype(np.int32)
-  batch.update(masked_positions=positions,
-               masked_ids=np.take_along_axis(batch["input_ids"], positions, 1),
-               masked_weights=np.ones((b, p), np.float32),
-               nsp_labels=rng.integers(0, 2, b).astype(np.int32))
-  return batch
+  per_row = packing.max_examples_per_row(length)
+  rows = packing.place(lengths, length, row_multiple=row_multiple, max_per_row=per_row,
+                       costs=costs, budget=slots or 0)
+  return packing.fill(batch, rows, length, per_row, predictions=slots)
+
+
+def batch_figures(batch: dict[str, np.ndarray]) -> dict:
+  """The rows a batch takes, its token slots and the real tokens among them."""
+  rows, length = batch["input_mask"].shape
+  real = int(batch["input_mask"].sum())
+  return dict(rows=rows, token_slots=rows * length, real_tokens=real,
+              real_token_fraction=round(real / (rows * length), 4))
+
+
+def padded_to_longest(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """An unpacked batch cut to its longest sequence (dynamic padding)."""
+  longest = int(batch["input_mask"].sum(1).max())
+  return {k: v[:, :longest] if k in ("input_ids", "segment_ids", "input_mask") else v
+          for k, v in batch.items()}
 
 
 def flops_per_token(point: Point, settings: Settings) -> tuple[float, float]:

@@ -15,14 +15,17 @@ def line(row: dict) -> str:
   """A row as one console line."""
   point = Point(**{k: row[k] for k in SWEEP_FIELDS})
   label = (point.label() if row["implementation"] == "lmjax" else
-           f"{point.size} L{point.seq_len} B{point.batch} {point.dtype} {point.objective}")
+           f"{point.size} L{point.seq_len} B{point.batch} {point.dtype} {point.objective}"
+           + ("" if point.lengths == "full" else f" lengths={point.lengths} padded to longest"))
   name = f"{row['implementation']:>8} {label}"
   if "error" in row:
     return f"{name}: failed: {row['error']}"
   mfu = f", useful MFU {row['useful_mfu']:.1%}" if row.get("useful_mfu") else ""
   speedup = f", {row['speedup_vs_peer']:.2f}x the peer" if "speedup_vs_peer" in row else ""
   compile_s = f", compile {row['compile_s']:.1f} s" if "compile_s" in row else ""
-  return (f"{name}: {row['tokens_per_s']:,.0f} tokens/s, step {row['step_ms_median']:.1f} ms"
+  real = row.get("real_token_fraction", 1.0)
+  rows = f" in {row['rows']} rows ({real:.1%} real)" if real < 1 else ""
+  return (f"{name}: {row['tokens_per_s']:,.0f} tokens/s{rows}, step {row['step_ms_median']:.1f} ms"
           f" (min {row['step_ms_min']:.1f}){mfu}{compile_s}, peak RSS "
           f"{row['peak_rss_bytes'] / 2**30:.2f} GiB{speedup}")
 

@@ -167,14 +167,15 @@ def _row(point: Point, settings: Settings, implementation: str, times=(), error=
              if point.objective == "mlm_nsp" else 0, dropout=settings.dropout)
   if error is not None:
     return {**row, "error": error}
-  tokens = point.batch * point.seq_len
+  # Real tokens count; the model's FLOPs also count the padding it computes.
+  tokens, slots = measured["real_tokens"], measured["token_slots"]
   median, fastest = statistics.median(times), min(times)
   model, useful = flops_per_token(point, settings)
   row.update(measured, devices=devices, steps_timed=len(times),
              step_ms_median=round(1e3 * median, 3), step_ms_min=round(1e3 * fastest, 3),
              tokens_per_s=round(tokens / median, 1))
   peak = peak_flops_per_device * devices if peak_flops_per_device else None
-  row["model_mfu"] = round(model * tokens / median / peak, 4) if peak else None
+  row["model_mfu"] = round(model * slots / median / peak, 4) if peak else None
   row["useful_mfu"] = round(useful * tokens / median / peak, 4) if peak else None
   row["useful_tflops_per_s"] = round(useful * tokens / median / 1e12, 4)
   return row
