@@ -43,7 +43,7 @@ _IGNORED_PREFIXES = ("classifier.", "cls.predictions.decoder.")
 
 
 @dataclasses.dataclass(frozen=True)
-class _Tensor:
+class HfTensor:
   """One Hugging Face tensor and where it lives in lmjax's parameters."""
   hf_name: str
   path: tuple[str, ...]
@@ -60,22 +60,22 @@ class _Tensor:
     return array.reshape(self.hf_shape)
 
 
-def _tensor_map(cfg: BertConfig, heads: bool, num_labels: int = 0) -> list[_Tensor]:
+def _tensor_map(cfg: BertConfig, heads: bool, num_labels: int = 0) -> list[HfTensor]:
   """Every tensor of a (loop-layout) BertForPreTraining (`heads`), a
   BertForSequenceClassification (`num_labels`) or a BertModel, HF name first."""
   d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
   n, h = cfg.num_heads, cfg.head_dim
-  out: list[_Tensor] = []
+  out: list[HfTensor] = []
 
   def linear(hf, path, d_in, d_out, kernel_shape=None, bias_shape=None):
-    out.append(_Tensor(f"{hf}.weight", (*path, "kernel"), (d_out, d_in),
+    out.append(HfTensor(f"{hf}.weight", (*path, "kernel"), (d_out, d_in),
                        kernel_shape or (d_in, d_out), True))
-    out.append(_Tensor(f"{hf}.bias", (*path, "bias"), (d_out,),
+    out.append(HfTensor(f"{hf}.bias", (*path, "bias"), (d_out,),
                        bias_shape or (d_out,), False))
 
   def norm(hf, path):
-    out.append(_Tensor(f"{hf}.weight", (*path, "scale"), (d,), (d,), False))
-    out.append(_Tensor(f"{hf}.bias", (*path, "bias"), (d,), (d,), False))
+    out.append(HfTensor(f"{hf}.weight", (*path, "scale"), (d,), (d,), False))
+    out.append(HfTensor(f"{hf}.bias", (*path, "bias"), (d,), (d,), False))
 
   emb = ("bert", "embeddings")
   for hf, name, rows in (("word_embeddings", "word_embeddings", v),
@@ -83,7 +83,7 @@ def _tensor_map(cfg: BertConfig, heads: bool, num_labels: int = 0) -> list[_Tens
                           cfg.max_position),
                          ("token_type_embeddings", "token_type_embeddings",
                           cfg.type_vocab_size)):
-    out.append(_Tensor(f"bert.embeddings.{hf}.weight", (*emb, name, "embedding"),
+    out.append(HfTensor(f"bert.embeddings.{hf}.weight", (*emb, name, "embedding"),
                        (rows, d), (rows, d), False))
   norm("bert.embeddings.LayerNorm", (*emb, "layer_norm"))
   for i in range(cfg.num_layers):
@@ -101,7 +101,7 @@ def _tensor_map(cfg: BertConfig, heads: bool, num_labels: int = 0) -> list[_Tens
   if heads:
     linear("cls.predictions.transform.dense", ("mlm", "transform"), d, d)
     norm("cls.predictions.transform.LayerNorm", ("mlm", "transform_norm"))
-    out.append(_Tensor("cls.predictions.bias", ("mlm", "output_bias"), (v,), (v,),
+    out.append(HfTensor("cls.predictions.bias", ("mlm", "output_bias"), (v,), (v,),
                        False))
     linear("cls.seq_relationship", ("nsp",), d, 2)
   if num_labels:
