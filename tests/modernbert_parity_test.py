@@ -4,6 +4,7 @@ float32), with random weights, on padded and packed batches."""
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -82,7 +83,7 @@ def test_masked_lm_matches_transformers_on_padded_batches(name, attention):
   with torch.no_grad():
     out, hidden = model(**kwargs), model.model(**kwargs).last_hidden_state.numpy()
   params = hf_modernbert.params_from_hf(state, cfg, heads=True)
-  ours = ModernBertForMaskedLM(cfg).apply(
+  ours = jax.jit(ModernBertForMaskedLM(cfg).apply)(
       {"params": params}, **{k: jnp.asarray(v, jnp.int32) for k, v in x.items()})
   mask = x["input_mask"]  # padding's outputs are no one's to compare
   err = np.abs(_real(np.asarray(ours["sequence_output"]), mask) - _real(hidden, mask)).max()
@@ -101,7 +102,7 @@ def test_classification_matches_transformers_with_both_poolings(name):
     want = model(input_ids=torch.tensor(x["input_ids"]),
                  attention_mask=torch.tensor(x["input_mask"])).logits.numpy()
   params = hf_modernbert.params_from_hf(state, cfg, heads=False, num_labels=3)
-  got = ModernBertForSequenceClassification(cfg, 3).apply(
+  got = jax.jit(ModernBertForSequenceClassification(cfg, 3).apply)(
       {"params": params}, jnp.asarray(x["input_ids"], jnp.int32),
       jnp.asarray(x["input_mask"], jnp.int32))
   assert np.abs(np.asarray(got) - want).max() < TOL
@@ -113,10 +114,10 @@ def test_scanned_layers_compute_what_the_loop_computes():
   params = hf_modernbert.params_from_hf(state, cfg, heads=False)
   x = _inputs(cfg.vocab_size, seed=2)
   args = jnp.asarray(x["input_ids"], jnp.int32), jnp.asarray(x["input_mask"], jnp.int32)
-  loop = ModernBertModel(cfg).apply({"params": params}, *args)
+  loop = jax.jit(ModernBertModel(cfg).apply)({"params": params}, *args)
   scanned_params = {**params, "encoder": stack_layers(params["encoder"])}
-  scanned = ModernBertModel(dataclasses.replace(cfg, scan_layers=True, remat_policy="dots")
-                            ).apply({"params": scanned_params}, *args)
+  scanned = jax.jit(ModernBertModel(dataclasses.replace(
+      cfg, scan_layers=True, remat_policy="dots")).apply)({"params": scanned_params}, *args)
   np.testing.assert_allclose(np.asarray(scanned), np.asarray(loop), atol=1e-6)
   with torch.no_grad():
     want = model(input_ids=torch.tensor(x["input_ids"]),
@@ -136,10 +137,10 @@ def test_packed_rows_give_each_example_what_it_gets_alone(name):
   arrays["segment_ids"] = np.zeros_like(arrays["input_ids"])
   packed = packing.pack(arrays, 32)
   assert len(packed["input_ids"]) < 4
-  model_cls = ModernBertForSequenceClassification(cfg, 2)
-  padded = model_cls.apply({"params": params}, jnp.asarray(arrays["input_ids"]),
+  apply = jax.jit(ModernBertForSequenceClassification(cfg, 2).apply)
+  padded = apply({"params": params}, jnp.asarray(arrays["input_ids"]),
                            jnp.asarray(arrays["input_mask"]))
-  rows = model_cls.apply({"params": params}, **{
+  rows = apply({"params": params}, **{
       k: jnp.asarray(packed[k]) for k in ("input_ids", "positions", "example_index",
                                           "example_starts")},
                          input_mask=jnp.asarray(packed["input_mask"]))
