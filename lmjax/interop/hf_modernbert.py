@@ -133,7 +133,7 @@ def tensor_map(cfg: ModernBertConfig, heads: bool, num_labels: int = 0) -> list[
     linear("head.dense", ("head", "dense"), d, d)
     norm("head.norm", ("head", "norm"))
   if heads and cfg.decoder_bias:
-    out.append(HfTensor("decoder.bias", ("decoder_bias",), (v,), (v,), False))
+    out.append(HfTensor("decoder.bias", ("output_bias",), (v,), (v,), False))
   if num_labels:
     linear("classifier", ("classifier", "kernel"), d, num_labels)
     out.append(HfTensor("classifier.bias", ("classifier", "bias"), (num_labels,),

@@ -352,7 +352,7 @@ class ModernBertForMaskedLM(nn.Module):
                               model.word_embedding_table().astype(h_BxPxD.dtype),
                               preferred_element_type=out_dtype)
     if cfg.decoder_bias:
-      bias_V = self.param("decoder_bias", nn.with_logical_partitioning(
+      bias_V = self.param("output_bias", nn.with_logical_partitioning(
           nn.initializers.zeros_init(), ("vocab",)), (cfg.vocab_size,), cfg.param_dtype)
       logits_BxPxV = logits_BxPxV + bias_V.astype(out_dtype)
     return dict(sequence_output=seq_BxLxD, mlm_logits=nn.with_logical_constraint(
