@@ -39,7 +39,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       masked_lm_prob=0.15,
       short_seq_prob=0.1,
       whole_word_masking=False,
-      packing=True,  # a step's pairs share rows: no compute on padding (false: one a row)
+      packing=True,  # pairs share rows: no compute on padding (false: one a row)
+      # Steps whose pairs are packed together: denser rows, each step's pairs a
+      # little more or less than batch_size; 1 = each step exactly its own pairs.
+      packing_window=8,
       num_threads=2,  # host threads that prepare batches
   ))
 

@@ -163,3 +163,34 @@ def test_packed_batches_hold_the_same_masked_pairs_in_fewer_rows(config):
     assert packed[k]["masked_ids"].shape[1] >= one[k]["masked_ids"].shape[1]
     joined = {name: np.concatenate([s[k][name] for s in shares]) for name in packed[k]}
     assert _equal(joined, packed[k])
+
+
+def test_a_window_of_steps_packs_its_pairs_together_masked_as_one_a_row(config):
+  """Window w of 4 steps holds exactly the pairs of those 4 unpacked steps,
+  each masked as it is unpacked (by its place in the stream); rows are at
+  least as dense; processes' shares join into the one-process batch."""
+  rows = pretrain_input.RowPacking(groups=2, row_multiple=2, window=4)
+  one, _, _ = pretrain_input.pretraining_input(config.data, 16, seed=0)
+  packed, _, _ = pretrain_input.pretraining_input(config.data, 16, seed=0, rows=rows)
+  alone, _, _ = pretrain_input.pretraining_input(
+      config.data, 16, seed=0, rows=pretrain_input.RowPacking(groups=2, row_multiple=2))
+  shares = [pretrain_input.pretraining_input(config.data, 16, seed=0, rows=rows,
+                                             process_index=p, process_count=2)[0]
+            for p in range(2)]
+  for window in (0, 3):
+    steps = range(4 * window, 4 * window + 4)
+    unpacked = {(s - 4 * window) * 16 + i: pair
+                for s in steps for i, pair in _pairs(one[s]).items()}
+    held = {}
+    for s in steps:
+      batch = packed[s]
+      assert len(batch["input_ids"]) % 4 == 0  # 2 micro-batches x 2 devices
+      mine = _pairs(batch)
+      assert not set(mine) & set(held)  # no pair in two steps
+      held.update(mine)
+      joined = {name: np.concatenate([share[s][name] for share in shares]) for name in batch}
+      assert _equal(joined, batch) and _equal(packed[s], batch)  # deterministic
+    assert held == unpacked
+    assert (sum(packed[s]["input_ids"].size for s in steps)
+            <= sum(alone[s]["input_ids"].size for s in steps))
+

@@ -197,7 +197,8 @@ def test_packed_rows_give_the_unpacked_run_step_for_step(tmp_path, reviews_tsv):
   lines = {}
   for packing in (False, True):
     config = tiny_config(**{"data.source": f"task:tsv:{reviews_tsv}", "data.packing": packing,
-                            "data.max_seq_length": 64, "data.max_predictions_per_seq": 10,
+                            "data.packing_window": 1, "data.max_seq_length": 64,
+                            "data.max_predictions_per_seq": 10,
                             "train.steps": 8, "train.batch_size": 32, "train.cp_weight": 0.5,
                             "train.grad_accum_steps": 2, "train.eval_every": 4})
     pretraining.train_and_evaluate(config, tmp_path / str(packing))
@@ -273,6 +274,7 @@ def test_bad_configs_fail_before_any_work(env, tmp_path, override, message):
     ("model.size", "huge", "config.model.size must be one of"),
     ("data.max_seq_length", 1024, "exceeds config.model.max_position (512)"),
     ("data.masked_lm_prob", 0.0, "config.data.masked_lm_prob must be in (0, 1)"),
+    ("data.packing_window", 0, "config.data.packing_window must be at least 1, got 0"),
     ("train.cp_weight", -1.0, "config.train.cp_weight must be non-negative, got -1.0"),
     ("train.mlm_weight,train.nsp_weight", 0.0, "config.train.mlm_weight must be positive, "
      "or nsp_weight or cp_weight (all three are 0: nothing to learn)"),

@@ -106,6 +106,33 @@ def place(lengths: np.ndarray, row_length: int, *, groups: int = 1, row_multiple
           for r in range(rows) for g in range(groups)]
 
 
+def place_window(lengths: np.ndarray, row_length: int, window: int, *, groups: int = 1,
+                 row_multiple: int = 1, max_per_row: int | None = None,
+                 costs: np.ndarray | None = None, budget: int = 0,
+                 steps: int = ROW_STEPS) -> list[list[list[int]]]:
+  """The rows of each of `window` steps whose examples (`lengths`, the
+  window's, `window` times a step's) are packed together: denser rows than
+  a step's examples alone fill, as a step takes whichever examples its rows
+  hold. Row r of the window (best-fit decreasing) goes to step r % window,
+  and a step's rows to its micro-batches in turn (`groups`, as `place`
+  lays them out), each group's rows a size of `row_sizes` for a step's
+  share of examples."""
+  n = len(lengths)
+  if n % window or (n // window) % groups:
+    raise ValueError(f"{n} examples do not split into {window} steps of {groups} groups")
+  max_per_row = max_per_row or max_examples_per_row(row_length)
+  rows = best_fit(lengths, row_length, max_per_row, costs, budget)
+  sizes = row_sizes(n // window // groups, row_multiple, steps)
+  out = []
+  for step in range(window):
+    mine = rows[step::window]
+    per_group = [mine[g::groups] for g in range(groups)]
+    count = next(s for s in sizes if s >= max(len(p) for p in per_group))
+    out.append([per_group[g][r] if r < len(per_group[g]) else []
+                for r in range(count) for g in range(groups)])
+  return out
+
+
 def pack(arrays: dict[str, np.ndarray], row_length: int, *, groups: int = 1,
          row_multiple: int = 1, max_per_row: int | None = None,
          predictions: int | None = None) -> dict[str, np.ndarray]:

@@ -39,10 +39,13 @@ class _ReadAndMask:
 
 @dataclasses.dataclass(frozen=True)
 class RowPacking:
-  """Packed pretraining rows: the step's `groups` (micro-batches) and the
-  `row_multiple` (devices the batch splits over) a row count must be."""
+  """Packed pretraining rows: the step's `groups` (micro-batches), the
+  `row_multiple` (devices the batch splits over) a row count must be, and
+  the `window` of steps whose pairs are packed together (1: each step packs
+  exactly its own pairs, as it would hold them one a row)."""
   groups: int = 1
   row_multiple: int = 1
+  window: int = 1
   steps: int = 2 * packing.ROW_STEPS  # row counts; a long run affords more compiles
 
 
@@ -66,31 +69,43 @@ def most_predictions(lengths: np.ndarray, masking: Masking) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class _ReadPackAndMask(_ReadAndMask):
   """Reads the pairs of global batch m (stream elements [m*G, (m+1)*G),
-  `batch` = G), places them in packed rows (every process alike), and masks
-  and packs those of this process's rows. Picklable, for grain."""
+  `batch` = G) or, with a window of W steps, those of its window (elements
+  [w*W*G, (w+1)*W*G) for w = m // W, from `stream`, the batches of pair
+  indices); places them in packed rows (every process alike); masks and
+  packs those of this process's rows of step m. Picklable, for grain."""
   rows: RowPacking
   process_index: int
   process_count: int
+  stream: grain.MapDataset | None = None
 
   def __call__(self, m, indices):
+    window = self.rows.window
+    first = m // window * window
+    if window > 1:
+      indices = np.concatenate([self.stream[first + s] for s in range(window)])
     pairs = self.pairs.get_many(indices)
     length = self.masking.max_seq_length
     per_row = packing.max_examples_per_row(length)
     lengths = np.array([len(p["tokens"]) for p in pairs])
     slots = prediction_slots(self.masking)
-    placed = packing.place(lengths, length, groups=self.rows.groups,
-                           row_multiple=self.rows.row_multiple, max_per_row=per_row,
-                           costs=most_predictions(lengths, self.masking), budget=slots,
-                           steps=self.rows.steps)
+    placing = dict(groups=self.rows.groups, row_multiple=self.rows.row_multiple,
+                   max_per_row=per_row, costs=most_predictions(lengths, self.masking),
+                   budget=slots, steps=self.rows.steps)
+    if window > 1:
+      # Examples are numbered in their window; micro-batches are row sets.
+      placed, groups = packing.place_window(lengths, length, window, **placing)[m - first], 1
+    else:  # example i is the i-th of the batch, in micro-batch i % groups
+      placed, groups = packing.place(lengths, length, **placing), self.rows.groups
     local = local_batch(len(placed), self.process_index, self.process_count)
     mine = placed[self.process_index * local:(self.process_index + 1) * local]
     members = sorted(i for row in mine for i in row) or [0]  # [0]: rows all empty
     masked = mask_batch(pad_pairs([pairs[i] for i in members], length), self.masking,
-                        self.vocabulary, self.seed, m * self.batch + np.array(members, np.int64))
-    whole = {k: np.zeros((self.batch, *v.shape[1:]), v.dtype) for k, v in masked.items()}
+                        self.vocabulary, self.seed,
+                        first * self.batch + np.array(members, np.int64))
+    whole = {k: np.zeros((len(pairs), *v.shape[1:]), v.dtype) for k, v in masked.items()}
     for k, v in masked.items():  # by index in the batch, which example_index counts
       whole[k][members] = v
-    return packing.fill(whole, mine, length, per_row, self.rows.groups, slots)
+    return packing.fill(whole, mine, length, per_row, groups, slots)
 
 
 def pretraining_dataset(pairs, masking: Masking, vocabulary: Vocabulary,
@@ -103,13 +118,13 @@ def pretraining_dataset(pairs, masking: Masking, vocabulary: Vocabulary,
   shards.PreparedPairs (len, and get_many(indices) -> pair dicts)."""
   local = local_batch(global_batch, process_index, process_count)
   if rows is not None:
-    return (grain.MapDataset.range(len(pairs))
-            .shuffle(seed=seed)
-            .repeat(None)
-            .batch(global_batch, drop_remainder=True)
-            .map_with_index(_ReadPackAndMask(pairs, masking, vocabulary, seed + 1,
-                                             global_batch, rows, process_index,
-                                             process_count)))
+    stream = (grain.MapDataset.range(len(pairs))
+              .shuffle(seed=seed)
+              .repeat(None)
+              .batch(global_batch, drop_remainder=True))
+    return stream.map_with_index(_ReadPackAndMask(
+        pairs, masking, vocabulary, seed + 1, global_batch, rows, process_index,
+        process_count, stream if rows.window > 1 else None))
   batches = (grain.MapDataset.range(len(pairs))
              .shuffle(seed=seed)
              .repeat(None)
@@ -142,6 +157,7 @@ def check_data_config(data) -> None:
       ("masked_lm_prob", 0 < data.masked_lm_prob < 1, "in (0, 1)"),
       ("short_seq_prob", 0 <= data.short_seq_prob <= 1, "in [0, 1]"),
       ("num_threads", data.num_threads >= 0, "at least 0"),
+      ("packing_window", data.get("packing_window", 1) >= 1, "at least 1"),
       ("tokenizer", not (cache.learned_size(data.tokenizer)
                          and data.source.startswith("prepared:")),
        "a file with a prepared: source (it was tokenized when prepared)"),

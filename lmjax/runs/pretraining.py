@@ -67,7 +67,8 @@ def _inputs(config, workdir, mesh):
   batch, share = config.train.batch_size, parallel.process_share()
   data = config.data
   if data.get("packing", False):
-    share["rows"] = RowPacking(config.train.grad_accum_steps, parallel.batch_shards(mesh))
+    share["rows"] = RowPacking(config.train.grad_accum_steps, parallel.batch_shards(mesh),
+                               data.get("packing_window", 1))
   learned = paths.resolve(workdir) / "tokenizer.model"
   if learned_size(data.tokenizer) and learned.is_file():
     # A run that learned its tokenizer keeps it when it resumes, even if its
