@@ -475,3 +475,22 @@ def test_the_stall_watch_names_a_phase_that_lasts_too_long_and_no_other(monkeypa
     stall.stop()
   assert stopped and stopped[0] == ("evaluation at step 10 made no progress for 0.5 s on "
                                     "process 0 (config.train.stall_timeout_s)")
+
+
+def test_a_compilation_has_its_allowance_beyond_a_short_stall_timeout(monkeypatch):
+  from lmjax.trainer import watch  # pylint: disable=import-outside-toplevel
+  stopped = []
+  monkeypatch.setattr(distributed, "stop_all", stopped.append)
+  monkeypatch.setattr(watch, "COMPILE_ALLOWANCE_S", 1.5)
+  stall = watch.StallWatch(0.3)
+  stall.start()
+  try:
+    stall.enter("the compilation of the training step", compiles=True)
+    time.sleep(0.9)  # three timeouts, within the allowance
+    assert stopped == []
+    stall.enter("the compilation of the training step for batches of 9 rows", compiles=True)
+    time.sleep(2.0)
+  finally:
+    stall.stop()
+  assert stopped[0].startswith("the compilation of the training step for batches of 9 rows "
+                               "made no progress for 1.5 s")

@@ -192,7 +192,8 @@ def _shapes(batch: dict) -> tuple:
 
 class _CompiledByShape:
   """The train step compiled ahead of time once for each batch shape it
-  meets (length buckets make a few; pretraining batches have one)."""
+  meets (length buckets and packed rows make a few), each compilation a
+  phase of its own for the stall watch."""
 
   def __init__(self, train_step, compiled: dict):
     self._train_step, self._compiled = train_step, compiled
@@ -200,6 +201,8 @@ class _CompiledByShape:
   def __call__(self, state, batch: dict, rng):
     shapes = _shapes(batch)
     if shapes not in self._compiled:
+      watch.phase(f"the compilation of the training step for batches of "
+                  f"{batch['input_ids'].shape[0]} rows", compiles=True)
       self._compiled[shapes] = self._train_step.lower(state, batch, rng).compile()
     return self._compiled[shapes](state, batch, rng)
 
@@ -256,7 +259,7 @@ class Run:
                   out_shardings=parallel.replicated(job.mesh))()
     train_step = job.train_step  # a finished run takes no step: nothing to compile
     if start < job.schedule.steps:
-      watch.phase("the compilation of the training step")
+      watch.phase("the compilation of the training step", compiles=True)
       first = parallel.shard_batch(job.train_data[0], job.mesh)
       train_step = compile_step(job, state, first, rng)
     config_json = json.loads(job.config.to_json())
