@@ -153,39 +153,54 @@ def fill(arrays: dict[str, np.ndarray], rows: list[list[int]], row_length: int,
   """Packed rows of the examples `rows` names (indices into `arrays`, whose
   `example_index` is i // groups); see `pack`."""
   lengths = arrays["input_mask"].sum(1).astype(np.int64)
-  out = {k: np.zeros((len(rows), row_length), arrays[k].dtype) for k in SEQUENCE_FIELDS}
-  out["positions"] = np.zeros((len(rows), row_length), np.int32)
-  out["example_index"] = np.full((len(rows), row_length), -1, np.int32)
-  out["example_starts"] = np.zeros((len(rows), max_per_row), np.int32)
-  out["example_mask"] = np.zeros((len(rows), max_per_row), np.int32)
+  count = len(rows)
+  out = {k: np.zeros((count, row_length), arrays[k].dtype) for k in SEQUENCE_FIELDS}
+  out["positions"] = np.zeros((count, row_length), np.int32)
+  out["example_index"] = np.full((count, row_length), -1, np.int32)
+  out["example_starts"] = np.zeros((count, max_per_row), np.int32)
+  out["example_mask"] = np.zeros((count, max_per_row), np.int32)
   for k, v in arrays.items():
     if k in PREDICTION_FIELDS:
-      out[k] = np.zeros((len(rows), predictions), v.dtype)
+      out[k] = np.zeros((count, predictions), v.dtype)
     elif k not in SEQUENCE_FIELDS:
-      out[k] = np.zeros((len(rows), max_per_row, *v.shape[1:]), v.dtype)
-  for row, examples in enumerate(rows):
-    start, predicted = 0, 0
-    for slot, i in enumerate(examples):
-      n = int(lengths[i])
-      for k in SEQUENCE_FIELDS:
-        out[k][row, start:start + n] = arrays[k][i, :n]
-      out["positions"][row, start:start + n] = np.arange(n)
-      out["example_index"][row, start:start + n] = i // groups
-      out["example_starts"][row, slot] = start
-      out["example_mask"][row, slot] = 1
-      for k, v in arrays.items():
-        if k not in SEQUENCE_FIELDS and k not in PREDICTION_FIELDS:
-          out[k][row, slot] = v[i]
-      if "masked_weights" in arrays:
-        real = np.flatnonzero(arrays["masked_weights"][i] > 0)
-        end = predicted + len(real)
-        if end > predictions:
-          raise ValueError(f"a row needs more than its {predictions} prediction slots")
-        out["masked_positions"][row, predicted:end] = arrays["masked_positions"][i, real] + start
-        out["masked_ids"][row, predicted:end] = arrays["masked_ids"][i, real]
-        out["masked_weights"][row, predicted:end] = arrays["masked_weights"][i, real]
-        predicted = end
-      start += n
+      out[k] = np.zeros((count, max_per_row, *v.shape[1:]), v.dtype)
+  # One entry a placed example, in row order: its row, slot, index and start.
+  row_s = np.array([r for r, examples in enumerate(rows) for _ in examples], np.int64)
+  slot_s = np.array([j for examples in rows for j in range(len(examples))], np.int64)
+  example_s = np.array([i for examples in rows for i in examples], np.int64)
+  if not len(example_s):
+    return out
+  n_s = lengths[example_s]
+  ends = np.cumsum(n_s)
+  row_first = np.r_[0, np.flatnonzero(np.diff(row_s)) + 1]  # each row's first entry
+  start_s = ends - n_s - np.repeat(np.r_[0, ends[row_first[1:] - 1]], np.diff(np.r_[
+      row_first, len(row_s)]))
+  # One entry a token: where it goes and where it comes from.
+  token_s = np.repeat(np.arange(len(example_s)), n_s)
+  position_t = np.arange(len(token_s)) - np.repeat(ends - n_s, n_s)
+  row_t, column_t = row_s[token_s], start_s[token_s] + position_t
+  for k in SEQUENCE_FIELDS:
+    out[k][row_t, column_t] = arrays[k][example_s[token_s], position_t]
+  out["positions"][row_t, column_t] = position_t
+  out["example_index"][row_t, column_t] = example_s[token_s] // groups
+  out["example_starts"][row_s, slot_s] = start_s
+  out["example_mask"][row_s, slot_s] = 1
+  for k, v in arrays.items():
+    if k not in SEQUENCE_FIELDS and k not in PREDICTION_FIELDS:
+      out[k][row_s, slot_s] = v[example_s]
+  if "masked_weights" in arrays:  # a row's examples' real predictions, in order
+    entry_p, column_p = np.nonzero(arrays["masked_weights"][example_s] > 0)
+    counts = np.bincount(entry_p, minlength=len(example_s))
+    before = np.cumsum(counts) - counts  # predictions of the entries before, in all rows
+    row_before = before - np.repeat(before[row_first], np.diff(np.r_[row_first, len(row_s)]))
+    slot_p = row_before[entry_p] + np.arange(len(entry_p)) - before[entry_p]
+    if len(slot_p) and slot_p.max() >= predictions:
+      raise ValueError(f"a row needs more than its {predictions} prediction slots")
+    ex_p, row_p = example_s[entry_p], row_s[entry_p]
+    out["masked_positions"][row_p, slot_p] = (arrays["masked_positions"][ex_p, column_p]
+                                              + start_s[entry_p])
+    out["masked_ids"][row_p, slot_p] = arrays["masked_ids"][ex_p, column_p]
+    out["masked_weights"][row_p, slot_p] = arrays["masked_weights"][ex_p, column_p]
   return out
 
 

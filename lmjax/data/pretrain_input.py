@@ -7,6 +7,7 @@ function of the seed, the epoch and the example. Global batch b is elements
 """
 
 import dataclasses
+import threading
 import time
 from pathlib import Path
 
@@ -81,21 +82,11 @@ class _ReadPackAndMask(_ReadAndMask):
   def __call__(self, m, indices):
     window = self.rows.window
     first = m // window * window
-    if window > 1:
-      indices = np.concatenate([self.stream[first + s] for s in range(window)])
-    pairs = self.pairs.get_many(indices)
+    pairs, placements = self._window(first, indices)
+    placed = placements[m - first]
+    # Window steps number their examples in the window; micro-batches are row sets.
+    groups = 1 if window > 1 else self.rows.groups
     length = self.masking.max_seq_length
-    per_row = packing.max_examples_per_row(length)
-    lengths = np.array([len(p["tokens"]) for p in pairs])
-    slots = prediction_slots(self.masking)
-    placing = dict(groups=self.rows.groups, row_multiple=self.rows.row_multiple,
-                   max_per_row=per_row, costs=most_predictions(lengths, self.masking),
-                   budget=slots, steps=self.rows.steps)
-    if window > 1:
-      # Examples are numbered in their window; micro-batches are row sets.
-      placed, groups = packing.place_window(lengths, length, window, **placing)[m - first], 1
-    else:  # example i is the i-th of the batch, in micro-batch i % groups
-      placed, groups = packing.place(lengths, length, **placing), self.rows.groups
     local = local_batch(len(placed), self.process_index, self.process_count)
     mine = placed[self.process_index * local:(self.process_index + 1) * local]
     members = sorted(i for row in mine for i in row) or [0]  # [0]: rows all empty
@@ -105,7 +96,42 @@ class _ReadPackAndMask(_ReadAndMask):
     whole = {k: np.zeros((len(pairs), *v.shape[1:]), v.dtype) for k, v in masked.items()}
     for k, v in masked.items():  # by index in the batch, which example_index counts
       whole[k][members] = v
-    return packing.fill(whole, mine, length, per_row, groups, slots)
+    return packing.fill(whole, mine, length, packing.max_examples_per_row(length), groups,
+                        prediction_slots(self.masking))
+
+  def _window(self, first: int, indices) -> tuple[list, list]:
+    """The pairs of the window from step `first` and the rows of each of its
+    steps; its W steps reuse them (the last two windows are kept)."""
+    with self.__dict__.setdefault("_lock", threading.Lock()):  # loader threads share it
+      cache = self.__dict__.setdefault("_cache", {})
+      if first not in cache:
+        while len(cache) >= 2:
+          del cache[min(cache)]
+        cache[first] = self._place(first, indices)
+      return cache[first]
+
+  def _place(self, first: int, indices) -> tuple[list, list]:
+    window = self.rows.window
+    if window > 1:  # `indices` is the step's number: the window's pairs are the stream's
+      indices = np.concatenate([self.stream[first + s] for s in range(window)])
+    pairs = self.pairs.get_many(indices)
+    length = self.masking.max_seq_length
+    lengths = np.array([len(p["tokens"]) for p in pairs])
+    placing = dict(groups=self.rows.groups, row_multiple=self.rows.row_multiple,
+                   max_per_row=packing.max_examples_per_row(length),
+                   costs=most_predictions(lengths, self.masking),
+                   budget=prediction_slots(self.masking), steps=self.rows.steps)
+    if window > 1:
+      placements = packing.place_window(lengths, length, window, **placing)
+    else:  # example i is the i-th of the batch, in micro-batch i % groups
+      placements = [packing.place(lengths, length, **placing)]
+    return pairs, placements
+
+  def __getstate__(self):  # grain pickles its transforms for worker processes
+    return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_cache")}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
 
 
 def pretraining_dataset(pairs, masking: Masking, vocabulary: Vocabulary,
@@ -122,9 +148,11 @@ def pretraining_dataset(pairs, masking: Masking, vocabulary: Vocabulary,
               .shuffle(seed=seed)
               .repeat(None)
               .batch(global_batch, drop_remainder=True))
-    return stream.map_with_index(_ReadPackAndMask(
-        pairs, masking, vocabulary, seed + 1, global_batch, rows, process_index,
-        process_count, stream if rows.window > 1 else None))
+    read = _ReadPackAndMask(pairs, masking, vocabulary, seed + 1, global_batch, rows,
+                            process_index, process_count, stream if rows.window > 1 else None)
+    if rows.window > 1:  # a window's first step reads its pairs; the others need no indices
+      return grain.MapDataset.range(len(stream)).map_with_index(read)
+    return stream.map_with_index(read)
   batches = (grain.MapDataset.range(len(pairs))
              .shuffle(seed=seed)
              .repeat(None)
