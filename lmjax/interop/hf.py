@@ -127,6 +127,16 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> BertConfig:
   return BertConfig(**{**fields, "hidden_act": _HF_ACTIVATIONS[act], **overrides})
 
 
+def label_fields(labels: list[str] | None) -> dict[str, Any]:
+  """A classifier's config.json fields for its class names (one name: a
+  regressor); none without labels."""
+  if not labels:
+    return {}
+  return dict(id2label=dict(enumerate(labels)),
+              label2id={name: i for i, name in enumerate(labels)},
+              problem_type="regression" if len(labels) == 1 else "single_label_classification")
+
+
 def config_to_hf(cfg: BertConfig, heads: bool = True,
                  labels: list[str] | None = None) -> dict[str, Any]:
   """Returns the Hugging Face config.json dict of a BertConfig: of a
@@ -137,15 +147,9 @@ def config_to_hf(cfg: BertConfig, heads: bool = True,
          "silu": "silu"}[cfg.hidden_act]
   architecture = ("BertForSequenceClassification" if labels else
                   "BertForPreTraining" if heads else "BertModel")
-  classes = {}
-  if labels:
-    classes = dict(id2label=dict(enumerate(labels)),
-                   label2id={name: i for i, name in enumerate(labels)},
-                   problem_type=("regression" if len(labels) == 1
-                                 else "single_label_classification"))
   return {"architectures": [architecture], "model_type": "bert", **hf, "hidden_act": act,
           "position_embedding_type": "absolute", "pad_token_id": 0,
-          "tie_word_embeddings": True, "dtype": "float32", **classes}
+          "tie_word_embeddings": True, "dtype": "float32", **label_fields(labels)}
 
 
 def _read_checkpoint(path: Path) -> dict[str, np.ndarray]:

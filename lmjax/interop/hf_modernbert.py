@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from lmjax.errors import ConfigError
-from lmjax.interop.hf import HfTensor
+from lmjax.interop.hf import HfTensor, label_fields
 from lmjax.model.modernbert import ModernBertConfig
 
 # config.json field -> ModernBertConfig field
@@ -81,12 +81,6 @@ def config_to_hf(cfg: ModernBertConfig, heads: bool = True,
   back = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu", "silu": "silu"}
   architecture = ("ModernBertForSequenceClassification" if labels else
                   "ModernBertForMaskedLM" if heads else "ModernBertModel")
-  classes = {}
-  if labels:
-    classes = dict(id2label=dict(enumerate(labels)),
-                   label2id={name: i for i, name in enumerate(labels)},
-                   problem_type=("regression" if len(labels) == 1
-                                 else "single_label_classification"))
   kinds = ["full_attention" if cfg.is_global(i) else "sliding_attention"
            for i in range(cfg.num_layers)]
   return {"architectures": [architecture], "model_type": "modernbert", **hf,
@@ -97,7 +91,7 @@ def config_to_hf(cfg: ModernBertConfig, heads: bool = True,
               "sliding_attention": {"rope_type": "default",
                                     "rope_theta": cfg.local_rope_theta}},
           **dict.fromkeys(_NO_BIASES, False), "tie_word_embeddings": True,
-          "dtype": "float32", **classes}
+          "dtype": "float32", **label_fields(labels)}
 
 
 def tensor_map(cfg: ModernBertConfig, heads: bool, num_labels: int = 0) -> list[HfTensor]:

@@ -14,6 +14,15 @@ def _layer_step(layer, x_BxLxD, tokens, deterministic):
   return layer(x_BxLxD, tokens, deterministic), None
 
 
+def rematted(layer_cls, cfg, deterministic_argnum: int):
+  """`layer_cls` under the config's remat policy (itself for 'none');
+  `deterministic_argnum` (counting self) is static, a Python bool."""
+  if cfg.remat_policy == "none":
+    return layer_cls
+  return nn.remat(layer_cls, policy=REMAT_POLICIES[cfg.remat_policy],
+                  prevent_cse=not cfg.scan_layers, static_argnums=(deterministic_argnum,))
+
+
 class Encoder(nn.Module):
   """`num_layers` encoder layers, as a Python loop or one `nn.scan`.
 
@@ -30,11 +39,8 @@ class Encoder(nn.Module):
     on real tokens."""
     cfg = self.config
     tokens = tokens if isinstance(tokens, Tokens) else Tokens.of(tokens)
-    layer_cls = EncoderLayer
-    if cfg.remat_policy != "none":
-      # Argument 3 (counting self) is `deterministic`, a Python bool.
-      layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[cfg.remat_policy],
-                           prevent_cse=not cfg.scan_layers, static_argnums=(3,))
+    # Argument 3 (counting self) is `deterministic`, a Python bool.
+    layer_cls = rematted(EncoderLayer, cfg, deterministic_argnum=3)
     if not cfg.scan_layers:
       for i in range(cfg.num_layers):
         x_BxLxD = layer_cls(cfg, name=f"layers_{i}")(x_BxLxD, tokens, deterministic)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from lmjax.errors import ConfigError
 from lmjax.model.config import ACTIVATIONS, ATTENTION_IMPLS, REMAT_POLICIES
+from lmjax.model.encoder import rematted
 from lmjax.model.layers import Dropout, attention_probs, logits_dtype
 from lmjax.model.rows import Tokens, at_starts, example_keys
 
@@ -298,10 +299,7 @@ class _Layers(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD, kinds, masks, tables, tokens, deterministic):
     cfg = self.config
-    layer_cls = Layer
-    if cfg.remat_policy != "none":
-      layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[cfg.remat_policy],
-                           prevent_cse=not cfg.scan_layers, static_argnums=(6,))
+    layer_cls = rematted(Layer, cfg, deterministic_argnum=6)
     if not cfg.scan_layers:
       for i in range(cfg.num_layers):
         x_BxLxD = layer_cls(cfg, name=f"layers_{i}")(x_BxLxD, kinds[i], masks, tables,
