@@ -101,14 +101,27 @@ class _ReadPackAndMask(_ReadAndMask):
 
   def _window(self, first: int, indices) -> tuple[list, list]:
     """The pairs of the window from step `first` and the rows of each of its
-    steps; its W steps reuse them (the last two windows are kept)."""
-    with self.__dict__.setdefault("_lock", threading.Lock()):  # loader threads share it
+    steps, placed once for its W steps: by the first loader thread that
+    needs them, while threads on the same window wait (the last three
+    windows are kept)."""
+    with self.__dict__.setdefault("_lock", threading.Lock()):
       cache = self.__dict__.setdefault("_cache", {})
-      if first not in cache:
-        while len(cache) >= 2:
+      entry = cache.get(first)
+      mine = entry is None
+      if mine:
+        while len(cache) >= 3:
           del cache[min(cache)]
-        cache[first] = self._place(first, indices)
-      return cache[first]
+        entry = cache[first] = [threading.Event(), None]
+    if not mine:
+      entry[0].wait()
+      if entry[1] is not None:
+        return entry[1]
+      return self._place(first, indices)  # its placer failed: fail here too, or succeed
+    try:
+      entry[1] = self._place(first, indices)
+    finally:
+      entry[0].set()
+    return entry[1]
 
   def _place(self, first: int, indices) -> tuple[list, list]:
     window = self.rows.window
