@@ -170,6 +170,7 @@ def test_continued_pretraining_starts_from_the_transformers_weights(hf_dir, tmp_
   p.init.source = f"hf:{hf_dir}"
   p.data.source, p.data.max_seq_length, p.data.max_predictions_per_seq = (
       f"text:{corpus}", 32, 5)
+  p.data.packing_window = 1  # the first step holds the first batch's pairs, as unpacked
   p.model.dropout_rate = p.model.attention_dropout_rate = 0.0
   p.train.update(batch_size=8, steps=2, warmup_steps=1, eval_batches=1, log_every=1,
                  checkpoint_every=2)
