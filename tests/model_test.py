@@ -57,7 +57,8 @@ def test_scan_and_loop_layouts_compute_the_same_function():
 
 
 @pytest.mark.parametrize("policy,scan", [
-    pytest.param("full", True, marks=pytest.mark.slow), ("dots", True),
+    pytest.param("full", True, marks=pytest.mark.slow),
+    pytest.param("dots", True, marks=pytest.mark.slow),
     pytest.param("dots_no_batch", True, marks=pytest.mark.slow)])
 def test_remat_changes_neither_outputs_nor_gradients(policy, scan):
   batch = _batch()

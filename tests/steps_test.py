@@ -56,6 +56,7 @@ def test_training_on_one_batch_drives_the_loss_down():
   assert float(sums["mlm_correct"]) / 24 > 0.5
 
 
+@pytest.mark.slow
 def test_accumulated_gradients_equal_one_big_batch_whatever_the_masked_counts():
   """Without dropout, k micro-batches give the full batch's loss, metrics
   and update: each term (MLM, NSP and CP) is normalized by the full batch's
