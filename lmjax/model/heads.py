@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from lmjax.model.config import ACTIVATIONS, BertConfig
 from lmjax.model.encoder import BertModel
 from lmjax.model.layers import Dropout, dense, layer_norm, logits_dtype, zeros_init
-from lmjax.model.rows import Tokens, example_keys
+from lmjax.model.rows import Tokens, example_keys, mean_over_examples
 
 # The inputs of packed rows (lmjax.model.rows), None for unpacked ones.
 PACKED_INPUTS = ("positions", "example_index", "example_starts")
@@ -80,15 +80,8 @@ class BertForPreTraining(nn.Module):
     probe."""
     seq_BxLxD, _ = self.bert(input_ids, segment_ids, input_mask, True, positions,
                              example_index, example_starts)
-    seq_BxLxD = seq_BxLxD.astype(jnp.float32)
-    if example_starts is None:
-      mask_BxLx1 = input_mask[..., None].astype(jnp.float32)
-      return (seq_BxLxD * mask_BxLx1).sum(1) / jnp.maximum(mask_BxLx1.sum(1), 1.0)
-    example_BxE = jnp.take_along_axis(example_index, example_starts, axis=1)
-    mine_BxExL = ((example_index[:, None, :] == example_BxE[:, :, None])
-                  & input_mask[:, None, :].astype(bool)).astype(jnp.float32)
-    return (jnp.einsum("bel,bld->bed", mine_BxExL, seq_BxLxD)
-            / jnp.maximum(mine_BxExL.sum(-1, keepdims=True), 1.0))
+    return mean_over_examples(seq_BxLxD.astype(jnp.float32), input_mask, example_index,
+                              example_starts)
 
   def pooled(self, input_ids, segment_ids, input_mask, deterministic: bool = True,
              positions=None, example_index=None, example_starts=None) -> jax.Array:

@@ -28,7 +28,7 @@ from lmjax.errors import ConfigError
 from lmjax.model.config import ACTIVATIONS, ATTENTION_IMPLS, REMAT_POLICIES
 from lmjax.model.encoder import rematted
 from lmjax.model.layers import Dropout, attention_probs, logits_dtype
-from lmjax.model.rows import Tokens, at_starts, example_keys
+from lmjax.model.rows import Tokens, at_starts, example_keys, mean_over_examples
 
 # (num_layers, hidden_size, num_heads, intermediate_size) of the released
 # sizes (answerdotai/ModernBERT-base and -large), and a small one for CPUs.
@@ -386,18 +386,3 @@ class ModernBertForSequenceClassification(nn.Module):
                                                              (None,)),
                       name="classifier")(pooled)
     return logits.astype(logits_dtype(cfg.dtype))
-
-
-def mean_over_examples(seq_BxLxD, input_mask_BxL, example_index_BxL=None,
-                       example_starts_BxE=None):
-  """The mean of each example's real tokens: [B, D], or [B, E, D] packed."""
-  mask_BxL = input_mask_BxL.astype(seq_BxLxD.dtype)
-  if example_starts_BxE is None:
-    total_BxD = jnp.einsum("bld,bl->bd", seq_BxLxD, mask_BxL)
-    return total_BxD / jnp.maximum(mask_BxL.sum(-1, keepdims=True), 1)
-  slot_BxE = jnp.take_along_axis(example_index_BxL, example_starts_BxE, 1)
-  member_BxExL = (example_index_BxL[:, None, :] == slot_BxE[:, :, None]) & (
-      input_mask_BxL[:, None, :] > 0)
-  member_BxExL = member_BxExL.astype(seq_BxLxD.dtype)
-  total_BxExD = jnp.einsum("bld,bel->bed", seq_BxLxD, member_BxExL)
-  return total_BxExD / jnp.maximum(member_BxExL.sum(-1, keepdims=True), 1)

@@ -78,3 +78,18 @@ def example_keys(tokens: Tokens, starts_BxE: jax.Array | None, features: int):
   example_BxE = jnp.take_along_axis(jnp.broadcast_to(tokens.example, tokens.mask.shape),
                                     starts_BxE, axis=1)
   return example_BxE[..., None], jnp.arange(features, dtype=jnp.int32)[None, None]
+
+
+def mean_over_examples(seq_BxLxD, input_mask_BxL, example_index_BxL=None,
+                       example_starts_BxE=None):
+  """The mean of each example's real tokens: [B, D], or [B, E, D] packed."""
+  mask_BxL = input_mask_BxL.astype(seq_BxLxD.dtype)
+  if example_starts_BxE is None:
+    total_BxD = jnp.einsum("bld,bl->bd", seq_BxLxD, mask_BxL)
+    return total_BxD / jnp.maximum(mask_BxL.sum(-1, keepdims=True), 1)
+  slot_BxE = jnp.take_along_axis(example_index_BxL, example_starts_BxE, 1)
+  member_BxExL = (example_index_BxL[:, None, :] == slot_BxE[:, :, None]) & (
+      input_mask_BxL[:, None, :] > 0)
+  member_BxExL = member_BxExL.astype(seq_BxLxD.dtype)
+  total_BxExD = jnp.einsum("bld,bel->bed", seq_BxLxD, member_BxExL)
+  return total_BxExD / jnp.maximum(member_BxExL.sum(-1, keepdims=True), 1)
