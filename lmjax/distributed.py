@@ -76,10 +76,10 @@ def watch_peers(timeout: float, interval: float = 1.0) -> threading.Thread:
   """Starts the watch thread (see the module docstring); a process that
   exits says so, so that finishing is not taken for dying."""
   from jax._src import distributed  # pylint: disable=import-outside-toplevel
-  global _me  # pylint: disable=global-statement
+  global _me, _count  # pylint: disable=global-statement
   client = distributed.global_state.client
   me, count = jax.process_index(), jax.process_count()
-  _me = me
+  _me, _count = me, count
 
   def beat(value: str) -> None:
     client.key_value_set(f"lmjax/beat/{me}", value, allow_overwrite=True)
@@ -125,19 +125,35 @@ _STOP_ALL = "lmjax/stop_all"
 _STOP_ALL_WAIT_S = 3.0  # the others' watches read the key every second
 _announced = False  # this process called stop_all
 _me: int | None = None  # this process's index, once the watch runs
+_count = 1  # and the run's number of processes
 
 
 def stop_all(cause: str) -> None:
   """Ends this process with one line naming `cause`, and every other
   process of the run with the same line (their watches read it from the
-  coordination service). Never returns."""
+  coordination service). When another process announced first, its cause
+  is the line. Never returns."""
   global _announced  # pylint: disable=global-statement
   _announced = True
+  too = False
   if jax.process_count() > 1:
     from jax._src import distributed  # pylint: disable=import-outside-toplevel
-    _quietly(distributed.global_state.client.key_value_set, _STOP_ALL, cause)
-    time.sleep(_STOP_ALL_WAIT_S)  # the coordination service lives in process 0
-  _stop(cause, too=False)
+    client = distributed.global_state.client
+    try:
+      client.key_value_set(_STOP_ALL, cause)
+    except Exception:  # pylint: disable=broad-exception-caught
+      with contextlib.suppress(Exception):  # the service is gone: nobody is watching
+        earlier = _try_get(client, _STOP_ALL)
+        cause, too = (earlier, True) if earlier else (cause, too)
+  _stop(cause, too=too)
+
+
+def _stopped_by_another() -> str | None:
+  """The cause another process announced with `stop_all`, if any."""
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  with contextlib.suppress(Exception):
+    return _try_get(distributed.global_state.client, _STOP_ALL)
+  return None
 
 
 _LEAVE = "lmjax/leave"
@@ -169,8 +185,9 @@ def lost_peers_in_one_line():
     yield
   except Exception as e:  # pylint: disable=broad-exception-caught
     if jax.process_count() > 1 and any(m in str(e) for m in _LOST_PEER):
-      _stop("another process of this run is gone (killed, or its host lost): a collective "
-            "with it failed")
+      announced = _stopped_by_another()  # it stopped first, and said why
+      _stop(announced or "another process of this run is gone (killed, or its host lost): "
+            "a collective with it failed")
     raise
 
 
@@ -190,6 +207,11 @@ def _stop(cause: str, too: bool = True) -> None:
   print(f"\nerror: {cause}; process {me} stops{' too' if too else ''}. "
         "Rerun the same command on every host to resume from the newest checkpoint",
         file=sys.stderr, flush=True)
+  if me == 0 and _count > 1:
+    # The coordination service lives here, and the runtime aborts the others
+    # with a C++ stack trace once it is gone: they stop first (their watches
+    # read the cause within a second, or their collectives fail).
+    time.sleep(_STOP_ALL_WAIT_S)
   os._exit(PEER_LOST_STATUS)  # the main thread is stuck in a collective
 
 

@@ -494,3 +494,48 @@ def test_a_compilation_has_its_allowance_beyond_a_short_stall_timeout(monkeypatc
     stall.stop()
   assert stopped[0].startswith("the compilation of the training step for batches of 9 rows "
                                "made no progress for 1.5 s")
+
+
+class _Service:
+  """The coordination service's key-value store, as `stop_all` sees it."""
+
+  def __init__(self, **values):
+    self.values = dict(values)
+
+  def key_value_set(self, key, value):
+    if key in self.values:
+      raise RuntimeError(f"ALREADY_EXISTS: {key}")
+    self.values[key] = value
+
+  def key_value_try_get(self, key):
+    if key not in self.values:
+      raise RuntimeError(f"NOT_FOUND: {key}")
+    return self.values[key]
+
+
+@pytest.mark.parametrize("me", [0, 1])
+def test_a_process_that_stalls_after_another_announced_stops_with_its_cause(
+    monkeypatch, capsys, me):
+  """Two processes' watches fire together: the later one ends with the
+  earlier one's line, and process 0, whose service the others read, leaves
+  last."""
+  from jax._src import distributed as jax_distributed  # pylint: disable=import-outside-toplevel
+  first = "evaluation at step 15 made no progress for 10 s on process 1 (config...)"
+  service = _Service(**{distributed._STOP_ALL: first})  # pylint: disable=protected-access
+  monkeypatch.setattr(jax_distributed.global_state, "client", service)
+  monkeypatch.setattr(distributed.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(distributed, "_me", me)
+  monkeypatch.setattr(distributed, "_count", 2)
+  monkeypatch.setattr(distributed, "_announced", False)
+  waits = []
+  monkeypatch.setattr(distributed.time, "sleep", waits.append)
+  monkeypatch.setattr(distributed.os, "_exit", lambda status: (_ for _ in ()).throw(
+      SystemExit(status)))
+  with pytest.raises(SystemExit) as ended:
+    distributed.stop_all("evaluation at step 15 made no progress for 10 s on process 0")
+  assert ended.value.code == distributed.PEER_LOST_STATUS
+  line = capsys.readouterr().err.strip()
+  assert line == (f"error: {first}; process {me} stops too. Rerun the same command on every "
+                  "host to resume from the newest checkpoint")
+  assert waits == ([distributed._STOP_ALL_WAIT_S] if me == 0 else [])  # pylint: disable=protected-access
+  assert service.values == {distributed._STOP_ALL: first}  # pylint: disable=protected-access
