@@ -52,6 +52,7 @@ class BertForPreTraining(nn.Module):
   """
 
   config: BertConfig
+  INPUTS = ("input_ids", "segment_ids", "input_mask")
 
   def setup(self):
     self.bert = BertModel(self.config)
@@ -101,6 +102,7 @@ class BertForSequenceClassification(nn.Module):
 
   config: BertConfig
   num_labels: int
+  INPUTS = ("input_ids", "segment_ids", "input_mask")
 
   def setup(self):
     if self.num_labels < 1:

@@ -331,30 +331,46 @@ class Head(nn.Module):
 
 class ModernBertForMaskedLM(nn.Module):
   """ModernBERT with its MLM head, run only at `masked_positions` [B, P];
-  the decoder is the embedding table (and a bias)."""
+  the decoder is the embedding table (and a bias). It has no NSP head and
+  no pooled output: it pretrains with MLM alone."""
 
   config: ModernBertConfig
+  INPUTS = ("input_ids", "input_mask")  # no segment ids
 
-  @nn.compact
-  def __call__(self, input_ids, input_mask, masked_positions, deterministic: bool = True,
-               positions=None, example_index=None) -> dict[str, jax.Array]:
-    """sequence_output [B, L, D] and mlm_logits [B, P, V] (at least float32)."""
+  def setup(self):
     cfg = self.config
-    model = ModernBertModel(cfg, name="model")
-    seq_BxLxD = model(input_ids, input_mask, deterministic, positions, example_index)
+    self.model = ModernBertModel(cfg)
+    self.head = Head(cfg)
+    if cfg.decoder_bias:
+      self.output_bias = self.param("output_bias", nn.with_logical_partitioning(
+          nn.initializers.zeros_init(), ("vocab",)), (cfg.vocab_size,), cfg.param_dtype)
+
+  def __call__(self, input_ids, input_mask, masked_positions, deterministic: bool = True,
+               positions=None, example_index=None,
+               example_starts=None) -> dict[str, jax.Array]:
+    """sequence_output [B, L, D] and mlm_logits [B, P, V] (at least float32)."""
+    del example_starts  # no per-example output
+    cfg = self.config
+    seq_BxLxD = self.model(input_ids, input_mask, deterministic, positions, example_index)
     at_BxPxD = jnp.take_along_axis(seq_BxLxD, masked_positions[..., None], axis=1)
-    h_BxPxD = Head(cfg, name="head")(at_BxPxD)
-    h_BxPxD = nn.with_logical_constraint(h_BxPxD, ("batch", "length", "embed"))
+    h_BxPxD = nn.with_logical_constraint(self.head(at_BxPxD), ("batch", "length", "embed"))
     out_dtype = logits_dtype(cfg.dtype)
     logits_BxPxV = jnp.einsum("bpd,vd->bpv", h_BxPxD,
-                              model.word_embedding_table().astype(h_BxPxD.dtype),
+                              self.model.word_embedding_table().astype(h_BxPxD.dtype),
                               preferred_element_type=out_dtype)
     if cfg.decoder_bias:
-      bias_V = self.param("output_bias", nn.with_logical_partitioning(
-          nn.initializers.zeros_init(), ("vocab",)), (cfg.vocab_size,), cfg.param_dtype)
-      logits_BxPxV = logits_BxPxV + bias_V.astype(out_dtype)
+      logits_BxPxV = logits_BxPxV + self.output_bias.astype(out_dtype)
     return dict(sequence_output=seq_BxLxD, mlm_logits=nn.with_logical_constraint(
         logits_BxPxV, ("batch", "length", "vocab")))
+
+  def mean_pooled(self, input_ids, input_mask, positions=None, example_index=None,
+                  example_starts=None) -> jax.Array:
+    """The final norm's output averaged over each example's real tokens,
+    [B, D] (or [B, E, D] packed), float32, no dropout: a linear probe's
+    features."""
+    seq_BxLxD = self.model(input_ids, input_mask, True, positions, example_index)
+    return mean_over_examples(seq_BxLxD.astype(jnp.float32), input_mask, example_index,
+                              example_starts)
 
 
 class ModernBertForSequenceClassification(nn.Module):
@@ -364,6 +380,7 @@ class ModernBertForSequenceClassification(nn.Module):
 
   config: ModernBertConfig
   num_labels: int
+  INPUTS = ("input_ids", "input_mask")
 
   @nn.compact
   def __call__(self, input_ids, input_mask, deterministic: bool = True, positions=None,

@@ -40,6 +40,18 @@ def _barriers_off_the_devices() -> None:
     flags.FLAGS[name].value = True
 
 
+def _one_writer_per_array_in_one_process() -> None:
+  """In a single process, each array is copied to the host whole, from one
+  device. Orbax's replica-parallel saving splits a replicated array among
+  its replicas, so that each host writes a part; within one process that
+  buys nothing, and slicing compiles one small program per array shape
+  (2.6 s at a run's first save of a tiny model on 8 CPU devices, against
+  0.1 s)."""
+  if jax.process_count() == 1:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 class Checkpoints:
   """`DIRECTORY/<step>/{state,loader,config}` (or other JSON items), saved
   asynchronously, keeping the newest `keep` and the one `protect` names. A
@@ -48,6 +60,7 @@ class Checkpoints:
   def __init__(self, directory: paths.PathLike, keep: int = 3,
                json_items: tuple[str, ...] = ("loader", "config")):
     _barriers_off_the_devices()
+    _one_writer_per_array_in_one_process()
     self._json_items = json_items
     self._kept = _Kept()
     policy = ocp.checkpoint_managers.AnyPreservationPolicy(
