@@ -16,13 +16,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a 2-core CPU. 'base' / 'large': BERT's sizes and recipe, for accelerators.
   'transfer': pretraining on a task's own text (data.source=task:SOURCE),
   about 15 minutes on a 2-core CPU, as the transfer experiment runs it.
+  'modernbert': ModernBERT-tiny with MLM alone at 30% masking.
   """
   config = ml_collections.ConfigDict()
   config.seed = 0
 
   config.init = ml_collections.ConfigDict(dict(
       # hf:DIR: continued pretraining with its sizes and vocabulary (heads it lacks start random)
-      source="random",  # random (model.size) | hf:DIR (a Hugging Face BERT directory)
+      source="random",  # random (model.architecture and size) | hf:DIR (a Hugging Face directory)
   ))
 
   config.model = config_sections.model()
@@ -103,7 +104,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                        masked_lm_prob=0.3, max_predictions_per_seq=20)
     config.train.update(batch_size=64, steps=5000, warmup_steps=300, eval_every=2500,
                         checkpoint_every=2500)
+  elif variant == "modernbert":
+    # ModernBERT (its tiny size; --config.model.size=base or large for the
+    # released shapes) pretrained as it was: MLM alone (it has no NSP head)
+    # masking 30% of the tokens, without dropout.
+    config.model.update(architecture="modernbert", dropout_rate=0.0,
+                        attention_dropout_rate=0.0)
+    config.data.update(masked_lm_prob=0.3, max_predictions_per_seq=40)
+    config.train.nsp_weight = 0.0
   elif variant:
     raise ValueError(f"unknown pretrain config variant {variant!r} "
-                     "(use base, large or transfer)")
+                     "(use base, large, transfer or modernbert)")
   return config

@@ -9,9 +9,12 @@ import ml_collections
 
 
 def model() -> ml_collections.ConfigDict:
-  """The model section: BERT's named size and how it computes."""
+  """The model section: the architecture, its named size and how it
+  computes."""
   return ml_collections.ConfigDict(dict(
-      size="tiny",  # tiny | mini | small | medium | base | large
+      architecture="bert",  # bert | modernbert
+      # bert: tiny | mini | small | medium | base | large; modernbert: tiny | base | large
+      size="tiny",
       max_position=512,
       dropout_rate=0.1,
       attention_dropout_rate=0.1,
@@ -21,7 +24,26 @@ def model() -> ml_collections.ConfigDict:
       # On CPU, dots is faster than none and needs less memory (lmjax.benchmark).
       remat_policy="dots",  # none | full | dots | dots_no_batch
       attention_impl="xla",  # cudnn on GPUs (with attention_dropout_rate=0)
+      # ModernBERT's own (bert leaves them at these defaults):
+      local_window=128,  # local layers see the tokens within half of it each side
+      global_every=3,  # layer i attends globally when i % global_every == 0
+      classifier_pooling="cls",  # cls | mean (over each example's real tokens)
   ))
+
+
+# Fields added to the model section since runs were first saved, with the
+# value a run saved before them had: such a run resumes and starts others.
+ADDED_MODEL_FIELDS = {"architecture": "bert", "local_window": 128, "global_every": 3,
+                      "classifier_pooling": "cls"}
+
+
+def with_added_fields(saved: Mapping[str, Any]) -> dict[str, Any]:
+  """A saved config (its JSON) with the model fields added since it was
+  written, at the values it ran with."""
+  saved = dict(saved)
+  if isinstance(saved.get("model"), Mapping):
+    saved["model"] = {**ADDED_MODEL_FIELDS, **saved["model"]}
+  return saved
 
 
 def optimizer(learning_rate: float) -> dict[str, Any]:

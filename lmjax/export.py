@@ -4,8 +4,9 @@
 
 A fine-tuning run becomes a BertForSequenceClassification (its best
 checkpoint, with id2label), a pretraining run a BertForPreTraining (its
-newest checkpoint), each with its tokenizer; transformers loads HF_DIR with
-from_pretrained.
+newest checkpoint); a ModernBERT run a ModernBertForSequenceClassification or
+a ModernBertForMaskedLM; each with its tokenizer. transformers loads HF_DIR
+with from_pretrained.
 """
 
 import json

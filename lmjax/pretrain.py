@@ -1,4 +1,4 @@
-"""Pretrains BERT (MLM + NSP):
+"""Pretrains BERT (MLM + NSP) or ModernBERT (MLM alone):
 
   python -m lmjax.pretrain --config=configs/pretrain.py --workdir=DIR
 
@@ -20,14 +20,16 @@ def report(summary: dict, seconds: float) -> str | None:
   """The final evaluation next to the baselines, in a line."""
   if "eval_mlm_accuracy" not in summary:
     return None
-  cp = (f", CP top-1 in batch {summary['eval_cp_accuracy']:.4f}"
-        if "eval_cp_accuracy" in summary else "")
+  parts = [f"step {summary['step']}: eval MLM accuracy {summary['eval_mlm_accuracy']:.4f} "
+           f"(always the most frequent token: {summary['baseline_mlm_accuracy']:.4f})"]
+  if "eval_nsp_accuracy" in summary:
+    parts.append(f"NSP accuracy {summary['eval_nsp_accuracy']:.4f} (majority label: "
+                 f"{summary['baseline_nsp_accuracy']:.4f})")
+  if "eval_cp_accuracy" in summary:
+    parts.append(f"CP top-1 in batch {summary['eval_cp_accuracy']:.4f}")
   if "eval_probe_accuracy" in summary:
-    cp += f", linear probe accuracy {summary['eval_probe_accuracy']:.4f}"
-  return (f"step {summary['step']}: eval MLM accuracy {summary['eval_mlm_accuracy']:.4f} "
-          f"(always the most frequent token: {summary['baseline_mlm_accuracy']:.4f}), "
-          f"NSP accuracy {summary['eval_nsp_accuracy']:.4f} (majority label: "
-          f"{summary['baseline_nsp_accuracy']:.4f}){cp}; {seconds:.0f}s")
+    parts.append(f"linear probe accuracy {summary['eval_probe_accuracy']:.4f}")
+  return f"{', '.join(parts)}; {seconds:.0f}s"
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ import flax.linen as nn
 import jax
 import jax.extend
 import jax.numpy as jnp
-import numpy as np
 import pytest
+from helpers import dot_flops
 
 from lmjax.errors import ConfigError, UserError
 from lmjax.model import BertConfig, BertForPreTraining, param_count
@@ -80,20 +80,6 @@ def test_param_count_matches_initialised_models(scan):
   assert _leaf_count(classifier) == param_count(cfg, "classification", 5)
 
 
-def _dot_flops(jaxpr) -> int:
-  """Sums 2 * (output size) * (contracted size) over every dot_general."""
-  total = 0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval.shape
-      contracted = int(np.prod([lhs[i] for i in lhs_contract]))
-      total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * contracted
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      total += _dot_flops(sub)
-  return total
-
-
 def test_forward_flops_equal_the_matmuls_jax_traces():
   cfg = BertConfig(vocab_size=300, hidden_size=32, num_layers=2, num_heads=4,
                    intermediate_size=48, max_position=64)
@@ -104,6 +90,6 @@ def test_forward_flops_equal_the_matmuls_jax_traces():
   variables = model.init(jax.random.key(0), ids, ids, ids, positions)
   jaxpr = jax.make_jaxpr(lambda v: model.apply(v, ids, ids, ids, positions))(
       variables)
-  assert _dot_flops(jaxpr.jaxpr) == batch * forward_flops(cfg, length, preds)
+  assert dot_flops(jaxpr.jaxpr) == batch * forward_flops(cfg, length, preds)
   assert flops_per_token(cfg, length, preds) == pytest.approx(
       3 * forward_flops(cfg, length, preds) / length)

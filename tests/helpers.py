@@ -6,7 +6,10 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+import jax
+import jax.extend
 import ml_collections
+import numpy as np
 
 from lmjax import config_sections
 
@@ -89,3 +92,18 @@ def build_vocab(path, lowercase: bool, corpus: Sequence[str] = tuple(CORPUS)) ->
   pieces = pieces[:1] + [f"[unused{i}]" for i in range(3)] + pieces[1:]  # as BERT's
   path.write_text("\n".join(pieces) + "\n")
   return pieces
+
+
+def dot_flops(jaxpr) -> int:
+  """Sums 2 * (output size) * (contracted size) over every dot_general of
+  a jaxpr, those of its sub-jaxprs (scans, remat) included."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      contracted = int(np.prod([lhs[i] for i in lhs_contract]))
+      total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * contracted
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      total += dot_flops(sub)
+  return total

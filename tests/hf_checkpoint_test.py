@@ -25,6 +25,7 @@ from lmjax.data.tokenization import Tokenizer  # noqa: E402
 from lmjax.errors import UserError  # noqa: E402
 from lmjax.interop.hf import load_hf_bert  # noqa: E402
 from lmjax.model import BertForPreTraining, BertForSequenceClassification  # noqa: E402
+from lmjax.model import architectures  # noqa: E402
 from lmjax.model.encoder import BertModel  # noqa: E402
 from lmjax.runs import export, finetuning, init_sources, prediction  # noqa: E402
 from lmjax.runs.pretraining import train_and_evaluate  # noqa: E402
@@ -144,9 +145,8 @@ def test_an_exported_classifier_gives_lmjax_logits_in_transformers(fine_tuned, t
                    return_tensors="pt")
   with torch.no_grad():
     expected = hf_model(**encoded).logits.numpy()
-  model_cfg = json.loads((workdir / "model.json").read_text())
-  from lmjax.model import BertConfig  # pylint: disable=import-outside-toplevel
-  model = BertForSequenceClassification(BertConfig(**model_cfg), 2)
+  model_cfg = architectures.from_dict(json.loads((workdir / "model.json").read_text()))
+  model = BertForSequenceClassification(model_cfg, 2)
   ids = tasks.encode(tasks.Examples([(t,) for t in TEXTS], None), Tokenizer.load(workdir),
                      24).arrays
   step, params = init_sources.best_params(workdir, model, {k: v[:1] for k, v in ids.items()},

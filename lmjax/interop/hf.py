@@ -152,7 +152,8 @@ def config_to_hf(cfg: BertConfig, heads: bool = True,
           "tie_word_embeddings": True, "dtype": "float32", **label_fields(labels)}
 
 
-def _read_checkpoint(path: Path) -> dict[str, np.ndarray]:
+def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
+  """The tensors of a Hugging Face directory, by name."""
   if (path / "model.safetensors").is_file():
     return tensor_files.read_safetensors(path / "model.safetensors")
   index = path / "model.safetensors.index.json"
@@ -168,6 +169,26 @@ def _read_checkpoint(path: Path) -> dict[str, np.ndarray]:
     return tensor_files.read_torch_bin(path / "pytorch_model.bin")
   raise CheckpointError(f"{path}: no model.safetensors, model.safetensors."
                         "index.json or pytorch_model.bin")
+
+
+def read_config(path: Path) -> dict[str, Any]:
+  """The config.json of a Hugging Face directory (CheckpointError when
+  there is none, or it is not a JSON object)."""
+  config_file = path / "config.json"
+  if not config_file.is_file():
+    raise CheckpointError(f"{path}: no config.json (not a Hugging Face model directory)")
+  try:
+    hf_config = json.loads(config_file.read_text())
+  except ValueError as e:
+    raise CheckpointError(f"{config_file}: {e}") from None
+  if not isinstance(hf_config, dict):
+    raise CheckpointError(f"{config_file}: not a JSON object")
+  return hf_config
+
+
+def model_type(path: str | os.PathLike) -> str:
+  """A Hugging Face directory's model_type (bert when it names none)."""
+  return str(read_config(Path(path)).get("model_type", "bert"))
 
 
 def _canonical_name(name: str) -> str:
@@ -202,15 +223,11 @@ def load_hf_bert(path: str | os.PathLike, heads: bool = True, num_labels: int = 
   (HeadsError when it is one of the heads').
   """
   path = Path(path)
-  config_file = path / "config.json"
-  if not config_file.is_file():
-    raise CheckpointError(f"{path}: no config.json (not a Hugging Face model directory)")
   try:
-    hf_config = json.loads(config_file.read_text())
-    config = config_from_hf(hf_config, **overrides)
+    config = config_from_hf(read_config(path), **overrides)
   except (ValueError, TypeError) as e:
-    raise CheckpointError(f"{config_file}: {e}") from None
-  tensors = {_canonical_name(k): v for k, v in _read_checkpoint(path).items()}
+    raise CheckpointError(f"{path / 'config.json'}: {e}") from None
+  tensors = {_canonical_name(k): v for k, v in read_checkpoint(path).items()}
 
   decoder = tensors.get("cls.predictions.decoder.weight")
   word = tensors.get("bert.embeddings.word_embeddings.weight")
@@ -277,6 +294,13 @@ def save_hf_bert(config: BertConfig, params: dict, path: str | os.PathLike,
     for key in t.path:
       node = node[key]
     tensors[t.hf_name] = np.asarray(t.to_hf(np.asarray(node, np.float32)))
+  write_directory(path, tensors, config_to_hf(config, heads, labels), tokenizer)
+
+
+def write_directory(path: str | os.PathLike, tensors: dict[str, np.ndarray],
+                    hf_config: dict[str, Any], tokenizer: dict[str, bytes] | None) -> None:
+  """model.safetensors, the tokenizer's files and config.json (last), each
+  replaced atomically."""
   path = Path(path)
   path.mkdir(parents=True, exist_ok=True)
   tensor_files.write_safetensors(path / "model.safetensors", tensors,
@@ -286,5 +310,5 @@ def save_hf_bert(config: BertConfig, params: dict, path: str | os.PathLike,
     tmp.write_bytes(content)
     os.replace(tmp, path / name)
   tmp = path / "config.json.tmp"
-  tmp.write_text(json.dumps(config_to_hf(config, heads, labels), indent=2) + "\n")
+  tmp.write_text(json.dumps(hf_config, indent=2) + "\n")
   os.replace(tmp, path / "config.json")

@@ -1,13 +1,20 @@
 """Hugging Face ModernBERT <-> lmjax: its config.json fields and its tensors,
 for ModernBertModel, ModernBertForMaskedLM and
-ModernBertForSequenceClassification (transformers' names)."""
+ModernBertForSequenceClassification (transformers' names);
+`load_hf_modernbert` reads such a directory and `save_hf_modernbert` writes
+one."""
 
+import os
+from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
+import jax
 import numpy as np
 
-from lmjax.errors import ConfigError
-from lmjax.interop.hf import HfTensor, label_fields
+from lmjax.errors import CheckpointError, ConfigError
+from lmjax.interop.hf import HfTensor, label_fields, read_checkpoint, read_config, write_directory
+from lmjax.model.encoder import stack_layers, unstack_layers
 from lmjax.model.modernbert import ModernBertConfig
 
 # config.json field -> ModernBertConfig field
@@ -74,9 +81,12 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> ModernBertConfig:
 
 
 def config_to_hf(cfg: ModernBertConfig, heads: bool = True,
-                 labels: list[str] | None = None) -> dict[str, Any]:
+                 labels: list[str] | None = None,
+                 token_ids: dict[str, int] | None = None) -> dict[str, Any]:
   """The config.json dict of a ModernBertForMaskedLM (`heads`), a
-  ModernBertForSequenceClassification (`labels`) or a ModernBertModel."""
+  ModernBertForSequenceClassification (`labels`) or a ModernBertModel;
+  `token_ids` (pad, cls, sep: `special_token_ids`) are the tokenizer's,
+  which transformers' defaults (its own vocabulary's) are not."""
   hf = {theirs: getattr(cfg, ours) for theirs, ours in _FIELDS.items()}
   back = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu", "silu": "silu"}
   architecture = ("ModernBertForSequenceClassification" if labels else
@@ -91,7 +101,14 @@ def config_to_hf(cfg: ModernBertConfig, heads: bool = True,
               "sliding_attention": {"rope_type": "default",
                                     "rope_theta": cfg.local_rope_theta}},
           **dict.fromkeys(_NO_BIASES, False), "tie_word_embeddings": True,
-          "dtype": "float32", **label_fields(labels)}
+          "dtype": "float32", **(token_ids or {}), **label_fields(labels)}
+
+
+def special_token_ids(pad: int, cls: int, sep: int) -> dict[str, int]:
+  """config.json's token ids of a tokenizer's [PAD], [CLS] and [SEP]
+  (ModernBERT's sequences begin with its CLS and end with its SEP)."""
+  return dict(pad_token_id=pad, cls_token_id=cls, sep_token_id=sep, bos_token_id=cls,
+              eos_token_id=sep)
 
 
 def tensor_map(cfg: ModernBertConfig, heads: bool, num_labels: int = 0) -> list[HfTensor]:
@@ -153,3 +170,109 @@ def params_from_hf(state: dict[str, np.ndarray], cfg: ModernBertConfig, heads: b
   put((*root, "encoder", "layers_0", "attention_norm", "scale"),
       np.ones(cfg.hidden_size, np.float32))
   return params
+
+
+def _canonical(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """A bare ModernBertModel's names under `model.`, as the models with a
+  head write them."""
+  if "embeddings.tok_embeddings.weight" not in tensors:
+    return tensors
+  return {(k if k.startswith(("head.", "decoder.", "classifier.")) else f"model.{k}"): v
+          for k, v in tensors.items()}
+
+
+def load_hf_modernbert(path: str | os.PathLike, num_labels: int = 0,
+                       **overrides: Any) -> tuple[ModernBertConfig, dict]:
+  """Reads a Hugging Face ModernBERT directory (config.json and weights).
+
+  Returns (config, params): the encoder {'model'}, with the head {'head'}
+  and the MLM decoder's {'output_bias'} where the checkpoint has them
+  (a ModernBertForMaskedLM; a classifier's head is the same module), and a
+  classifier {'classifier'} when it has one of `num_labels` outputs.
+  `overrides` set the fields the checkpoint does not fix (dropout, dtype,
+  layout). CheckpointError names the first missing or misshapen tensor.
+  """
+  path = Path(path)
+  try:
+    cfg = config_from_hf(read_config(path), **overrides)
+  except (ValueError, TypeError) as e:
+    raise CheckpointError(f"{path / 'config.json'}: {e}") from None
+  tensors = _canonical(read_checkpoint(path))
+  classifier = tensors.get("classifier.bias")
+  if classifier is None or classifier.shape != (num_labels,):
+    num_labels = 0  # none, or another task's: the fine-tuning run draws its own
+  # The encoder always; the head where there is one (a masked LM's or a
+  # classifier's); the decoder's bias of a masked LM (no classifier).
+  has_head = "head.dense.weight" in tensors
+  masked_lm = has_head and "classifier.weight" not in tensors
+  expected = [t for t in tensor_map(cfg, True, num_labels)
+              if t.path[0] in ("model", "classifier") or (t.path[0] == "head" and has_head)
+              or (t.path[0] == "output_bias" and masked_lm)]
+  state = {}
+  for t in expected:
+    if t.hf_name not in tensors:
+      raise CheckpointError(f"{path}: tensor {t.hf_name} is missing")
+    if tuple(tensors[t.hf_name].shape) != t.hf_shape:
+      raise CheckpointError(f"{path}: tensor {t.hf_name} has shape "
+                            f"{tuple(tensors[t.hf_name].shape)}, config.json implies "
+                            f"{t.hf_shape}")
+    state[t.hf_name] = np.asarray(tensors[t.hf_name], np.float32)
+  decoder = tensors.get("decoder.weight")
+  if decoder is not None and not np.array_equal(
+      decoder, tensors["model.embeddings.tok_embeddings.weight"]):
+    raise CheckpointError(f"{path}: decoder.weight differs from the token embeddings; "
+                          "lmjax ties them")
+  known = {t.hf_name for t in expected} | {"decoder.weight", "decoder.bias"}
+  for name in tensors:
+    if name not in known and not name.startswith("classifier."):
+      raise CheckpointError(f"{path}: unexpected tensor {name} (not a ModernBERT layout "
+                            "lmjax knows)")
+  params = _place(expected, state, cfg)
+  params = jax.tree.map(lambda x: x.astype(cfg.param_dtype), params)
+  if cfg.scan_layers:
+    params["model"]["encoder"] = stack_layers(params["model"]["encoder"])
+  return cfg, params
+
+
+def _place(expected: list[HfTensor], state: dict[str, np.ndarray],
+           cfg: ModernBertConfig) -> dict:
+  params: dict = {}
+  for t in expected:
+    node = params
+    for key in t.path[:-1]:
+      node = node.setdefault(key, {})
+    node[t.path[-1]] = t.from_hf(state[t.hf_name])
+  params["model"]["encoder"]["layers_0"]["attention_norm"] = {
+      "scale": np.ones(cfg.hidden_size, np.float32)}  # not applied; transformers has none
+  return params
+
+
+def save_hf_modernbert(cfg: ModernBertConfig, params: dict, path: str | os.PathLike,
+                       tokenizer: dict[str, bytes] | None = None,
+                       labels: list[str] | None = None,
+                       token_ids: dict[str, int] | None = None) -> None:
+  """Writes a directory transformers loads as a ModernBertForMaskedLM (the
+  parameters of lmjax's, {'model', 'head', 'output_bias'}) or a
+  ModernBertForSequenceClassification ({'model', 'head', 'classifier'},
+  with the names of its `labels`), in either layer layout, with the
+  tokenizer's files and its `token_ids`. The first layer's attention norm, which transformers'
+  model has not, must be ones (it is never applied, and training leaves it
+  so); ValueError otherwise, and for a config transformers cannot express."""
+  params = nn.unbox(params)
+  encoder = params["model"]["encoder"]
+  if "layers" in encoder:
+    params = {**params, "model": {**params["model"], "encoder": unstack_layers(encoder)}}
+  unused = np.asarray(params["model"]["encoder"]["layers_0"]["attention_norm"]["scale"])
+  if not np.all(unused == 1):
+    raise ValueError("the first layer's attention norm is not ones: transformers' "
+                     "ModernBERT has none to hold it")
+  if ("classifier" in params) != bool(labels) or (
+      labels and len(labels) != params["classifier"]["bias"].shape[0]):
+    raise ValueError("a classifier's parameters need the names of its labels, one per output")
+  tensors = {}
+  for t in tensor_map(cfg, heads=not labels, num_labels=len(labels or ())):
+    node = params
+    for key in t.path:
+      node = node[key]
+    tensors[t.hf_name] = np.asarray(t.to_hf(np.asarray(node, np.float32)))
+  write_directory(path, tensors, config_to_hf(cfg, not labels, labels, token_ids), tokenizer)

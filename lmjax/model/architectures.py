@@ -27,7 +27,8 @@ NAMES = ("bert", "modernbert")
 
 # The model section's fields that only ModernBERT reads, with their defaults
 # (those of its released sizes).
-MODERNBERT_FIELDS = {"local_window": 128, "global_every": 3, "classifier_pooling": "cls"}
+MODERNBERT_FIELDS = {name: getattr(ModernBertConfig, name)
+                     for name in ("local_window", "global_every", "classifier_pooling")}
 # The section's dropout fields, as ModernBERT's: `dropout_rate` drops the
 # embeddings, the feed-forward output and the classifier's input, and
 # `attention_dropout_rate` the attention probabilities and output.
@@ -86,10 +87,59 @@ def check_section(section: Mapping[str, Any], name: str = "config.model") -> Non
       values.pop(field, None)
     bert_config.check_section(values, name)
     return
-  try:
-    from_section(section, vocab_size=1)
-  except ConfigError as e:
-    raise ConfigError(f"{name}: {e}") from None
+  for shared in _MODERNBERT_DROPOUT:  # named as the section names them
+    rate = values.get(shared, 0.0)
+    if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+      raise ConfigError(f"{name}.{shared} must be in [0, 1), got {rate!r}")
+  values.pop("architecture", None)
+  size = values.pop("size")
+  for shared, own in _MODERNBERT_DROPOUT.items():
+    rate = values.pop(shared, None)
+    if rate is not None:
+      values.update(dict.fromkeys(own, rate))
+  unknown = set(values) - {f.name for f in dataclasses.fields(ModernBertConfig)}
+  if unknown:
+    raise ConfigError(f"{name} has no field {sorted(unknown)[0]!r}")
+  layers, hidden, heads, width = modernbert.SIZES[size]
+  modernbert.check_values({**dataclasses.asdict(ModernBertConfig()), "num_layers": layers,
+                           "hidden_size": hidden, "num_heads": heads,
+                           "intermediate_size": width, **values}, f"{name}.")
+
+
+# The model section's fields a run may set on a pretrained encoder (how it
+# computes, its dropout, a classifier's pooling); the others (sizes,
+# vocabulary, layer pattern) are the checkpoint's.
+RUNTIME_FIELDS = ("dropout_rate", "attention_dropout_rate", "dtype", "param_dtype",
+                  "scan_layers", "remat_policy", "attention_impl")
+_MODERNBERT_RUNTIME = ("classifier_pooling",)
+
+
+def runtime_fields(architecture: str, section: Mapping[str, Any]) -> dict[str, Any]:
+  """The runtime fields of a `model` section, as the architecture's config
+  names them."""
+  values = {k: section[k] for k in RUNTIME_FIELDS if k in section}
+  if architecture == "bert":
+    return values
+  for shared, own in _MODERNBERT_DROPOUT.items():
+    rate = values.pop(shared, None)
+    if rate is not None:
+      values.update(dict.fromkeys(own, rate))
+  values.update({k: section[k] for k in _MODERNBERT_RUNTIME if k in section})
+  return values
+
+
+def with_runtime(cfg: ModelConfig, section: Mapping[str, Any]) -> ModelConfig:
+  """`cfg` (a checkpoint's) with the runtime fields of a `model` section."""
+  return cfg.replace(**runtime_fields(name_of(cfg), section))
+
+
+def check_same(cfg: ModelConfig, section: Mapping[str, Any], origin: str) -> None:
+  """ConfigError when a checkpoint's architecture is not the one the run's
+  `model` section names."""
+  wanted = section.get("architecture", "bert")
+  if name_of(cfg) != wanted:
+    raise ConfigError(f"{origin} is a {name_of(cfg)} model, but config.model.architecture="
+                      f"{wanted}; set --config.model.architecture={name_of(cfg)}")
 
 
 def to_dict(cfg: ModelConfig) -> dict[str, Any]:

@@ -1,6 +1,8 @@
-"""Parameter counts and FLOPs of a BertConfig, for sizing runs and MFU."""
+"""Parameter counts and FLOPs of a BertConfig (or a ModernBertConfig), for
+sizing runs and MFU."""
 
 from lmjax.model.config import BertConfig
+from lmjax.model.modernbert import ModernBertConfig
 
 HEADS = ("encoder", "pretraining", "classification")
 
@@ -27,9 +29,13 @@ def param_count(config: BertConfig, head: str = "pretraining",
   return total
 
 
-def forward_flops(config: BertConfig, seq_len: int, num_predictions: int) -> int:
-  """Returns the matmul FLOPs of one BertForPreTraining forward pass on one
-  sequence of `seq_len` tokens with `num_predictions` MLM positions."""
+def forward_flops(config: BertConfig | ModernBertConfig, seq_len: int,
+                  num_predictions: int) -> int:
+  """Returns the matmul FLOPs of one BertForPreTraining (or
+  ModernBertForMaskedLM) forward pass on one sequence of `seq_len` tokens
+  with `num_predictions` MLM positions."""
+  if isinstance(config, ModernBertConfig):
+    return _modernbert_forward_flops(config, seq_len, num_predictions)
   d, f, v, t = (config.hidden_size, config.intermediate_size,
                 config.vocab_size, seq_len)
   projections = 2 * t * (4 * d * d + 2 * d * f)  # q, k, v, out; two FFN matmuls
@@ -40,7 +46,21 @@ def forward_flops(config: BertConfig, seq_len: int, num_predictions: int) -> int
   return encoder + pooler_and_nsp + mlm
 
 
-def flops_per_token(config: BertConfig, seq_len: int,
+def _modernbert_forward_flops(config: ModernBertConfig, t: int, num_predictions: int) -> int:
+  """ModernBERT's: q, k, v and out projections, the GeGLU's 2F-wide input
+  and F-wide output; a local layer's query attends to at most
+  local_window + 1 keys (the window's useful work: the masked rest of a
+  dense score matrix is not counted); the MLM head (dense, decoder)."""
+  d, f, v = config.hidden_size, config.intermediate_size, config.vocab_size
+  projections = 2 * t * (4 * d * d + 3 * d * f)
+  encoder = 0
+  for layer in range(config.num_layers):
+    keys = t if config.is_global(layer) else min(t, config.local_window + 1)
+    encoder += projections + 2 * 2 * t * keys * d
+  return encoder + num_predictions * (2 * d * d + 2 * d * v)
+
+
+def flops_per_token(config: BertConfig | ModernBertConfig, seq_len: int,
                     num_predictions: int) -> float:
   """Returns the training FLOPs per input token (backward = 2x forward)."""
   return 3 * forward_flops(config, seq_len, num_predictions) / seq_len

@@ -9,9 +9,6 @@ from lmjax.model.encoder import BertModel
 from lmjax.model.layers import Dropout, dense, layer_norm, logits_dtype, zeros_init
 from lmjax.model.rows import Tokens, example_keys, mean_over_examples
 
-# The inputs of packed rows (lmjax.model.rows), None for unpacked ones.
-PACKED_INPUTS = ("positions", "example_index", "example_starts")
-
 
 class MaskedLMHead(nn.Module):
   """Dense + activation + LayerNorm, then the decoder tied to the embeddings."""

@@ -72,7 +72,7 @@ class ModernBertConfig:
   attention_impl: str = "xla"
 
   def __post_init__(self):
-    _check_values(dataclasses.asdict(self))
+    check_values(dataclasses.asdict(self))
 
   @property
   def head_dim(self) -> int:
@@ -96,33 +96,42 @@ class ModernBertConfig:
     return dataclasses.replace(self, **changes)
 
 
-def _check_values(v: Mapping[str, Any]) -> None:
+def check_values(v: Mapping[str, Any], prefix: str = "") -> None:
+  """Raises ConfigError naming (after `prefix`) the first field of `v`
+  (every ModernBertConfig field) with an impossible value."""
   for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                "max_position", "local_window", "global_every"):
     value = v[name]
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-      raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+      raise ConfigError(f"{prefix}{name} must be a positive integer, got {value!r}")
   if v["hidden_size"] % v["num_heads"] or (v["hidden_size"] // v["num_heads"]) % 2:
-    raise ConfigError(f"hidden_size ({v['hidden_size']}) must be divisible by num_heads "
+    raise ConfigError(f"{prefix}hidden_size ({v['hidden_size']}) must be divisible by num_heads "
                       f"({v['num_heads']}) into heads of an even width (rotary embeddings)")
   if v["local_window"] % 2:
-    raise ConfigError(f"local_window must be even (a token sees half of it on each side), "
+    raise ConfigError(f"{prefix}local_window must be even (a token sees half of it on each side), "
                       f"got {v['local_window']}")
   for name in ("embedding_dropout_rate", "attention_dropout_rate", "mlp_dropout_rate",
                "classifier_dropout_rate"):
     if not 0.0 <= v[name] < 1.0:
-      raise ConfigError(f"{name} must be in [0, 1), got {v[name]!r}")
+      raise ConfigError(f"{prefix}{name} must be in [0, 1), got {v[name]!r}")
   for name in ("norm_eps", "initializer_range", "initializer_cutoff", "global_rope_theta",
                "local_rope_theta"):
     if not v[name] > 0:
-      raise ConfigError(f"{name} must be positive, got {v[name]!r}")
+      raise ConfigError(f"{prefix}{name} must be positive, got {v[name]!r}")
   for name, choices in (("hidden_act", tuple(ACTIVATIONS)), ("head_act", tuple(ACTIVATIONS)),
                         ("classifier_pooling", POOLING), ("remat_policy", tuple(REMAT_POLICIES)),
                         ("attention_impl", ATTENTION_IMPLS)):
     if v[name] not in choices:
-      raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {v[name]!r}")
+      raise ConfigError(f"{prefix}{name} must be one of {', '.join(choices)}; got {v[name]!r}")
   if v["attention_impl"] == "cudnn" and v["attention_dropout_rate"]:
-    raise ConfigError("attention_dropout_rate must be 0 with attention_impl='cudnn'")
+    raise ConfigError(f"{prefix}attention_dropout_rate must be 0 with attention_impl='cudnn'")
+  for name in ("dtype", "param_dtype"):
+    try:
+      ok = jnp.issubdtype(jnp.dtype(v[name]), jnp.floating)
+    except TypeError:
+      ok = False
+    if not ok:
+      raise ConfigError(f"{prefix}{name} must be a floating dtype name, got {v[name]!r}")
 
 
 def _init(cfg: ModernBertConfig, std: float, axes: tuple) -> nn.initializers.Initializer:

@@ -17,6 +17,16 @@ import flax
 import jax
 import jax.numpy as jnp
 
+# The inputs of packed rows, None for unpacked ones.
+PACKED_INPUTS = ("positions", "example_index", "example_starts")
+
+
+def inputs_of(model, batch, *extra: str) -> dict:
+  """The arrays of `batch` that `model` takes: its `INPUTS` (BERT's
+  segment ids, say, which ModernBERT has none of), the packed rows' layout
+  where the batch has one, and `extra` (an MLM model's masked_positions)."""
+  return {k: batch[k] for k in (*model.INPUTS, *extra, *PACKED_INPUTS) if k in batch}
+
 
 @flax.struct.dataclass
 class Tokens:

@@ -2,7 +2,9 @@
 
 A fine-tuning run's best checkpoint becomes a BertForSequenceClassification
 (config.json with id2label, model.safetensors), a pretraining run's newest
-checkpoint a BertForPreTraining; each with its tokenizer's files (vocab.txt,
+checkpoint a BertForPreTraining (ModernBERT's: a
+ModernBertForSequenceClassification, a ModernBertForMaskedLM); each with its
+tokenizer's files (vocab.txt,
 and tokenizer.json where the run has one, for WordPiece; tokenizer.model for
 SentencePiece).
 transformers loads the directory as it is; `hf:DIR` starts lmjax from it.
@@ -20,7 +22,9 @@ from lmjax.data.shard_writing import staging_directory
 from lmjax.data.tokenization import Tokenizer, WordPieceTokenizer
 from lmjax.errors import UserError
 from lmjax.interop.hf import save_hf_bert
-from lmjax.model import BertConfig, BertForSequenceClassification
+from lmjax.interop.hf_modernbert import save_hf_modernbert, special_token_ids
+from lmjax.model import architectures
+from lmjax.model.modernbert import ModernBertConfig
 from lmjax.runs import init_sources
 
 
@@ -45,8 +49,9 @@ def export(workdir: paths.PathLike, output: paths.PathLike, overwrite: bool = Fa
   if (workdir / "task.json").is_file():
     architecture, step, model_cfg, params, labels = _classifier(workdir, saved, mesh)
   elif "data" in saved:
-    architecture, labels = "BertForPreTraining", None
     model_cfg = init_sources.pretraining_model(workdir, saved, tokenizer)
+    modern = isinstance(model_cfg, ModernBertConfig)
+    architecture, labels = "ModernBertForMaskedLM" if modern else "BertForPreTraining", None
     step, params = init_sources.pretrained_params(workdir, str(workdir), model_cfg, saved.data,
                                                   mesh)
   else:
@@ -57,8 +62,16 @@ def export(workdir: paths.PathLike, output: paths.PathLike, overwrite: bool = Fa
     files.setdefault("vocab.txt", tokenizer.vocab_txt())
   staging = staging_directory(output)  # those of killed exports go
   try:
-    save_hf_bert(model_cfg.replace(scan_layers=False), params, staging,
-                 tokenizer=files, labels=labels)
+    model_cfg = model_cfg.replace(scan_layers=False)
+    try:
+      if isinstance(model_cfg, ModernBertConfig):
+        special = tokenizer.special
+        save_hf_modernbert(model_cfg, params, staging, files, labels,
+                           special_token_ids(special.pad, special.cls, special.sep))
+      else:
+        save_hf_bert(model_cfg, params, staging, tokenizer=files, labels=labels)
+    except ValueError as e:  # what transformers cannot express
+      raise UserError(f"{workdir}: {e}") from None
     if output.exists():
       shutil.rmtree(output)
     staging.rename(output)
@@ -70,14 +83,16 @@ def export(workdir: paths.PathLike, output: paths.PathLike, overwrite: bool = Fa
 
 def _classifier(workdir, saved, mesh):
   task = tasks.Task.from_json(json.loads((workdir / "task.json").read_text()))
-  model_cfg = BertConfig(**json.loads((workdir / "model.json").read_text()))
+  model_cfg = architectures.from_dict(json.loads((workdir / "model.json").read_text()))
   length = saved.task.max_seq_length
   example = {k: np.zeros((1, length), np.int32)
              for k in ("input_ids", "segment_ids", "input_mask")}
-  model = BertForSequenceClassification(model_cfg, task.num_labels)
+  model = architectures.classification_model(model_cfg, task.num_labels)
   step, params = init_sources.best_params(workdir, model, example, mesh)
   labels = ["score"] if task.is_regression else list(task.labels)
-  return "BertForSequenceClassification", step, model_cfg, params, labels
+  name = ("ModernBertForSequenceClassification" if isinstance(model_cfg, ModernBertConfig)
+          else "BertForSequenceClassification")
+  return name, step, model_cfg, params, labels
 
 
 def _host(tree):

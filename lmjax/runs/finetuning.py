@@ -1,5 +1,6 @@
-"""The fine-tuning run `lmjax.finetune` starts: BertForSequenceClassification
-on a task with the classification objective, on the run scaffold.
+"""The fine-tuning run `lmjax.finetune` starts: a sequence classifier (BERT's
+or ModernBERT's, config.model.architecture) on a task with the
+classification objective, on the run scaffold.
 
 The encoder starts where `config.init.source` says (lmjax.runs.init_sources); the
 classifier on top starts from random weights drawn with `config.seed`. The
@@ -23,8 +24,7 @@ from lmjax.data.cache import LEARN
 from lmjax.data.packing import Packing
 from lmjax.data.task_input import bucket_lengths, examples_dataset
 from lmjax.errors import ConfigError, MissingSplitError, UserError, check_fields
-from lmjax.model import BertForSequenceClassification, flops_per_token
-from lmjax.model.config import check_section
+from lmjax.model import architectures, flops_per_token
 from lmjax.runs import init_sources
 from lmjax.runs.scoring import DeviceBatches, device_batches, logits
 from lmjax.train import baselines, classification, optimizer, steps
@@ -74,7 +74,7 @@ def check_config(config) -> None:
       ("warmup_fraction", 0 <= train.warmup_fraction < 1, "in [0, 1)"),
       *((f, train[f] >= 0, "at least 0") for f in ("eval_every", "checkpoint_every")),
       ("eval_batch_size", train.eval_batch_size >= 1, "at least 1")])
-  check_section(config.model)
+  architectures.check_section(config.model)
 
 
 def _check_task(task: tasks.Task) -> None:
@@ -181,7 +181,7 @@ def _job(config, mesh, task, start: init_sources.Start, encoded, best: BestCheck
   train_arrays = encoded["train"].arrays
   schedule, resolved = _schedule(config, len(encoded["train"]))
   tx = optimizer.create_optimizer(resolved)
-  model = BertForSequenceClassification(start.config, task.num_labels)
+  model = architectures.classification_model(start.config, task.num_labels)
   init = classification.init_params(model, {k: v[:1] for k, v in train_arrays.items()})
   state, shardings = steps.create_train_state(init, tx, mesh, jax.random.key(config.seed))
   if start.params is not None:
@@ -215,7 +215,7 @@ def _job(config, mesh, task, start: init_sources.Start, encoded, best: BestCheck
                             peak_flops_per_device(config.train.cpu_peak_tflops)),
       files={**start.tokenizer.files,
              "task.json": json.dumps(task.to_json(), indent=2) + "\n",
-             "model.json": json.dumps(dataclasses.asdict(start.config), indent=2) + "\n"},
+             "model.json": json.dumps(architectures.to_dict(start.config), indent=2) + "\n"},
       must_match=_MUST_MATCH, progress_keys=("loss", "accuracy"),
       num_threads=config.task.num_threads)
   return job, scorers

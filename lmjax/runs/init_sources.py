@@ -2,7 +2,7 @@
 
   pretrain:DIR   the newest checkpoint of an lmjax pretraining workdir
   hf:DIR         a Hugging Face BERT directory (config.json and weights)
-  random         random weights of config.model.size
+  random         random weights of config.model.architecture and .size
 
 each with the tokenizer that belongs to it. Only the parameters are read
 from a pretraining checkpoint, never its optimizer moments.
@@ -20,24 +20,24 @@ from lmjax import paths
 from lmjax.data import builtin
 from lmjax.data.tokenization import FILE_NAMES, Tokenizer
 from lmjax.errors import CheckpointError, ConfigError, UserError, first_line
+from lmjax.interop import hf
 from lmjax.interop.hf import HeadsError, load_hf_bert
-from lmjax.model import BertConfig, BertForPreTraining
+from lmjax.interop.hf_modernbert import load_hf_modernbert
+from lmjax.model import architectures
+from lmjax.model.architectures import ModelConfig, runtime_fields
 from lmjax.model.encoder import stack_layers, unstack_layers
 from lmjax.train import classification, mlm_nsp, steps
 from lmjax.trainer.checkpoints import Checkpoints
 
 KINDS = ("pretrain", "hf", "random")
-# Model fields a fine-tuning run may set on a pretrained encoder; the others
-# (sizes, vocabulary) are the checkpoint's.
-RUNTIME_FIELDS = ("dropout_rate", "attention_dropout_rate", "dtype", "param_dtype",
-                  "scan_layers", "remat_policy", "attention_impl")
 
 
 @dataclasses.dataclass
 class Start:
-  """Where the encoder starts: its config, its weights ({'bert': ...}, or None
-  for random), its tokenizer and a description for the logs."""
-  config: BertConfig
+  """Where the encoder starts: its config, its weights (the parts a
+  classifier shares with it, {'bert': ...} or {'model': ..., 'head': ...};
+  None for random), its tokenizer and a description for the logs."""
+  config: ModelConfig
   params: dict | None
   tokenizer: Tokenizer
   origin: str
@@ -61,30 +61,51 @@ def load_start(config, mesh, num_labels: int) -> Start:
   kind, path = parse_source(config.init.source)
   if kind == "random":
     tokenizer = Tokenizer.load(config.task.tokenizer or builtin.TOKENIZER_FILE)
-    return Start(BertConfig.from_section(config.model, vocab_size=tokenizer.vocab_size),
+    return Start(architectures.from_section(config.model, vocab_size=tokenizer.vocab_size),
                  None, tokenizer, "random weights")
   if kind == "hf":
-    model_cfg, params = load_hf_bert(path, heads=False, num_labels=num_labels,
-                                     **_runtime(config.model))
+    architecture = hf_architecture(path, config)
+    if architecture == "modernbert":
+      model_cfg, params = load_hf_modernbert(path, num_labels,
+                                             **runtime_fields(architecture, config.model))
+      params.pop("output_bias", None)  # a masked LM's decoder: no classifier reads it
+    else:
+      model_cfg, params = load_hf_bert(path, heads=False, num_labels=num_labels,
+                                       **runtime_fields(architecture, config.model))
+    name = "ModernBERT" if architecture == "modernbert" else "BERT"
     start = Start(model_cfg, params, _tokenizer(path, config.task.tokenizer, config),
-                  f"Hugging Face BERT {path}" + (" with its classifier"
-                                                 if "classifier" in params else ""))
+                  f"Hugging Face {name} {path}" + (" with its classifier"
+                                                   if "classifier" in params else ""))
   else:
     start = _pretraining_run(path, config, mesh)
   check_vocabulary(start.tokenizer, start.config, start.origin)
   return start
 
 
-def check_vocabulary(tokenizer: Tokenizer, model_cfg: BertConfig, origin: str) -> None:
+def hf_architecture(path: epath.Path, config) -> str:
+  """The architecture of a Hugging Face directory (its model_type), which
+  must be the one config.model.architecture names."""
+  try:
+    model_type = hf.model_type(path)
+  except CheckpointError as e:
+    raise UserError(f"config.init.source={config.init.source}: {e}") from None
+  if model_type not in architectures.NAMES:
+    raise UserError(f"config.init.source={config.init.source}: model_type {model_type!r}; "
+                    f"lmjax reads {' and '.join(architectures.NAMES)} directories")
+  wanted = config.model.get("architecture", "bert")
+  if model_type != wanted:
+    raise ConfigError(f"config.init.source={config.init.source} is a {model_type} model, "
+                      f"but config.model.architecture={wanted}; set "
+                      f"--config.model.architecture={model_type}")
+  return model_type
+
+
+def check_vocabulary(tokenizer: Tokenizer, model_cfg: ModelConfig, origin: str) -> None:
   """UserError when the tokenizer does not fit the checkpoint's embedding table."""
   if tokenizer.vocab_size != model_cfg.vocab_size:
     raise UserError(f"{origin}: its tokenizer has {tokenizer.vocab_size} pieces but the "
                     f"model's vocabulary has {model_cfg.vocab_size} rows; the tokenizer does "
                     "not belong to this checkpoint")
-
-
-def _runtime(model) -> dict:
-  return {k: model[k] for k in RUNTIME_FIELDS}
 
 
 def _tokenizer(directory: epath.Path, configured: str, config,
@@ -116,26 +137,28 @@ def _pretraining_run(path: epath.Path, config, mesh) -> Start:
                     "section: a fine-tuning run's?)")
   tokenizer = _tokenizer(path, config.task.tokenizer, config)
   pretrained_cfg = pretraining_model(path, saved, tokenizer)
+  architectures.check_same(pretrained_cfg, config.model, f"pretraining run {path}")
   step, params = pretrained_params(path, field, pretrained_cfg, saved.data, mesh)
-  bert = params["bert"]
-  model_cfg = pretrained_cfg.replace(**_runtime(config.model))
+  shared = {k: params[k] for k in architectures.encoder_parts(pretrained_cfg)}
+  model_cfg = architectures.with_runtime(pretrained_cfg, config.model)
   if model_cfg.scan_layers != pretrained_cfg.scan_layers:
     relayout = stack_layers if model_cfg.scan_layers else unstack_layers
-    bert = {**bert, "encoder": relayout(bert["encoder"])}
-  return Start(model_cfg, {"bert": bert}, tokenizer, f"pretraining run {path} (step {step})")
+    name = architectures.encoder_name(model_cfg)
+    shared[name] = {**shared[name], "encoder": relayout(shared[name]["encoder"])}
+  return Start(model_cfg, shared, tokenizer, f"pretraining run {path} (step {step})")
 
 
-def pretraining_model(path: epath.Path, saved, tokenizer: Tokenizer) -> BertConfig:
-  """The BertConfig of a pretraining workdir: its model.json, or (a workdir
-  written before there was one) its config's model section."""
+def pretraining_model(path: epath.Path, saved, tokenizer: Tokenizer) -> ModelConfig:
+  """The model config of a pretraining workdir: its model.json, or (a
+  workdir written before there was one) its config's model section."""
   if (path / "model.json").is_file():
-    return BertConfig(**json.loads((path / "model.json").read_text()))
-  return BertConfig.from_section(saved.model, vocab_size=tokenizer.vocab_size)
+    return architectures.from_dict(json.loads((path / "model.json").read_text()))
+  return architectures.from_section(saved.model, vocab_size=tokenizer.vocab_size)
 
 
-def pretrained_params(path: epath.Path, field: str, model_cfg: BertConfig, data,
+def pretrained_params(path: epath.Path, field: str, model_cfg: ModelConfig, data,
                       mesh) -> tuple[int, dict]:
-  """(step, {'bert', 'mlm', 'nsp'} parameters) of a pretraining workdir's
+  """(step, parameters: BERT's {'bert', 'mlm', 'nsp'}) of a pretraining workdir's
   newest checkpoint that can be restored (a damaged one is reported and
   passed over, not moved: the workdir is another run's); only the
   parameters are read, never the optimizer's."""
@@ -147,7 +170,7 @@ def pretrained_params(path: epath.Path, field: str, model_cfg: BertConfig, data,
                  input_mask=np.ones((1, length), np.int32),
                  masked_positions=np.zeros((1, predictions), np.int32))
   abstract = {"params": steps.abstract_params(
-      mlm_nsp.init_params(BertForPreTraining(model_cfg), example), mesh)}
+      mlm_nsp.init_params(architectures.pretraining_model(model_cfg), example), mesh)}
   ckpts = Checkpoints(path / "checkpoints")
   try:
     found = sorted(ckpts.all_steps(), reverse=True)
@@ -164,18 +187,25 @@ def pretrained_params(path: epath.Path, field: str, model_cfg: BertConfig, data,
   raise CheckpointError(f"{field}: no checkpoint can be restored")
 
 
-def load_hf_pretraining(path, config) -> tuple[BertConfig, dict, Tokenizer]:
-  """(model config, weights, tokenizer) of a Hugging Face BERT directory for
-  pretraining: {'bert', 'mlm', 'nsp'} from a BertForPreTraining, or {'bert'}
-  alone (the heads then start random) from any other BERT; the runtime
-  fields of config.model apply, and config.data.tokenizer may only name the
-  directory's own tokenizer."""
+def load_hf_pretraining(path, config) -> tuple[ModelConfig, dict, Tokenizer]:
+  """(model config, weights, tokenizer) of a Hugging Face directory for
+  pretraining: BERT's {'bert', 'mlm', 'nsp'} from a BertForPreTraining, or
+  {'bert'} alone (the heads then start random) from any other BERT;
+  ModernBERT's encoder, with its head and decoder bias where it has them.
+  The runtime fields of config.model apply, and config.data.tokenizer may
+  only name the directory's own tokenizer."""
+  architecture = hf_architecture(path, config)
   tokenizer = _tokenizer(path, config.data.tokenizer, config, "config.data.tokenizer")
-  try:
-    model_cfg, params = load_hf_bert(path, heads=True, **_runtime(config.model))
-  except HeadsError:
-    model_cfg, params = load_hf_bert(path, heads=False, **_runtime(config.model))
-  check_vocabulary(tokenizer, model_cfg, f"Hugging Face BERT {path}")
+  runtime = runtime_fields(architecture, config.model)
+  if architecture == "modernbert":
+    model_cfg, params = load_hf_modernbert(path, **runtime)
+    params.pop("classifier", None)
+  else:
+    try:
+      model_cfg, params = load_hf_bert(path, heads=True, **runtime)
+    except HeadsError:
+      model_cfg, params = load_hf_bert(path, heads=False, **runtime)
+  check_vocabulary(tokenizer, model_cfg, f"Hugging Face {architecture} {path}")
   return model_cfg, params, tokenizer
 
 

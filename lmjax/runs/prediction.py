@@ -15,7 +15,7 @@ from lmjax.data import tasks
 from lmjax.data.task_input import bucket_lengths
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError
-from lmjax.model import BertConfig, BertForSequenceClassification
+from lmjax.model import architectures
 from lmjax.runs import init_sources
 from lmjax.runs.finetuning import check_config, packed_length
 from lmjax.runs.scoring import device_batches, logits
@@ -46,14 +46,14 @@ def predict(config, workdir: paths.PathLike) -> dict:
     raise UserError(f"{workdir}: no fine-tuned model (run python -m lmjax.finetune "
                     f"--workdir={workdir} first)")
   task = tasks.Task.from_json(json.loads((workdir / "task.json").read_text()))
-  model_cfg = BertConfig(**json.loads((workdir / "model.json").read_text()))
+  model_cfg = architectures.from_dict(json.loads((workdir / "model.json").read_text()))
   saved = json.loads((workdir / "config.json").read_text())
   texts = tasks.read_texts(config.predict.input, task)
   encoded = tasks.encode(tasks.Examples(texts, None),
                          Tokenizer.load(workdir),
                          saved["task"]["max_seq_length"])
   mesh = parallel.make_mesh(**config.mesh)
-  model = BertForSequenceClassification(model_cfg, task.num_labels)
+  model = architectures.classification_model(model_cfg, task.num_labels)
   example = {k: v[:1] for k, v in encoded.arrays.items()}
   step, params = init_sources.best_params(workdir, model, example, mesh)
   eval_step = steps.jit_eval_step(classification.make_eval_step(model),

@@ -1,5 +1,6 @@
 """The pretraining run `lmjax.pretrain` starts: BertForPreTraining on a
-corpus with the MLM + NSP objective, on the run scaffold.
+corpus with the MLM + NSP (+ CP) objective, or ModernBertForMaskedLM with
+MLM alone, on the run scaffold.
 
 Starting in a workdir that holds a checkpoint resumes from it exactly (see
 lmjax.trainer.loop).
@@ -16,8 +17,7 @@ from lmjax import parallel, paths
 from lmjax.data.cache import learned_size
 from lmjax.data.pretrain_input import RowPacking, check_data_config, pretraining_input
 from lmjax.errors import ConfigError, MissingSplitError, check_fields
-from lmjax.model import BertConfig, BertForPreTraining, flops_per_token
-from lmjax.model.config import check_section
+from lmjax.model import architectures, flops_per_token
 from lmjax.runs import init_sources, probe
 from lmjax.train import mlm_nsp, optimizer, steps
 from lmjax.trainer import scaffold, watch
@@ -56,10 +56,23 @@ def check_config(config) -> None:
     raise ConfigError(f"config.data.tokenizer={config.data.tokenizer} learns a new "
                       f"vocabulary, but config.init.source={config.init.source} brings "
                       "its own; leave config.data.tokenizer empty")
-  check_section(config.model)
+  architectures.check_section(config.model)
+  check_objectives(config.model.architecture, train)
   if config.data.max_seq_length > config.model.max_position:
     raise ConfigError(f"config.data.max_seq_length ({config.data.max_seq_length}) "
                       f"exceeds config.model.max_position ({config.model.max_position})")
+
+
+def check_objectives(architecture: str, train) -> None:
+  """ConfigError for an objective the architecture's model has no place
+  for: ModernBERT has no NSP head and no pooled output for CP to read."""
+  if architecture != "modernbert":
+    return
+  for name, weight in (("nsp_weight", train.nsp_weight), ("cp_weight", train.cp_weight)):
+    if weight:
+      raise ConfigError(f"config.train.{name} must be 0 with config.model.architecture="
+                        f"modernbert (its model has no NSP head and no pooled output: it "
+                        f"pretrains with MLM alone); add --config.train.{name}=0")
 
 
 def _inputs(config, workdir, mesh):
@@ -101,7 +114,7 @@ def _check_packing(config, info: dict) -> None:
 def _job(config, mesh, model_cfg, train_data, host_eval, tokenizer,
          probe_task=None) -> scaffold.Job:
   train, data = config.train, config.data
-  model = BertForPreTraining(model_cfg)
+  model = architectures.pretraining_model(model_cfg)
   tx = optimizer.create_optimizer(train)
   init = mlm_nsp.init_params(model, {k: v[:1] for k, v in train_data[0].items()})
   state, shardings = steps.create_train_state(init, tx, mesh, jax.random.key(config.seed))
@@ -137,12 +150,12 @@ def _job(config, mesh, model_cfg, train_data, host_eval, tokenizer,
                         profile_steps=scaffold.profile_steps(train)),
       throughput=Throughput(flops, peak_flops_per_device(train.cpu_peak_tflops)),
       files={**tokenizer.files,
-             "model.json": json.dumps(dataclasses.asdict(model_cfg), indent=2) + "\n"},
+             "model.json": json.dumps(architectures.to_dict(model_cfg), indent=2) + "\n"},
       must_match=_MUST_MATCH,
       progress_keys=("loss", "mlm_accuracy"), num_threads=data.num_threads)
 
 
-def _start(config) -> tuple[object, BertConfig | None, dict | None]:
+def _start(config) -> tuple[object, architectures.ModelConfig | None, dict | None]:
   """(config, model config, weights) of `config.init.source`: for hf:DIR
   its sizes and weights, and its tokenizer unless config.data.tokenizer
   names one (which must be the same); (config, None, None) for random."""
@@ -164,15 +177,15 @@ def _start(config) -> tuple[object, BertConfig | None, dict | None]:
 
 
 def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
-  """Pretrains BertForPreTraining as `config` says; returns the summary
-  (also DIR/summary.json)."""
+  """Pretrains as `config` says; returns the summary (also
+  DIR/summary.json)."""
   check_config(config)
   probe_task = probe.resolve(config.probe)
   config, model_cfg, params = _start(config)
   mesh = parallel.make_mesh(**config.mesh)
   train_data, host_eval, tokenizer, sizes = _inputs(config, workdir, mesh)
-  model_cfg = model_cfg or BertConfig.from_section(config.model,
-                                                   vocab_size=tokenizer.vocab_size)
+  model_cfg = model_cfg or architectures.from_section(config.model,
+                                                      vocab_size=tokenizer.vocab_size)
   job = _job(config, mesh, model_cfg, train_data, host_eval, tokenizer, probe_task)
   if params is not None:
     job = dataclasses.replace(job, state=init_sources.with_params(job.state, job.shardings, params))
@@ -181,9 +194,11 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     last_eval = result.last_eval
     if not last_eval and not result.stopped_by:  # the workdir held a finished run
       last_eval = job.evaluate(result.state, result.step)
+    baselines = mlm_nsp.baselines(parallel.sum_over_processes(
+        mlm_nsp.target_counts(host_eval, tokenizer.vocab_size)))
+    if "nsp" not in architectures.objectives(model_cfg):
+      baselines.pop("baseline_nsp_accuracy")
     summary = dict(step=result.step, stopped_by=result.stopped_by, **sizes,
-                   **{k: round(float(v), 5) for k, v in last_eval.items()},
-                   **mlm_nsp.baselines(parallel.sum_over_processes(
-                       mlm_nsp.target_counts(host_eval, tokenizer.vocab_size))))
+                   **{k: round(float(v), 5) for k, v in last_eval.items()}, **baselines)
     run.write_summary(summary)
   return summary

@@ -10,12 +10,9 @@ import numpy as np
 from lmjax.data import tasks
 from lmjax.data.task_input import bucket_lengths
 from lmjax.errors import ConfigError, MissingSplitError, UserError
-from lmjax.model.heads import PACKED_INPUTS
+from lmjax.model.rows import inputs_of
 from lmjax.runs.scoring import device_batches, logits
 from lmjax.train import baselines, steps
-
-
-FEATURE_INPUTS = ("input_ids", "segment_ids", "input_mask", *PACKED_INPUTS)
 
 
 def resolve(section) -> tasks.Task | None:
@@ -43,7 +40,7 @@ def _sample(examples: tasks.Examples, count: int, seed: int) -> tasks.Examples:
 
 
 class Probe:
-  """`probe(params) -> {eval_probe_accuracy}` for BertForPreTraining params."""
+  """`probe(params) -> {eval_probe_accuracy}` for a pretraining model's params."""
 
   def __init__(self, task: tasks.Task, section, model, tokenizer, max_seq_length: int,
                params_shardings, mesh, batch_size: int = 128, packed: bool = True):
@@ -67,8 +64,8 @@ class Probe:
     self._labels = {split: ex.labels for split, ex in splits.items()}
     self._features = steps.jit_eval_step(
         lambda params, batch: model.apply(
-            {"params": params}, **{k: v for k, v in batch.items() if k in FEATURE_INPUTS},
-            method="mean_pooled"), params_shardings, mesh)
+            {"params": params}, **inputs_of(model, batch), method="mean_pooled"),
+        params_shardings, mesh)
 
   def __call__(self, params) -> dict[str, float]:
     features = {split: logits(self._features, params, batches)

@@ -1,5 +1,6 @@
 """The fine-tuning objective: classification (cross-entropy over K classes)
-or regression (squared error of one score) on BertForSequenceClassification.
+or regression (squared error of one score) on a sequence classifier (BERT's
+or ModernBERT's).
 
 Pure functions on device: the losses, `train_step(state, batch, rng)` and
 `eval_step(params, batch) -> logits`; on the host, the loss and task metrics
@@ -13,21 +14,15 @@ import numpy as np
 import optax
 import scipy.special
 
-from lmjax.model.heads import PACKED_INPUTS
+from lmjax.model.rows import PACKED_INPUTS, inputs_of
 from lmjax.train import steps
 from lmjax.train.task_metrics import task_metrics
 
-MODEL_INPUTS = ("input_ids", "segment_ids", "input_mask")
-
-
-def model_inputs(batch: steps.Batch) -> dict:
-  """The model's inputs of a batch, packed rows' too."""
-  return {k: batch[k] for k in (*MODEL_INPUTS, *PACKED_INPUTS) if k in batch}
-
 
 def init_params(model: nn.Module, example_batch: steps.Batch) -> steps.InitParams:
-  """`rng -> params` of `model` (a BertForSequenceClassification)."""
-  inputs = {k: example_batch[k] for k in MODEL_INPUTS}
+  """`rng -> params` of `model` (a sequence classifier) for batches like
+  this one (unpacked)."""
+  inputs = {k: v for k, v in inputs_of(model, example_batch).items() if k not in PACKED_INPUTS}
   return lambda rng: model.init(rng, **inputs)["params"]
 
 
@@ -64,7 +59,7 @@ def make_loss(model: nn.Module):
   counts that make accuracy."""
 
   def loss_fn(params, batch, rng, batch_totals=None):
-    logits = model.apply({"params": params}, **model_inputs(batch),
+    logits = model.apply({"params": params}, **inputs_of(model, batch),
                          deterministic=False, rngs={"dropout": rng})
     logits_MxK, labels_M, weights_M = per_example(logits, batch)
     loss_M = losses(logits_MxK, labels_M) * weights_M
@@ -94,7 +89,7 @@ def make_eval_step(model: nn.Module):
   packed rows) with no dropout."""
 
   def eval_step(params, batch: steps.Batch):
-    return model.apply({"params": params}, **model_inputs(batch))
+    return model.apply({"params": params}, **inputs_of(model, batch))
 
   return eval_step
 

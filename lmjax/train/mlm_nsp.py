@@ -1,5 +1,6 @@
 """The pretraining objective: masked language modelling (MLM) and
-next-sentence prediction (NSP) on BertForPreTraining.
+next-sentence prediction (NSP) on BertForPreTraining; MLM alone on a model
+without an NSP head (ModernBertForMaskedLM).
 
 Pure functions of (params, batch): the losses, `train_step(state, batch,
 rng)`, an `eval_step(params, batch)` whose sums add up over an evaluation
@@ -15,10 +16,8 @@ import numpy as np
 import optax
 
 from lmjax import parallel
-from lmjax.model.heads import PACKED_INPUTS
+from lmjax.model.rows import PACKED_INPUTS, inputs_of
 from lmjax.train import contrastive, steps
-
-MODEL_INPUTS = ("input_ids", "segment_ids", "input_mask", "masked_positions")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,14 +30,16 @@ class LossWeights:
   cp_temperature: float = 0.05
 
 
-def model_inputs(batch: steps.Batch) -> dict:
+def model_inputs(model: nn.Module, batch: steps.Batch) -> dict:
   """The model's inputs of a batch, packed rows' too."""
-  return {k: batch[k] for k in (*MODEL_INPUTS, *PACKED_INPUTS) if k in batch}
+  return inputs_of(model, batch, "masked_positions")
 
 
 def init_params(model: nn.Module, example_batch: steps.Batch) -> steps.InitParams:
-  """`rng -> params` of `model` (a BertForPreTraining) for batches like this."""
-  inputs = {k: example_batch[k] for k in MODEL_INPUTS}
+  """`rng -> params` of `model` (BertForPreTraining, ModernBertForMaskedLM)
+  for batches like this one (unpacked)."""
+  inputs = {k: v for k, v in model_inputs(model, example_batch).items()
+            if k not in PACKED_INPUTS}
   return lambda rng: model.init(rng, **inputs)["params"]
 
 
@@ -61,9 +62,9 @@ def totals(batch: steps.Batch) -> dict[str, jax.Array]:
 def losses(outputs: dict, batch: steps.Batch,
            batch_totals: dict | None = None) -> dict[str, jax.Array]:
   """MLM loss (summed over real predictions, by `masked_weights`) and NSP
-  loss (summed over pairs), each divided by its total in `batch_totals`
-  (the batch's own by default: their means), with the counts that make
-  accuracies; all float32 scalars."""
+  loss (summed over pairs; a model without an NSP head has none), each
+  divided by its total in `batch_totals` (the batch's own by default: their
+  means), with the counts that make accuracies; all float32 scalars."""
   batch_totals = batch_totals or totals(batch)
   logits_BxPxV = outputs["mlm_logits"]
   weights_BxP = batch["masked_weights"].astype(jnp.float32)
@@ -71,14 +72,16 @@ def losses(outputs: dict, batch: steps.Batch,
   target_logp_BxP = jnp.take_along_axis(log_probs_BxPxV, batch["masked_ids"][..., None],
                                         -1)[..., 0]
   mlm_correct = ((logits_BxPxV.argmax(-1) == batch["masked_ids"]) * weights_BxP).sum()
+  parts = dict(mlm_loss=-(target_logp_BxP * weights_BxP).sum() / batch_totals["mlm"],
+               mlm_correct=mlm_correct.astype(jnp.float32), mlm_count=weights_BxP.sum())
+  if "nsp_logits" not in outputs:
+    return parts
   # Pairs: [B] one a row, [R, E] in packed rows.
   pairs = pair_weights(batch)
   nsp_log_probs = jax.nn.log_softmax(outputs["nsp_logits"])
   nsp_logp = jnp.take_along_axis(nsp_log_probs, batch["nsp_labels"][..., None], -1)[..., 0]
   nsp_correct = ((outputs["nsp_logits"].argmax(-1) == batch["nsp_labels"]) * pairs).sum()
-  return dict(mlm_loss=-(target_logp_BxP * weights_BxP).sum() / batch_totals["mlm"],
-              nsp_loss=-(nsp_logp * pairs).sum() / batch_totals["nsp"],
-              mlm_correct=mlm_correct.astype(jnp.float32), mlm_count=weights_BxP.sum(),
+  return dict(parts, nsp_loss=-(nsp_logp * pairs).sum() / batch_totals["nsp"],
               nsp_correct=nsp_correct, nsp_count=pairs.sum())
 
 
@@ -89,10 +92,12 @@ def make_loss(model: nn.Module, weights: LossWeights = LossWeights()):
 
   def loss_fn(params, batch, rng, batch_totals=None):
     batch_totals = batch_totals or totals(batch)
-    outputs = model.apply({"params": params}, **model_inputs(batch),
+    outputs = model.apply({"params": params}, **model_inputs(model, batch),
                           deterministic=False, rngs={"dropout": rng})
     parts = losses(outputs, batch, batch_totals)
-    loss = weights.mlm * parts["mlm_loss"] + weights.nsp * parts["nsp_loss"]
+    loss = weights.mlm * parts["mlm_loss"]
+    if "nsp_loss" in parts:
+      loss = loss + weights.nsp * parts["nsp_loss"]
     if weights.cp:
       parts.update(contrastive.losses(_pooled(model, params, rng), batch,
                                       weights.cp_temperature, dropout_views=True,
@@ -124,9 +129,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   micro-batches, the full batch's exactly."""
 
   def summarize(parts):
-    metrics = dict(mlm_loss=parts["mlm_loss"], nsp_loss=parts["nsp_loss"],
-                   mlm_accuracy=parts["mlm_correct"] / jnp.maximum(parts["mlm_count"], 1),
-                   nsp_accuracy=parts["nsp_correct"] / parts["nsp_count"])
+    metrics = dict(mlm_loss=parts["mlm_loss"],
+                   mlm_accuracy=parts["mlm_correct"] / jnp.maximum(parts["mlm_count"], 1))
+    if "nsp_loss" in parts:
+      metrics.update(nsp_loss=parts["nsp_loss"],
+                     nsp_accuracy=parts["nsp_correct"] / parts["nsp_count"])
     if "cp_loss" in parts:
       metrics.update(cp_loss=parts["cp_loss"],
                      cp_accuracy=parts["cp_correct"] / jnp.maximum(parts["cp_count"], 1))
@@ -162,11 +169,12 @@ def make_eval_step(model: nn.Module, weights: LossWeights = LossWeights()):
   too when it has a weight (negatives: the evaluation batch's)."""
 
   def eval_step(params, batch: steps.Batch):
-    parts = losses(model.apply({"params": params}, **model_inputs(batch)), batch)
+    parts = losses(model.apply({"params": params}, **model_inputs(model, batch)), batch)
     sums = dict(mlm_loss_sum=parts["mlm_loss"] * parts["mlm_count"],
-                nsp_loss_sum=parts["nsp_loss"] * parts["nsp_count"],
-                **{k: parts[k] for k in ("mlm_correct", "mlm_count",
-                                         "nsp_correct", "nsp_count")})
+                mlm_correct=parts["mlm_correct"], mlm_count=parts["mlm_count"])
+    if "nsp_loss" in parts:
+      sums.update(nsp_loss_sum=parts["nsp_loss"] * parts["nsp_count"],
+                  nsp_correct=parts["nsp_correct"], nsp_count=parts["nsp_count"])
     if weights.cp:
       cp = contrastive.losses(_pooled(model, params), batch, weights.cp_temperature)
       sums.update(cp_loss_sum=cp["cp_loss"] * cp["cp_count"], cp_correct=cp["cp_correct"],
@@ -183,12 +191,15 @@ def evaluate(eval_step, params, batches) -> dict[str, float]:
     out = parallel.in_order(eval_step(params, batch))
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   sums = jax.device_get(sums)
-  mlm_count, nsp_count = max(sums["mlm_count"], 1.0), max(sums["nsp_count"], 1.0)
-  mlm_loss, nsp_loss = sums["mlm_loss_sum"] / mlm_count, sums["nsp_loss_sum"] / nsp_count
-  scores = dict(eval_mlm_loss=float(mlm_loss), eval_nsp_loss=float(nsp_loss),
-                eval_loss=float(mlm_loss + nsp_loss),
-                eval_mlm_accuracy=float(sums["mlm_correct"] / mlm_count),
-                eval_nsp_accuracy=float(sums["nsp_correct"] / nsp_count))
+  mlm_count = max(sums["mlm_count"], 1.0)
+  mlm_loss = sums["mlm_loss_sum"] / mlm_count
+  scores = dict(eval_mlm_loss=float(mlm_loss), eval_loss=float(mlm_loss),
+                eval_mlm_accuracy=float(sums["mlm_correct"] / mlm_count))
+  if "nsp_count" in sums:  # a model with an NSP head
+    nsp_count = max(sums["nsp_count"], 1.0)
+    nsp_loss = sums["nsp_loss_sum"] / nsp_count
+    scores.update(eval_nsp_loss=float(nsp_loss), eval_loss=float(mlm_loss + nsp_loss),
+                  eval_nsp_accuracy=float(sums["nsp_correct"] / nsp_count))
   if "cp_count" in sums:
     cp_count = max(sums["cp_count"], 1.0)
     scores.update(eval_cp_loss=float(sums["cp_loss_sum"] / cp_count),

@@ -24,7 +24,7 @@ import jax
 from etils import epath
 
 from lmjax import parallel, paths
-from lmjax.config_sections import leaves
+from lmjax.config_sections import leaves, with_added_fields
 from lmjax.data.loader import Loader
 from lmjax.errors import (CheckpointError, ConfigError, Fault, UserError, check_fields,
                           first_line)
@@ -137,7 +137,7 @@ def _resume(job: Job, workdir: epath.Path, ckpts: Checkpoints) -> tuple[Any, int
     # The config first: a model or tokenizer of another size would fail the
     # restore with shapes, not with the field that differs.
     try:
-      saved = _read(start, ckpts.read_json, "config")
+      saved = with_added_fields(_read(start, ckpts.read_json, "config"))
     except _Damaged as e:
       damaged.append((start, e.__cause__))
       continue
