@@ -10,6 +10,7 @@ results.csv and results.png in --output. --compare=hf_torch also times
 transformers' torch BERT on the same workload (CPU), taking turns with lmjax.
 """
 
+import dataclasses
 import signal
 import sys
 
@@ -21,7 +22,9 @@ from lmjax.errors import UserError
 from lmjax.benchmarking import points as sweep_points
 from lmjax.benchmarking import results, sweep
 
-_SIZE = flags.DEFINE_list("size", ["small"], "BERT sizes (tiny, mini, small, medium, base, large)")
+_ARCHITECTURE = flags.DEFINE_list("architecture", ["bert"], "architectures: bert, modernbert")
+_SIZE = flags.DEFINE_list("size", ["small"], "named sizes (BERT's tiny, mini, small, medium, "
+                          "base, large; ModernBERT's tiny, base, large)")
 _SEQ_LEN = flags.DEFINE_list("seq_len", ["128"], "sequence lengths")
 _BATCH = flags.DEFINE_list("batch", ["32"], "global batch sizes")
 _DEFAULT = sweep_points.Point("tiny", 128, 32)  # the configs' model settings
@@ -33,7 +36,9 @@ _REMAT = flags.DEFINE_list("remat_policy", [_DEFAULT.remat_policy],
 _SCAN = flags.DEFINE_list("scan_layers", [str(_DEFAULT.scan_layers).lower()],
                           "nn.scan over layers: true, false")
 _MESH = flags.DEFINE_list("mesh", ["auto"], "DATAxFSDPxTENSOR meshes, or auto (all on data)")
-_OBJECTIVE = flags.DEFINE_list("objective", ["mlm_nsp"], "mlm_nsp, classification")
+_OBJECTIVE = flags.DEFINE_list("objective", ["pretraining"],
+                               "pretraining (BERT's mlm_nsp, ModernBERT's mlm), mlm_nsp, mlm, "
+                               "classification")
 _LENGTHS = flags.DEFINE_list("lengths", ["full"], "sequence lengths: full (seq_len), "
                              "rt_polarity (its examples'), long_tailed (Wikipedia-like)")
 _PACKING = flags.DEFINE_list("packing", ["false"], "pack sequences into rows: true, false")
@@ -78,7 +83,10 @@ def main(argv):
       dtype=_values(_DTYPE, str), attention_impl=_values(_ATTENTION, str),
       remat_policy=_values(_REMAT, str), scan_layers=_values(_SCAN, bool),
       mesh=_values(_MESH, str), objective=_values(_OBJECTIVE, str),
-      lengths=_values(_LENGTHS, str), packing=_values(_PACKING, bool)))
+      lengths=_values(_LENGTHS, str), packing=_values(_PACKING, bool),
+      architecture=_values(_ARCHITECTURE, str)))
+  points = [dataclasses.replace(p, objective=sweep_points.PRETRAINING.get(p.architecture, "?"))
+            if p.objective == "pretraining" else p for p in points]
   settings = sweep_points.Settings(
       mode=_MODE.value, steps=_STEPS.value, rounds=_ROUNDS.value, warmup=_WARMUP.value,
       vocab_size=_VOCAB.value, mask_rate=_MASK_RATE.value, dropout=_DROPOUT.value,

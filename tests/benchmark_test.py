@@ -18,6 +18,7 @@ from lmjax.benchmarking import points, results, sweep
 from lmjax.benchmarking.points import Point, Settings
 from lmjax.errors import UserError
 from lmjax.model import BertConfig, flops_per_token
+from lmjax.model.modernbert import ModernBertConfig
 
 ROOT = Path(__file__).parents[1]
 QUICK = Settings(steps=2, rounds=2, warmup=0, vocab_size=512)
@@ -31,10 +32,11 @@ def _failing_worker(point, settings):
 def test_a_tiny_sweep_writes_rows_csv_and_plot(tmp_path):
   swept = points.sweep(dict(size=["tiny"], seq_len=[16], batch=[8, 16],
                             objective=["mlm_nsp", "classification"]))
-  assert len(swept) == 4
+  swept.append(Point("tiny", 16, 8, objective="mlm", architecture="modernbert"))
+  assert len(swept) == 5
   lines = []
   rows = sweep.run(swept, QUICK, str(tmp_path), echo=lines.append)
-  assert [r["implementation"] for r in rows] == ["lmjax"] * 4
+  assert [r["implementation"] for r in rows] == ["lmjax"] * 5
   for row in rows:
     assert "error" not in row, row
     assert row["devices"] == 8 and row["steps_timed"] == 4
@@ -50,14 +52,20 @@ def test_a_tiny_sweep_writes_rows_csv_and_plot(tmp_path):
   assert mlm["predictions"] == 3 and mlm["model_mfu"] / mlm["useful_mfu"] == pytest.approx(
       flops_per_token(cfg, 16, 16) / flops_per_token(cfg, 16, 3), rel=1e-2)
   assert rows[1]["objective"] == "classification" and rows[1]["model_mfu"] == rows[1]["useful_mfu"]
+  modern = rows[4]
+  cfg = ModernBertConfig.named("tiny", vocab_size=512)
+  assert modern["architecture"] == "modernbert" and modern["model_mfu"] / modern[
+      "useful_mfu"] == pytest.approx(flops_per_token(cfg, 16, 16) / flops_per_token(cfg, 16, 3),
+                                     rel=1e-2)
   stored = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
   assert stored == rows
   with open(tmp_path / "results.csv", encoding="utf-8") as f:
     table = list(csv.DictReader(f))
-  assert [int(r["batch"]) for r in table] == [8, 8, 16, 16]
+  assert [int(r["batch"]) for r in table] == [8, 8, 16, 16, 8]
   assert float(table[1]["tokens_per_s"]) == rows[1]["tokens_per_s"]
   assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert len(lines) == 8 and "tokens/s" in lines[1] and lines[0].startswith("[1/4] tiny")
+  assert len(lines) == 10 and "tokens/s" in lines[1] and lines[0].startswith("[1/5] tiny")
+  assert lines[8].startswith("[5/5] modernbert-tiny L16 B8")
 
 
 @pytest.mark.parametrize("objective", ["mlm_nsp", "classification"])
@@ -138,6 +146,11 @@ def test_a_point_that_fails_is_a_row_and_the_sweep_goes_on(tmp_path):
     ({}, dict(steps=0), "--steps=0: must be at least 1"),
     ({}, dict(mode="fast"), "--mode='fast': must be one of train"),
     ({}, dict(peer="hf_flax"), "--compare='hf_flax': must be one of hf_torch"),
+    (dict(architecture=["gpt"]), {}, "--architecture=gpt: must be one of bert, modernbert"),
+    (dict(architecture=["modernbert"], size=["mini"], objective=["mlm"]), {},
+     "--size=mini: must be one of tiny, base, large for modernbert"),
+    (dict(architecture=["modernbert"]), {},
+     "--objective=mlm_nsp: must be one of mlm, classification for modernbert"),
 ])
 def test_bad_sweeps_fail_in_one_line_before_anything_compiles(values, settings, message):
   swept = points.sweep({"size": ["tiny"], "seq_len": [16], "batch": [8], **values})
@@ -156,6 +169,7 @@ def _cli(*args, cwd=ROOT):
     (["--batch=8,x"], "error: --batch: 'x' is not an integer"),
     (["--scan_layers=maybe"], "error: --scan_layers: 'maybe' is not a boolean"),
     (["--packing=maybe"], "error: --packing: 'maybe' is not a boolean"),
+    (["--architecture=gpt"], "error: --architecture=gpt: must be one of bert, modernbert"),
     (["--size=tiny", "--seq_len=16", "--batch=8", "--output="], "error: --output is empty"),
     (["--size=tiny", "--seq_len=16", "--batch=8", "--output=/proc/lmjax"],
      "error: --output=/proc/lmjax: cannot write there"),

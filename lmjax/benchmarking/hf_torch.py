@@ -1,5 +1,7 @@
 """The peers the benchmark compares lmjax with, on the same workload: Hugging
-Face's torch BertForPreTraining / BertForSequenceClassification, trained as
+Face's torch BertForPreTraining / BertForSequenceClassification (or
+ModernBertForMaskedLM, its head only at the masked positions as lmjax's is:
+`sparse_prediction`, / ModernBertForSequenceClassification), trained as
 lmjax trains (dropout, AdamW with BERT's b1, b2 and eps, clipping at 1), on
 the point's sequences one a row, the batch padded to its longest (dynamic
 padding, what transformers' collators do), whether lmjax packs or not.
@@ -15,8 +17,27 @@ from lmjax.benchmarking.points import (TRAIN, Point, Settings, batch_figures, pa
                                       synthetic_batch, timed_steps)
 
 
+def _modernbert(transformers, point: Point, settings: Settings):
+  """transformers' ModernBERT of the point's size, with the settings'
+  dropout everywhere lmjax's has it, predicting at the masked positions
+  only, as lmjax does."""
+  from lmjax.model.modernbert import SIZES  # pylint: disable=import-outside-toplevel
+  layers, hidden, heads, width = SIZES[point.size]
+  cfg = transformers.ModernBertConfig(
+      vocab_size=settings.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+      num_attention_heads=heads, intermediate_size=width,
+      max_position_embeddings=max(point.seq_len, 512), embedding_dropout=settings.dropout,
+      mlp_dropout=settings.dropout, attention_dropout=settings.dropout,
+      classifier_dropout=settings.dropout, sparse_prediction=True, pad_token_id=0,
+      bos_token_id=2, cls_token_id=2, eos_token_id=3, sep_token_id=3)
+  if point.objective == "classification":
+    return transformers.ModernBertForSequenceClassification(cfg)
+  return transformers.ModernBertForMaskedLM(cfg)
+
+
 class HfTorchWorker:
-  """transformers' BERT on torch (CPU), eager, its default attention."""
+  """transformers' BERT or ModernBERT on torch (CPU), eager, its default
+  attention."""
 
   def __init__(self, point: Point, settings: Settings):
     import torch  # pylint: disable=import-outside-toplevel
@@ -25,27 +46,33 @@ class HfTorchWorker:
     from lmjax.model.config import sized_fields  # pylint: disable=import-outside-toplevel
     self.torch, self.point, self.settings = torch, point, settings
     torch.manual_seed(0)
-    sized = sized_fields(point.size)
-    cfg = transformers.BertConfig(
-        vocab_size=settings.vocab_size, hidden_size=sized["hidden_size"],
-        num_hidden_layers=sized["num_layers"], num_attention_heads=sized["num_heads"],
-        intermediate_size=sized["intermediate_size"],
-        hidden_dropout_prob=settings.dropout, attention_probs_dropout_prob=settings.dropout,
-        max_position_embeddings=512)
     host = padded_to_longest(synthetic_batch(dataclasses.replace(point, packing=False), settings))
     self.shape = batch_figures(host)
     tensor = lambda x: torch.from_numpy(x).long()  # noqa: E731
     self.inputs = dict(input_ids=tensor(host["input_ids"]),
-                       token_type_ids=tensor(host["segment_ids"]),
                        attention_mask=tensor(host["input_mask"]))
+    if point.architecture == "modernbert":
+      self.model = _modernbert(transformers, point, settings)
+    else:
+      sized = sized_fields(point.size)
+      cfg = transformers.BertConfig(
+          vocab_size=settings.vocab_size, hidden_size=sized["hidden_size"],
+          num_hidden_layers=sized["num_layers"], num_attention_heads=sized["num_heads"],
+          intermediate_size=sized["intermediate_size"],
+          hidden_dropout_prob=settings.dropout, attention_probs_dropout_prob=settings.dropout,
+          max_position_embeddings=512)
+      self.inputs["token_type_ids"] = tensor(host["segment_ids"])
+      self.model = (transformers.BertForSequenceClassification(cfg)
+                    if point.objective == "classification" else
+                    transformers.BertForPreTraining(cfg))
     if point.objective == "classification":
-      self.model = transformers.BertForSequenceClassification(cfg)
       self.inputs["labels"] = tensor(host["labels"])
     else:
-      self.model = transformers.BertForPreTraining(cfg)
       labels = torch.full(self.inputs["input_ids"].shape, -100, dtype=torch.long)
       labels.scatter_(1, tensor(host["masked_positions"]), tensor(host["masked_ids"]))
-      self.inputs.update(labels=labels, next_sentence_label=tensor(host["nsp_labels"]))
+      self.inputs["labels"] = labels
+      if point.architecture == "bert":
+        self.inputs["next_sentence_label"] = tensor(host["nsp_labels"])
     self.model.train()
     self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=TRAIN.learning_rate,
                                        betas=(TRAIN.b1, TRAIN.b2), eps=TRAIN.eps,

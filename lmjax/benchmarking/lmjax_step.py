@@ -8,9 +8,9 @@ import numpy as np
 import optax
 
 from lmjax import parallel
-from lmjax.benchmarking.points import (TRAIN, Point, Settings, batch_figures, parse_mesh,
-                                      synthetic_batch, timed_steps)
-from lmjax.model import BertConfig, BertForPreTraining, BertForSequenceClassification
+from lmjax.benchmarking.points import (TRAIN, Point, Settings, batch_figures,
+                                      model_config_of, parse_mesh, synthetic_batch, timed_steps)
+from lmjax.model import architectures
 from lmjax.train import classification, mlm_nsp, optimizer, steps
 from lmjax.trainer.throughput import measured_matmul_flops, peak_flops_per_device
 
@@ -21,19 +21,14 @@ class StepWorker:
   def __init__(self, point: Point, settings: Settings):
     self.point, self.settings = point, settings
     self.mesh = parallel.make_mesh(*parse_mesh(point.mesh, jax.device_count()))
-    attention_dropout = 0.0 if point.attention_impl == "cudnn" else settings.dropout
-    cfg = BertConfig.named(point.size, vocab_size=settings.vocab_size, dtype=point.dtype,
-                           attention_impl=point.attention_impl,
-                           remat_policy=point.remat_policy, scan_layers=point.scan_layers,
-                           dropout_rate=settings.dropout,
-                           attention_dropout_rate=attention_dropout)
+    cfg = model_config_of(point, settings)
     host_batch = synthetic_batch(point, settings,
                                  row_multiple=parallel.batch_shards(self.mesh))
     self.shape = batch_figures(host_batch)
     if point.objective == "classification":
-      model, objective = BertForSequenceClassification(cfg, 2), classification
-    else:
-      model, objective = BertForPreTraining(cfg), mlm_nsp
+      model, objective = architectures.classification_model(cfg, 2), classification
+    else:  # BERT's MLM + NSP, ModernBERT's MLM
+      model, objective = architectures.pretraining_model(cfg), mlm_nsp
     init = objective.init_params(model, host_batch)
     self.batch = parallel.shard_batch(host_batch, self.mesh)
     self.rng = jax.random.key(1)

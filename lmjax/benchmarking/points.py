@@ -33,9 +33,14 @@ from lmjax import config_sections
 from lmjax.data import builtin, packing
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError
+from lmjax.model import architectures
 from lmjax.model import config as model_config
 
-OBJECTIVES = ("mlm_nsp", "classification")
+# Pretraining is BERT's MLM + NSP, ModernBERT's MLM alone.
+OBJECTIVES = {"bert": ("mlm_nsp", "classification"), "modernbert": ("mlm", "classification")}
+PRETRAINING = {"bert": "mlm_nsp", "modernbert": "mlm"}  # --objective=pretraining
+# The longest sequence of each: BERT's position table, ModernBERT's context.
+MAX_LENGTH = {"bert": 512, "modernbert": 8192}
 LENGTHS = ("full", "rt_polarity", "long_tailed")
 MODES = ("train", "forward_backward")  # the whole step, or no optimizer
 PEERS = ("hf_torch",)
@@ -50,7 +55,7 @@ _MODEL = config_sections.model()  # what a point does not set is the configs' de
 @dataclasses.dataclass(frozen=True)
 class Point:
   """One configuration of a sweep."""
-  size: str  # BERT's named size: tiny .. large
+  size: str  # the architecture's named size: BERT's tiny .. large, ModernBERT's tiny .. large
   seq_len: int
   batch: int  # global batch
   dtype: str = _MODEL.dtype  # computation dtype; parameters stay float32
@@ -58,19 +63,31 @@ class Point:
   remat_policy: str = _MODEL.remat_policy
   scan_layers: bool = _MODEL.scan_layers
   mesh: str = "auto"  # DATAxFSDPxTENSOR, or auto: every device on data
-  objective: str = "mlm_nsp"  # mlm_nsp (pretraining) | classification (fine-tuning)
+  objective: str = "mlm_nsp"  # mlm_nsp or mlm (pretraining) | classification (fine-tuning)
   lengths: str = "full"  # the sequences' lengths: one of LENGTHS
   packing: bool = False  # several sequences a row (else one a row, padded)
+  architecture: str = "bert"  # bert | modernbert
+
+  @property
+  def model(self) -> str:
+    """The size, after the architecture where it is not BERT's."""
+    return self.size if self.architecture == "bert" else f"{self.architecture}-{self.size}"
 
   def label(self) -> str:
     shape = "" if self.lengths == "full" and not self.packing else (
         f" lengths={self.lengths}{' packed' if self.packing else ''}")
-    return (f"{self.size} L{self.seq_len} B{self.batch} {self.dtype} {self.attention_impl}"
+    return (f"{self.model} L{self.seq_len} B{self.batch} {self.dtype} {self.attention_impl}"
             f" remat={self.remat_policy} scan={int(self.scan_layers)} mesh={self.mesh}"
             f" {self.objective}{shape}")
 
 
 SWEEP_FIELDS = tuple(f.name for f in dataclasses.fields(Point))
+
+
+def point_of(row: dict) -> Point:
+  """The point of a results row (one written before a field existed has
+  its default)."""
+  return Point(**{f.name: row[f.name] for f in dataclasses.fields(Point) if f.name in row})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,9 +168,14 @@ def check(points: Sequence[Point], settings: Settings, device_count: int,
     raise UserError(f"--compare={settings.peer} needs {' and '.join(missing)} installed "
                     "(pip install -r requirements-test.txt)")
   for p in points:
+    if p.architecture not in architectures.NAMES:
+      raise UserError(f"--architecture={p.architecture}: must be one of "
+                      f"{', '.join(architectures.NAMES)}")
+    sizes, objectives = architectures.sizes(p.architecture), OBJECTIVES[p.architecture]
+    longest = MAX_LENGTH[p.architecture]
     for name, ok, need in (
-        ("size", p.size in model_config.SIZES, f"one of {', '.join(model_config.SIZES)}"),
-        ("seq_len", 2 <= p.seq_len <= 512, "in [2, 512] (BERT's position table)"),
+        ("size", p.size in sizes, f"one of {', '.join(sizes)} for {p.architecture}"),
+        ("seq_len", 2 <= p.seq_len <= longest, f"in [2, {longest}] for {p.architecture}"),
         ("batch", p.batch >= 1, "at least 1"),
         ("dtype", p.dtype in ("float32", "bfloat16", "float16"),
          "float32, bfloat16 or float16"),
@@ -163,7 +185,8 @@ def check(points: Sequence[Point], settings: Settings, device_count: int,
          f"xla on {platform} (cudnn is for NVIDIA GPUs)"),
         ("remat_policy", p.remat_policy in model_config.REMAT_POLICIES,
          f"one of {', '.join(model_config.REMAT_POLICIES)}"),
-        ("objective", p.objective in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}"),
+        ("objective", p.objective in objectives,
+         f"one of {', '.join(objectives)} for {p.architecture}"),
         ("lengths", p.lengths in LENGTHS, f"one of {', '.join(LENGTHS)}")):
       if not ok:
         raise UserError(f"--{name}={getattr(p, name)}: must be {need}")
@@ -248,12 +271,24 @@ def padded_to_longest(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
           for k, v in batch.items()}
 
 
+def model_config_of(point: Point, settings: Settings) -> architectures.ModelConfig:
+  """The point's model config: its architecture and size, dtype and layout,
+  the settings' vocabulary and dropout (attention dropout 0 with cudnn)."""
+  attention_dropout = 0.0 if point.attention_impl == "cudnn" else settings.dropout
+  section = dict(architecture=point.architecture, size=point.size, dtype=point.dtype,
+                 attention_impl=point.attention_impl, remat_policy=point.remat_policy,
+                 scan_layers=point.scan_layers, dropout_rate=settings.dropout,
+                 attention_dropout_rate=attention_dropout,
+                 max_position=max(point.seq_len, 512))
+  return architectures.from_section(section, vocab_size=settings.vocab_size)
+
+
 def flops_per_token(point: Point, settings: Settings) -> tuple[float, float]:
   """(model, useful) training FLOPs per token: the model's counts the MLM
   decoder at every position, as BERT's reference implementation computes
   it; the useful count only at the masked ones (what lmjax computes)."""
   from lmjax.model import costs  # pylint: disable=import-outside-toplevel
-  cfg = model_config.BertConfig.named(point.size, vocab_size=settings.vocab_size)
+  cfg = model_config_of(point, settings)
   if point.objective == "classification":
     flops = costs.flops_per_token(cfg, point.seq_len, 0)
     return flops, flops

@@ -7,15 +7,15 @@ import os
 from collections.abc import Iterable
 
 from lmjax import paths
-from lmjax.benchmarking.points import SWEEP_FIELDS, Point
+from lmjax.benchmarking.points import SWEEP_FIELDS, point_of
 from lmjax.errors import UserError
 
 
 def line(row: dict) -> str:
   """A row as one console line."""
-  point = Point(**{k: row[k] for k in SWEEP_FIELDS})
+  point = point_of(row)
   label = (point.label() if row["implementation"] == "lmjax" else
-           f"{point.size} L{point.seq_len} B{point.batch} {point.dtype} {point.objective}"
+           f"{point.model} L{point.seq_len} B{point.batch} {point.dtype} {point.objective}"
            + ("" if point.lengths == "full" else f" lengths={point.lengths} padded to longest"))
   name = f"{row['implementation']:>8} {label}"
   if "error" in row:
@@ -53,7 +53,7 @@ def plot(output, rows: Iterable[dict]) -> str:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   rows = [r for r in rows if "error" not in r]
-  varying = [f for f in SWEEP_FIELDS if f != "batch" and len({r[f] for r in rows}) > 1]
+  varying = [f for f in SWEEP_FIELDS if f != "batch" and len({r.get(f) for r in rows}) > 1]
   keys = ["size", *[f for f in varying if f != "size"], "implementation"]
   figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
   groups: dict[tuple, list[dict]] = {}
