@@ -243,3 +243,25 @@ def test_a_stopped_run_stops_the_experiment_and_says_how_to_continue(reviews, tm
   assert transfer_main.report(results, 1.0) == (
       "[1/2] fine-tuning random, seed 0 stopped (SIGTERM); run the same command again "
       "to continue")
+
+
+def test_a_modernbert_variant_is_the_same_recipe_on_modernbert(reviews, tmp_path):
+  plan = transfer.plan(small(reviews, "mlm,modernbert_mlm,modernbert_random", seeds=1),
+                       str(tmp_path))
+  assert list(plan.pretraining) == ["mlm", "modernbert_mlm"]
+  bert, modern = plan.pretraining["mlm"], plan.pretraining["modernbert_mlm"]
+  assert (bert.model.architecture, modern.model.architecture) == ("bert", "modernbert")
+  assert (modern.train.mlm_weight, modern.train.nsp_weight, modern.train.cp_weight) == (1, 0, 0)
+  modern.model.architecture = "bert"
+  assert modern.to_dict() == bert.to_dict()  # nothing else differs
+  fine = plan.finetuning["modernbert_mlm", 0]
+  assert fine.model.architecture == "modernbert"
+  assert fine.init.source == f"pretrain:{tmp_path / 'pretrain' / 'modernbert_mlm'}"
+  random_start = plan.finetuning["modernbert_random", 0]
+  assert (random_start.init.source, random_start.model.architecture) == ("random", "modernbert")
+  assert Tokenizer.load(random_start.task.tokenizer).vocab_size == 40
+  table = transfer_output.markdown(dict(
+      corpus="c", task="t", seeds=1, metrics=["test_accuracy"], baselines={},
+      variants=[dict(variant=v, pretraining=None, mean={"test_accuracy": 0.5},
+                     std={"test_accuracy": 0.0}) for v in ("random", "modernbert_random")]))
+  assert "| random weights |" in table and "| modernbert random weights |" in table

@@ -28,7 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.task = "rt_polarity"  # rt_polarity | glue/NAME | tsv:PATH | csv:PATH | jsonl:PATH
   config.corpus = ""  # the pretraining source; '' = task:TASK, the task's own training text
   # Pretraining variants (mlm, mlm_nsp, mlm_cp, mlm_nsp_cp, nsp, cp), and
-  # random: fine-tuning from random weights of the same size and vocabulary.
+  # random: fine-tuning from random weights of the same size and vocabulary;
+  # modernbert_mlm and modernbert_random: the same with ModernBERT.
   config.variants = "mlm,mlm_nsp,mlm_cp,mlm_nsp_cp,random"
   config.seeds = 3  # fine-tuning seeds per variant: finetune.seed, +1, ...
   # An objective's weight in the variants that have it.

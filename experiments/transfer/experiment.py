@@ -1,6 +1,6 @@
-"""Does pretraining pay off? Pretraining variants (which objectives) on one
-corpus, each fine-tuned on one task with several seeds, next to the same
-fine-tuning from random weights:
+"""Does pretraining pay off? Pretraining variants (which objectives, which
+architecture: BERT or ModernBERT) on one corpus, each fine-tuned on one task
+with several seeds, next to the same fine-tuning from random weights:
 
   DIR/pretrain/<variant>/                 a pretraining run per variant
   DIR/finetune/<variant>/seed_<s>/        a fine-tuning run per variant and seed
@@ -26,15 +26,26 @@ from experiments.transfer import results as transfer_results
 from lmjax.runs import finetuning, pretraining
 from lmjax.trainer import scaffold
 
-# A variant's objectives: (mlm, nsp, cp) switched on; None is random weights.
-VARIANTS: dict[str, tuple[bool, bool, bool] | None] = {
-    "mlm": (True, False, False),
-    "mlm_nsp": (True, True, False),
-    "mlm_cp": (True, False, True),
-    "mlm_nsp_cp": (True, True, True),
-    "nsp": (False, True, False),
-    "cp": (False, False, True),
-    "random": None,
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """A variant's objectives, (mlm, nsp, cp) switched on (None: random
+  weights), and its architecture."""
+  objectives: tuple[bool, bool, bool] | None
+  architecture: str = "bert"
+
+
+VARIANTS: dict[str, Variant] = {
+    "mlm": Variant((True, False, False)),
+    "mlm_nsp": Variant((True, True, False)),
+    "mlm_cp": Variant((True, False, True)),
+    "mlm_nsp_cp": Variant((True, True, True)),
+    "nsp": Variant((False, True, False)),
+    "cp": Variant((False, False, True)),
+    "random": Variant(None),
+    # ModernBERT of the same size name, the same data and recipe otherwise:
+    # MLM (it has no NSP head, nor a pooled output for CP), and random weights.
+    "modernbert_mlm": Variant((True, False, False), "modernbert"),
+    "modernbert_random": Variant(None, "modernbert"),
 }
 
 
@@ -59,12 +70,13 @@ def variant_names(config) -> list[str]:
   return names
 
 
-def _pretraining_config(config, objectives: tuple[bool, bool, bool]):
+def _pretraining_config(config, variant: Variant):
   pre = ml_collections.ConfigDict(config.pretrain.to_dict())
   pre.data.source = config.corpus or f"task:{config.task}"
+  pre.model.architecture = variant.architecture
   weights = (config.mlm_weight, config.nsp_weight, config.cp_weight)
-  for field, on, weight in zip(("mlm_weight", "nsp_weight", "cp_weight"), objectives, weights,
-                               strict=True):
+  for field, on, weight in zip(("mlm_weight", "nsp_weight", "cp_weight"), variant.objectives,
+                               weights, strict=True):
     pre.train[field] = weight if on else 0.0
   # The probe follows the task, so that a run logs how linearly separable its
   # features make the very task it is fine-tuned on.
@@ -74,10 +86,12 @@ def _pretraining_config(config, objectives: tuple[bool, bool, bool]):
   return pre
 
 
-def _finetuning_config(config, pretrain_dir: str | None, seed: int, tokenizer: str = ""):
+def _finetuning_config(config, variant: Variant, pretrain_dir: str | None, seed: int,
+                       tokenizer: str = ""):
   fine = ml_collections.ConfigDict(config.finetune.to_dict())
   fine.seed = seed
   fine.task.source = config.task
+  fine.model.architecture = variant.architecture
   if pretrain_dir:
     fine.init.source = f"pretrain:{pretrain_dir}"
   else:  # random weights: the pretraining runs' architecture and vocabulary
@@ -128,12 +142,15 @@ def plan(config, workdir: str) -> Plan:
   if not config.task:
     raise ConfigError("config.task is empty; name the task to fine-tune on (e.g. rt_polarity)")
   names = variant_names(config)
-  pre = {n: _pretraining_config(config, VARIANTS[n]) for n in names if VARIANTS[n]}
+  pre = {n: _pretraining_config(config, VARIANTS[n]) for n in names
+         if VARIANTS[n].objectives}
   fine = {}
   for name in names:
-    pretrain_dir = str(paths.resolve(workdir) / "pretrain" / name) if VARIANTS[name] else None
+    pretrain_dir = (str(paths.resolve(workdir) / "pretrain" / name)
+                    if VARIANTS[name].objectives else None)
     for seed in range(config.seeds):
-      fine[name, seed] = _finetuning_config(config, pretrain_dir, config.finetune.seed + seed)
+      fine[name, seed] = _finetuning_config(config, VARIANTS[name], pretrain_dir,
+                                            config.finetune.seed + seed)
   for section in pre.values():
     pretraining.check_config(section)
   for section in fine.values():
@@ -141,11 +158,13 @@ def plan(config, workdir: str) -> Plan:
   tasks.resolve_task(next(iter(fine.values())).task, config.finetune.task.data_dir or None)
   # The random variant takes the pretraining's vocabulary: a learned one is
   # learned here, once, after every field has been checked.
-  if "random" in names:
+  randoms = [n for n in names if not VARIANTS[n].objectives]
+  if randoms:
     tokenizer = _pretraining_tokenizer(config)
-    for seed in range(config.seeds):
-      fine["random", seed] = _finetuning_config(config, None, config.finetune.seed + seed,
-                                                tokenizer)
+    for name in randoms:
+      for seed in range(config.seeds):
+        fine[name, seed] = _finetuning_config(config, VARIANTS[name], None,
+                                              config.finetune.seed + seed, tokenizer)
   return Plan(pre, fine)
 
 
@@ -205,7 +224,7 @@ def _run_all(config, workdir: str, echo: Callable[[str], None]) -> dict:
     summary = _run_once(pretraining.train_and_evaluate, section,
                         str(paths.resolve(workdir) / "pretrain" / name),
                         f"[{i}/{total}] pretraining {name}", echo)
-    _, nsp, cp = VARIANTS[name]
+    _, nsp, cp = VARIANTS[name].objectives
     # An objective the variant did not learn is evaluated by an untrained head.
     untrained = {"eval_nsp_accuracy": not nsp, "eval_cp_accuracy": not cp}
     pretrained[name] = {k: v for k, v in summary.items() if not untrained.get(k)}

@@ -83,7 +83,9 @@ def markdown(results: dict) -> str:
     cells = [f"{v['mean'][k]:.4f} ± {v['std'][k]:.4f}" for k in keys]
     cells += [f"{v['pretraining'][k]:.4f}" if v["pretraining"] and k in v["pretraining"]
               else "–" for k in pre_keys]
-    name = "random weights" if v["pretraining"] is None else v["variant"]
+    name = v["variant"]
+    if v["pretraining"] is None:  # random or modernbert_random
+      name = f"{name.removesuffix('random').replace('_', ' ')}random weights"
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   for name, label in _BASELINES:
     scores = results["baselines"].get(name) or {}
