@@ -270,3 +270,76 @@ def test_fine_tuning_starts_from_the_pretraining_run_then_predicts_and_exports(
   assert written["architecture"] == "ModernBertForMaskedLM"
   mlm = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "mlm")
   assert type(mlm).__name__ == "ModernBertForMaskedLM"
+
+
+@pytest.fixture(scope="module")
+def hf_modernbert_dir(tmp_path_factory):
+  """A transformers ModernBertForMaskedLM with a byte-level BPE tokenizer
+  (BERT's special tokens, as ModernBERT's has), as save_pretrained writes
+  them."""
+  transformers = pytest.importorskip("transformers")
+  torch = pytest.importorskip("torch")
+  from tokenizers import ByteLevelBPETokenizer, processors  # pylint: disable=import-outside-toplevel
+  rng = random.Random(5)
+  bpe = ByteLevelBPETokenizer()
+  bpe.train_from_iterator([review(rng, i % 2 == 0) + "." for i in range(400)], vocab_size=300,
+                          special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+  bpe.post_processor = processors.TemplateProcessing(  # ModernBERT's: [CLS] A [SEP]
+      single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+      special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+  fast = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=bpe._tokenizer,  # pylint: disable=protected-access
+      pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+      mask_token="[MASK]")
+  vocab = fast.get_vocab()
+  config = transformers.ModernBertConfig(
+      vocab_size=len(vocab), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+      intermediate_size=48, local_attention=8, max_position_embeddings=64,
+      pad_token_id=vocab["[PAD]"], cls_token_id=vocab["[CLS]"], sep_token_id=vocab["[SEP]"],
+      bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"])
+  torch.manual_seed(0)
+  model = transformers.ModernBertForMaskedLM(config).eval()
+  with torch.no_grad():
+    for param in model.parameters():
+      param.add_(0.05 * torch.randn_like(param))
+  directory = tmp_path_factory.mktemp("hf") / "modernbert"
+  model.save_pretrained(directory)
+  fast.save_pretrained(directory)
+  return directory, model
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("data_dirs")
+def test_a_transformers_modernbert_with_its_bpe_tokenizer_starts_lmjax_at_its_outputs(
+    hf_modernbert_dir, reviews_tsv):
+  torch = pytest.importorskip("torch")
+  directory, reference = hf_modernbert_dir
+  c = finetune_config.get_config()
+  c.task.source, c.init.source = f"tsv:{reviews_tsv}", f"hf:{directory}"
+  c.model.update(architecture="modernbert", scan_layers=False)
+  start = init_sources.load_start(c, parallel.make_mesh(), 2)
+  assert start.origin == f"Hugging Face ModernBERT {directory}"
+  assert sorted(start.params) == ["head", "model"]  # the masked LM's decoder bias is not read
+  assert start.tokenizer.model_type == "BPE" and start.tokenizer.vocab_size == 300
+  texts = [review(random.Random(i), i % 2 == 0) for i in range(6)] + ["[MASK] is a plot"]
+  transformers = pytest.importorskip("transformers")
+  theirs = transformers.AutoTokenizer.from_pretrained(directory)
+  encoded = tasks.encode(tasks.Examples([(t,) for t in texts], None), start.tokenizer, 24)
+  for row, text in zip(encoded.arrays["input_ids"], texts, strict=True):
+    ids = theirs(text)["input_ids"]  # [CLS] ... [SEP], as lmjax encodes
+    assert list(row[:len(ids)]) == ids and not row[len(ids):].any()
+  from lmjax.model.modernbert import ModernBertModel  # pylint: disable=import-outside-toplevel
+  ours = ModernBertModel(start.config).apply({"params": start.params["model"]},
+                                             encoded.arrays["input_ids"],
+                                             encoded.arrays["input_mask"])
+  with torch.no_grad():
+    expected = reference.model(
+        input_ids=torch.tensor(encoded.arrays["input_ids"]).long(),
+        attention_mask=torch.tensor(encoded.arrays["input_mask"]).long()).last_hidden_state
+  mask = encoded.arrays["input_mask"].astype(bool)
+  np.testing.assert_allclose(np.asarray(ours)[mask], expected.numpy()[mask], atol=1e-5)
+  # Whole-word masking knows a byte-level word start (its space, Ġ).
+  starts = start.tokenizer.word_start_V
+  pieces = start.tokenizer.pieces(range(start.tokenizer.vocab_size))
+  assert all(starts[i] == (p.startswith("\u0120") or i in (0, 1, 2, 3, 4))
+             for i, p in enumerate(pieces) if p)

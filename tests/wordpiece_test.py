@@ -10,7 +10,7 @@ import pytest
 transformers = pytest.importorskip("transformers")
 
 from lmjax.data import masking, tasks  # noqa: E402 (after the importorskip)
-from lmjax.data.tokenization import Tokenizer, WordPieceTokenizer  # noqa: E402
+from lmjax.data.tokenization import Tokenizer, HfTokenizer  # noqa: E402
 from lmjax.errors import UserError  # noqa: E402
 
 from helpers import CORPUS, TEXTS, build_vocab  # noqa: E402
@@ -35,7 +35,7 @@ def reference_ids(ref, texts):
 def test_vocab_txt_gives_transformers_ids(vocab_dir):
   path, lowercase = vocab_dir
   ours = Tokenizer.load(path)
-  assert isinstance(ours, WordPieceTokenizer)
+  assert isinstance(ours, HfTokenizer)
   assert [ids.tolist() for ids in ours.encode(TEXTS)] == reference_ids(
       reference(path, lowercase), TEXTS)
   assert ours.encode(["[MASK]"])[0].tolist() == [ours.special.mask]  # as transformers
@@ -118,7 +118,7 @@ def test_a_vocabulary_without_special_tokens_is_one_line(tmp_path, content, mess
 
 def test_files_that_are_no_tokenizer_are_one_line(tmp_path):
   (tmp_path / "tokenizer.json").write_text("{not json")
-  with pytest.raises(UserError, match="tokenizer.json: not a WordPiece vocabulary"):
+  with pytest.raises(UserError, match="tokenizer.json: not a tokenizers vocabulary"):
     Tokenizer.load(tmp_path)
   with pytest.raises(UserError, match="no tokenizer"):
     Tokenizer.load(tmp_path / "..")

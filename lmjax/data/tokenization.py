@@ -1,11 +1,12 @@
-"""Tokenizers with BERT's special tokens: SentencePiece and WordPiece.
+"""Tokenizers with BERT's special tokens: SentencePiece, WordPiece and BPE.
 
 lmjax's own tokenizers are SentencePiece unigram models with [PAD]=0,
 [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4 as control symbols: they only arise by
 id, never from encoding text, so a corpus that happens to contain the
 string "[MASK]" cannot forge one. A Hugging Face BERT brings a WordPiece
 vocabulary (`tokenizer.json`, or `vocab.txt` with `tokenizer_config.json`),
-read through the `tokenizers` library with the ids and the text handling
+a Hugging Face ModernBERT a byte-level BPE one (`tokenizer.json`), each read
+through the `tokenizers` library with the ids and the text handling
 transformers gives it. Both have one interface, and `Tokenizer.load(PATH)`
 picks by the file (or directory) it is given.
 """
@@ -68,7 +69,7 @@ class Tokenizer:
       return SentencePieceTokenizer.from_bytes(files[_SENTENCEPIECE],
                                                _named(where, _SENTENCEPIECE))
     if any(name in files for name in _WORDPIECE):
-      return WordPieceTokenizer(files, where)
+      return HfTokenizer(files, where)
     raise UserError(f"{where}: no tokenizer (lmjax reads {', '.join(FILE_NAMES)})")
 
   @staticmethod
@@ -87,7 +88,7 @@ class Tokenizer:
       config = path.parent / _WORDPIECE_CONFIG
       files = {path.name: path.read_bytes(),
                **({_WORDPIECE_CONFIG: config.read_bytes()} if config.is_file() else {})}
-      return WordPieceTokenizer(files, str(path))
+      return HfTokenizer(files, str(path))
     return SentencePieceTokenizer.from_bytes(path.read_bytes(), str(path))
 
   @property
@@ -156,13 +157,22 @@ class SentencePieceTokenizer(Tokenizer):
     return [self._sp.id_to_piece(int(i)) for i in ids]
 
 
-class WordPieceTokenizer(Tokenizer):
-  """A BERT WordPiece vocabulary, as transformers' BertTokenizer reads it:
-  from `tokenizer.json` as it is, or from `vocab.txt` with BERT's text
-  handling (clean-up, CJK characters split, lower-casing and accent
-  stripping as `tokenizer_config.json` says: `do_lower_case`, default true;
-  `strip_accents`, default: as lower-casing). As in transformers, the
-  special tokens' strings in text are those tokens."""
+class HfTokenizer(Tokenizer):
+  """A Hugging Face `tokenizers` vocabulary, as transformers reads it:
+  BERT's WordPiece from `tokenizer.json` as it is, or from `vocab.txt` with
+  BERT's text handling (clean-up, CJK characters split, lower-casing and
+  accent stripping as `tokenizer_config.json` says: `do_lower_case`, default
+  true; `strip_accents`, default: as lower-casing); or the BPE (ModernBERT's,
+  byte-level) or unigram model of a `tokenizer.json`. As in transformers, the
+  special tokens' strings in text are those tokens; the vocabulary must have
+  BERT's five ([PAD] [UNK] [CLS] [SEP] [MASK], as ModernBERT's has)."""
+
+  # A piece that begins a word, by the tokenizer.json model's type: WordPiece
+  # marks the others (##); byte-level BPE marks a word start by its space (Ġ),
+  # metaspace models by theirs (▁).
+  WORD_STARTS = {"WordPiece": lambda p: not p.startswith("##"),
+                 "BPE": lambda p: p.startswith(("\u0120", _WORD_START)),
+                 "Unigram": lambda p: p.startswith(_WORD_START)}
 
   def __init__(self, files: dict[str, bytes], where: str = ""):
     import tokenizers  # pylint: disable=import-outside-toplevel
@@ -172,13 +182,18 @@ class WordPieceTokenizer(Tokenizer):
     try:
       if name == "tokenizer.json":
         self._tok = tokenizers.Tokenizer.from_str(files[name].decode())
+        self.model_type = json.loads(files[name])["model"]["type"]
       else:
         self._tok = _from_vocabulary(files[name].decode(), _config(files, where), where)
+        self.model_type = "WordPiece"
     except UserError:
       raise
     except Exception as e:  # pylint: disable=broad-exception-caught  # tokenizers' own
-      raise UserError(f"{where}: not a WordPiece vocabulary "
+      raise UserError(f"{where}: not a tokenizers vocabulary "
                       f"({first_line(e)})") from None
+    if self.model_type not in self.WORD_STARTS:
+      raise UserError(f"{where}: a {self.model_type} model; lmjax reads "
+                      f"{', '.join(self.WORD_STARTS)} tokenizers")
     self._tok.no_padding()
     self._tok.no_truncation()
     vocab = self._tok.get_vocab(with_added_tokens=True)
@@ -190,10 +205,15 @@ class WordPieceTokenizer(Tokenizer):
     for piece, i in vocab.items():
       pieces[i] = piece
     self._pieces = pieces
-    self._index_vocabulary(pieces, lambda p: not p.startswith("##"))
+    self._index_vocabulary(pieces, self.WORD_STARTS[self.model_type])
+
+  @property
+  def is_wordpiece(self) -> bool:
+    return self.model_type == "WordPiece"
 
   def vocab_txt(self) -> bytes:
-    """The vocabulary as Google's vocab.txt: one piece a line, in id order."""
+    """A WordPiece vocabulary as Google's vocab.txt: one piece a line, in id
+    order."""
     return "".join(piece + "\n" for piece in self._pieces).encode()
 
   def encode(self, texts: Sequence[str]) -> list[np.ndarray]:

@@ -19,7 +19,7 @@ import numpy as np
 from lmjax import parallel, paths
 from lmjax.data import tasks
 from lmjax.data.shard_writing import staging_directory
-from lmjax.data.tokenization import Tokenizer, WordPieceTokenizer
+from lmjax.data.tokenization import Tokenizer, HfTokenizer
 from lmjax.errors import UserError
 from lmjax.interop.hf import save_hf_bert
 from lmjax.interop.hf_modernbert import save_hf_modernbert, special_token_ids
@@ -58,7 +58,7 @@ def export(workdir: paths.PathLike, output: paths.PathLike, overwrite: bool = Fa
     raise UserError(f"{workdir}: neither a fine-tuning nor a pretraining workdir")
   params = {k: _host(v) for k, v in params.items()}
   files = dict(tokenizer.files)
-  if isinstance(tokenizer, WordPieceTokenizer):  # for readers of Google's format too
+  if isinstance(tokenizer, HfTokenizer) and tokenizer.is_wordpiece:  # for Google's readers too
     files.setdefault("vocab.txt", tokenizer.vocab_txt())
   staging = staging_directory(output)  # those of killed exports go
   try:
