@@ -20,7 +20,7 @@ from helpers import ROOT, dot_flops, finetune_config, pretrain_config, review
 from lmjax import config_sections, parallel
 from lmjax.data import tasks
 from lmjax.data.tokenization import Tokenizer
-from lmjax.errors import ConfigError
+from lmjax.errors import CheckpointError, ConfigError, UserError
 from lmjax.model import architectures, costs
 from lmjax.model.config import BertConfig
 from lmjax.model.modernbert import ModernBertConfig, ModernBertForMaskedLM
@@ -343,3 +343,26 @@ def test_a_transformers_modernbert_with_its_bpe_tokenizer_starts_lmjax_at_its_ou
   pieces = start.tokenizer.pieces(range(start.tokenizer.vocab_size))
   assert all(starts[i] == (p.startswith("\u0120") or i in (0, 1, 2, 3, 4))
              for i, p in enumerate(pieces) if p)
+
+
+@pytest.mark.usefixtures("data_dirs")
+def test_a_directory_of_another_model_type_or_misshapen_weights_is_one_line(
+    hf_modernbert_dir, reviews_tsv, tmp_path):
+  directory, _ = hf_modernbert_dir
+  c = finetune_config.get_config()
+  c.task.source, c.model.architecture = f"tsv:{reviews_tsv}", "modernbert"
+  for name, change, error, message in (
+      ("roberta", dict(model_type="roberta"), UserError,
+       "model_type 'roberta'; lmjax reads bert and modernbert directories"),
+      ("wider", dict(intermediate_size=64), CheckpointError,
+       "tensor model.layers.0.mlp.Wi.weight has shape (96, 32), config.json implies "
+       "(128, 32)"),
+      ("odd_window", dict(local_attention=7), UserError, "local_window must be even")):
+    copy = tmp_path / name
+    shutil.copytree(directory, copy)
+    hf_config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**hf_config, **change}))
+    c.init.source = f"hf:{copy}"
+    with pytest.raises(error) as raised:
+      init_sources.load_start(c, parallel.make_mesh(), 2)
+    assert message in str(raised.value) and "\n" not in str(raised.value)
