@@ -37,12 +37,13 @@ ADDED_MODEL_FIELDS = {"architecture": "bert", "local_window": 128, "global_every
                       "classifier_pooling": "cls"}
 
 
-def with_added_fields(saved: Mapping[str, Any]) -> dict[str, Any]:
+def with_added_fields(saved: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, Any]:
   """A saved config (its JSON) with the model fields added since it was
-  written, at the values it ran with."""
-  saved = dict(saved)
-  if isinstance(saved.get("model"), Mapping):
-    saved["model"] = {**ADDED_MODEL_FIELDS, **saved["model"]}
+  written that the config `now` has, at the values it ran with."""
+  saved, now = dict(saved), now.to_dict() if hasattr(now, "to_dict") else now
+  if isinstance(saved.get("model"), Mapping) and isinstance(now.get("model"), Mapping):
+    added = {k: v for k, v in ADDED_MODEL_FIELDS.items() if k in now["model"]}
+    saved["model"] = {**added, **saved["model"]}
   return saved
 
 

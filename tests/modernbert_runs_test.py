@@ -93,10 +93,10 @@ def test_a_run_saved_before_the_architecture_field_resumes():
   saved = json.loads(config.to_json())
   for name in config_sections.ADDED_MODEL_FIELDS:
     del saved["model"][name]
-  check_resumable(config_sections.with_added_fields(saved), config, ("model",))
+  check_resumable(config_sections.with_added_fields(saved, config), config, ("model",))
   config.model.architecture = "modernbert"
   with pytest.raises(Exception, match="another config.model"):
-    check_resumable(config_sections.with_added_fields(saved), config, ("model",))
+    check_resumable(config_sections.with_added_fields(saved, config), config, ("model",))
   defaults = ModernBertConfig()
   assert {k: getattr(defaults, k) for k in architectures.MODERNBERT_FIELDS} == {
       k: v for k, v in config_sections.ADDED_MODEL_FIELDS.items() if k != "architecture"}
@@ -345,6 +345,7 @@ def test_a_transformers_modernbert_with_its_bpe_tokenizer_starts_lmjax_at_its_ou
              for i, p in enumerate(pieces) if p)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("data_dirs")
 def test_a_directory_of_another_model_type_or_misshapen_weights_is_one_line(
     hf_modernbert_dir, reviews_tsv, tmp_path):

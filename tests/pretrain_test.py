@@ -397,13 +397,14 @@ def test_help_lists_every_config_field_with_its_default_and_comment():
                         text=True, cwd=ROOT, check=False)
   assert done.returncode == 0, done.stderr
   lines = done.stdout.splitlines()
-  assert lines[0] == "Pretrains BERT (MLM + NSP):"
+  assert lines[0] == "Pretrains BERT (MLM + NSP) or ModernBERT (MLM alone):"
   assert "  --workdir=  # where checkpoints and metrics go" in lines
   assert "  --config.train.steps=1200" in lines
   assert ("  --config.data.source='austen'  # austen | tfds:NAME[/CONFIG] | text:GLOB | "
           "task:SOURCE | prepared:DIR" in lines)
-  assert "  --config.init.source='random'  # random (model.size) | hf:DIR (a Hugging Face " \
-      "BERT directory)" in lines
+  assert "  --config.init.source='random'  # random (model.architecture and size) | hf:DIR " \
+      "(a Hugging Face directory)" in lines
+  assert "  --config.model.architecture='bert'  # bert | modernbert" in lines
   assert "  --config.train.b1=0.9" in lines and "  --config.mesh.data=-1" in lines
   assert "  --config.train.grad_clip_norm=1.0  # 0 = no clipping" in lines
   fields = [line for line in lines if line.startswith("  --config.")]

@@ -137,7 +137,7 @@ def _resume(job: Job, workdir: epath.Path, ckpts: Checkpoints) -> tuple[Any, int
     # The config first: a model or tokenizer of another size would fail the
     # restore with shapes, not with the field that differs.
     try:
-      saved = with_added_fields(_read(start, ckpts.read_json, "config"))
+      saved = with_added_fields(_read(start, ckpts.read_json, "config"), job.config)
     except _Damaged as e:
       damaged.append((start, e.__cause__))
       continue
