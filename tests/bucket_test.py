@@ -9,12 +9,11 @@ import logging
 import os
 import random
 import socket
-import struct
 
 import jax
 import pytest
 from etils import epath
-from helpers import pretrain_config, review
+from helpers import event_scalars, pretrain_config, review
 from helpers import task_config as finetune_config
 
 from lmjax import paths
@@ -82,21 +81,6 @@ def without_rates(records: list[dict]) -> list[dict]:
   """The records without what depends on time (tokens/s, MFU)."""
   timed = ("tokens_per_s", "mfu", "steps_per_s", "seconds")
   return [{k: v for k, v in r.items() if not k.startswith(timed)} for r in records]
-
-
-def event_scalars(directory: epath.Path) -> dict[str, set[int]]:
-  """tag -> steps of the scalars in the TensorBoard event files under it."""
-  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
-  tags: dict[str, set[int]] = {}
-  for path in directory.glob("events.out.tfevents.*"):
-    data, at = path.read_bytes(), 0
-    while at < len(data):
-      (length,) = struct.unpack("<Q", data[at:at + 8])
-      event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
-      at += 12 + length + 4
-      for value in event.summary.value:
-        tags.setdefault(value.tag, set()).add(event.step)
-  return tags
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ files, a synthetic review task, and a small WordPiece vocabulary."""
 
 import importlib.util
 import random
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -107,3 +108,18 @@ def dot_flops(jaxpr) -> int:
     for sub in jax.extend.core.jaxprs_in_params(eqn.params):
       total += dot_flops(sub)
   return total
+
+
+def event_scalars(directory) -> dict[str, set[int]]:
+  """tag -> steps of the scalars in the TensorBoard event files under it."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  tags: dict[str, set[int]] = {}
+  for path in directory.glob("events.out.tfevents.*"):
+    data, at = path.read_bytes(), 0
+    while at < len(data):
+      (length,) = struct.unpack("<Q", data[at:at + 8])
+      event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+      at += 12 + length + 4
+      for value in event.summary.value:
+        tags.setdefault(value.tag, set()).add(event.step)
+  return tags

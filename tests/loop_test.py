@@ -521,3 +521,24 @@ def test_several_processes_share_a_signal_only_where_they_wait_anyway(monkeypatc
   assert loop._stop_signal(stop, NoPreemption(), 6, agree=False) is None  # not yet shared
   assert loop._stop_signal(stop, NoPreemption(), 99, agree=False) == "SIGINT"
   assert loop._stop_signal(stop, NoPreemption(), 10, agree=True) == "SIGINT"
+
+
+def test_metrics_reach_tensorboard_without_importing_torch(tmp_path):
+  """tensorboardX imports torch where it is installed (seconds a run);
+  lmjax's writer keeps it out, and the event file still holds the scalars."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  script = (
+      "import sys\n"
+      "from lmjax.trainer.writer import MetricWriter\n"
+      f"w = MetricWriter({str(tmp_path)!r})\n"
+      "w.write(1, {'loss': 1.5}); w.write(2, {'loss': 1.25, 'accuracy': 0.5}); w.flush()\n"
+      "assert 'torch' not in sys.modules, 'torch was imported'\n"
+      "import torch  # still importable afterwards\n")
+  done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  from helpers import event_scalars  # pylint: disable=import-outside-toplevel
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  assert event_scalars(epath.Path(tmp_path) / "tensorboard") == {"loss": {1, 2},
+                                                                  "accuracy": {2}}

@@ -98,6 +98,7 @@ class MetricWriter:
       except OSError as e:
         raise Fault(f"{self.path}: cannot write the run's metrics ({e.strerror or e})") from None
     if self._tb is None:  # made at the first line: a run that fails before adds none
+      _import_tensorboardx()
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
       _register_bucket_files()
       self._tb = SummaryWriter(self._tb_directory)
@@ -161,6 +162,21 @@ class _BucketFiles:
 
   def directory_check(self, path: str) -> None:
     paths.resolve(path).mkdir(parents=True, exist_ok=True)
+
+
+def _import_tensorboardx() -> None:
+  """Imports tensorboardX without torch. Where torch is installed,
+  tensorboardX imports it (1.5 to 3 s at a run's first logged step) only to
+  accept its tensors; lmjax logs floats. Unless torch is loaded already,
+  tensorboardX is imported as on a machine without it."""
+  import sys  # pylint: disable=import-outside-toplevel
+  if "tensorboardX" in sys.modules or "torch" in sys.modules:
+    return
+  sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile
+  try:
+    import tensorboardX  # noqa: F401 pylint: disable=import-outside-toplevel,unused-import
+  finally:
+    del sys.modules["torch"]
 
 
 def _register_bucket_files() -> None:
