@@ -13,7 +13,7 @@ import socket
 import jax
 import pytest
 from etils import epath
-from helpers import event_scalars, pretrain_config, review
+from helpers import event_scalars, pretrain_config, review, review_corpus
 from helpers import task_config as finetune_config
 
 from lmjax import paths
@@ -85,11 +85,7 @@ def without_rates(records: list[dict]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-  rng = random.Random(1)
-  path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-  path.write_text("\n\n".join("\n".join(review(rng, rng.random() < 0.5) + "."
-                                        for _ in range(8)) for _ in range(30)) + "\n")
-  return path
+  return review_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt", 30, 8, seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,15 @@ def review(rng: random.Random, positive: bool) -> str:
   return " ".join(words)
 
 
+def review_corpus(path: Path, documents: int, sentences: int, seed: int) -> Path:
+  """A corpus in BERT's format: `documents` of `sentences` reviews each."""
+  rng = random.Random(seed)
+  path.write_text("\n\n".join("\n".join(review(rng, rng.random() < 0.5) + "."
+                                        for _ in range(sentences))
+                              for _ in range(documents)) + "\n")
+  return path
+
+
 def task_config(source, **train):
   """The fine-tuning config for a tsv task at `source`, small and quick."""
   c = finetune_config.get_config()

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from helpers import ROOT, dot_flops, finetune_config, pretrain_config, review
+from helpers import ROOT, dot_flops, finetune_config, pretrain_config, review, review_corpus
 
 from lmjax import config_sections, parallel
 from lmjax.data import tasks
@@ -168,11 +168,7 @@ def test_modernbert_gradients_on_a_data_fsdp_tensor_mesh_are_those_of_one_device
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-  rng = random.Random(3)
-  path = tmp_path_factory.mktemp("corpus") / "reviews.txt"
-  path.write_text("\n\n".join("\n".join(review(rng, rng.random() < 0.5) + "."
-                                        for _ in range(6)) for _ in range(60)) + "\n")
-  return path
+  return review_corpus(tmp_path_factory.mktemp("corpus") / "reviews.txt", 60, 6, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -132,6 +132,14 @@ def _check_values(v: Mapping[str, Any], prefix: str = "") -> None:
   _check_choice(f"{prefix}hidden_act", v["hidden_act"], tuple(ACTIVATIONS))
   _check_choice(f"{prefix}remat_policy", v["remat_policy"], tuple(REMAT_POLICIES))
   _check_choice(f"{prefix}attention_impl", v["attention_impl"], ATTENTION_IMPLS)
+  check_dtypes(v, prefix)
+  if v["attention_impl"] == "cudnn" and v["attention_dropout_rate"]:
+    raise ConfigError(f"{prefix}attention_dropout_rate must be 0 with attention_impl="
+                      "'cudnn' (fused attention has no dropout on its probabilities)")
+
+
+def check_dtypes(v: Mapping[str, Any], prefix: str = "") -> None:
+  """ConfigError when `dtype` or `param_dtype` of `v` names no floating dtype."""
   for name in ("dtype", "param_dtype"):
     try:
       ok = jnp.issubdtype(jnp.dtype(v[name]), jnp.floating)
@@ -139,9 +147,6 @@ def _check_values(v: Mapping[str, Any], prefix: str = "") -> None:
       ok = False
     if not ok:
       raise ConfigError(f"{prefix}{name} must be a floating dtype name, got {v[name]!r}")
-  if v["attention_impl"] == "cudnn" and v["attention_dropout_rate"]:
-    raise ConfigError(f"{prefix}attention_dropout_rate must be 0 with attention_impl="
-                      "'cudnn' (fused attention has no dropout on its probabilities)")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

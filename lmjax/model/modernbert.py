@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from lmjax.errors import ConfigError
-from lmjax.model.config import ACTIVATIONS, ATTENTION_IMPLS, REMAT_POLICIES
+from lmjax.model.config import ACTIVATIONS, ATTENTION_IMPLS, REMAT_POLICIES, check_dtypes
 from lmjax.model.encoder import rematted
 from lmjax.model.layers import Dropout, attention_probs, logits_dtype
 from lmjax.model.rows import Tokens, at_starts, example_keys, mean_over_examples
@@ -125,13 +125,7 @@ def check_values(v: Mapping[str, Any], prefix: str = "") -> None:
       raise ConfigError(f"{prefix}{name} must be one of {', '.join(choices)}; got {v[name]!r}")
   if v["attention_impl"] == "cudnn" and v["attention_dropout_rate"]:
     raise ConfigError(f"{prefix}attention_dropout_rate must be 0 with attention_impl='cudnn'")
-  for name in ("dtype", "param_dtype"):
-    try:
-      ok = jnp.issubdtype(jnp.dtype(v[name]), jnp.floating)
-    except TypeError:
-      ok = False
-    if not ok:
-      raise ConfigError(f"{prefix}{name} must be a floating dtype name, got {v[name]!r}")
+  check_dtypes(v, prefix)
 
 
 def _init(cfg: ModernBertConfig, std: float, axes: tuple) -> nn.initializers.Initializer:
