@@ -156,20 +156,8 @@ def params_from_hf(state: dict[str, np.ndarray], cfg: ModernBertConfig, heads: b
                    num_labels: int = 0) -> dict:
   """lmjax's (loop-layout) parameters of a transformers state dict; the
   first layer's unused attention norm is ones."""
-  params: dict = {}
-
-  def put(path, value):
-    node = params
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
-
-  for tensor in tensor_map(cfg, heads, num_labels):
-    put(tensor.path, tensor.from_hf(np.asarray(state[tensor.hf_name])))
   root = ("model",) if heads or num_labels else ()
-  put((*root, "encoder", "layers_0", "attention_norm", "scale"),
-      np.ones(cfg.hidden_size, np.float32))
-  return params
+  return _place(tensor_map(cfg, heads, num_labels), state, cfg, root)
 
 
 def _canonical(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -234,16 +222,20 @@ def load_hf_modernbert(path: str | os.PathLike, num_labels: int = 0,
   return cfg, params
 
 
-def _place(expected: list[HfTensor], state: dict[str, np.ndarray],
-           cfg: ModernBertConfig) -> dict:
+def _place(expected: list[HfTensor], state: dict[str, np.ndarray], cfg: ModernBertConfig,
+           root: tuple[str, ...] = ("model",)) -> dict:
+  """The parameters of `expected`'s tensors in `state`; the first layer's
+  attention norm, which transformers' model has not, is ones (never applied)."""
   params: dict = {}
   for t in expected:
     node = params
     for key in t.path[:-1]:
       node = node.setdefault(key, {})
-    node[t.path[-1]] = t.from_hf(state[t.hf_name])
-  params["model"]["encoder"]["layers_0"]["attention_norm"] = {
-      "scale": np.ones(cfg.hidden_size, np.float32)}  # not applied; transformers has none
+    node[t.path[-1]] = t.from_hf(np.asarray(state[t.hf_name]))
+  first = params
+  for key in (*root, "encoder", "layers_0"):
+    first = first[key]
+  first["attention_norm"] = {"scale": np.ones(cfg.hidden_size, np.float32)}
   return params
 
 

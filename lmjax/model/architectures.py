@@ -37,6 +37,16 @@ _MODERNBERT_DROPOUT = {"dropout_rate": ("embedding_dropout_rate", "mlp_dropout_r
                        "attention_dropout_rate": ("attention_dropout_rate",)}
 
 
+def _modernbert_names(values: dict[str, Any]) -> dict[str, Any]:
+  """`values` with the section's shared dropout fields as ModernBERT's."""
+  values = dict(values)
+  for shared, own in _MODERNBERT_DROPOUT.items():
+    rate = values.pop(shared, None)
+    if rate is not None:
+      values.update(dict.fromkeys(own, rate))
+  return values
+
+
 def name_of(cfg: ModelConfig) -> str:
   return "modernbert" if isinstance(cfg, ModernBertConfig) else "bert"
 
@@ -62,11 +72,7 @@ def from_section(section: Mapping[str, Any], **fields: Any) -> ModelConfig:
     for name in MODERNBERT_FIELDS:
       values.pop(name, None)
     return BertConfig.named(size, **{**values, **fields})
-  for shared, own in _MODERNBERT_DROPOUT.items():
-    rate = values.pop(shared, None)
-    if rate is not None:
-      values.update(dict.fromkeys(own, rate))
-  return ModernBertConfig.named(size, **{**values, **fields})
+  return ModernBertConfig.named(size, **{**_modernbert_names(values), **fields})
 
 
 def check_section(section: Mapping[str, Any], name: str = "config.model") -> None:
@@ -93,10 +99,7 @@ def check_section(section: Mapping[str, Any], name: str = "config.model") -> Non
       raise ConfigError(f"{name}.{shared} must be in [0, 1), got {rate!r}")
   values.pop("architecture", None)
   size = values.pop("size")
-  for shared, own in _MODERNBERT_DROPOUT.items():
-    rate = values.pop(shared, None)
-    if rate is not None:
-      values.update(dict.fromkeys(own, rate))
+  values = _modernbert_names(values)
   unknown = set(values) - {f.name for f in dataclasses.fields(ModernBertConfig)}
   if unknown:
     raise ConfigError(f"{name} has no field {sorted(unknown)[0]!r}")
@@ -120,12 +123,8 @@ def runtime_fields(architecture: str, section: Mapping[str, Any]) -> dict[str, A
   values = {k: section[k] for k in RUNTIME_FIELDS if k in section}
   if architecture == "bert":
     return values
-  for shared, own in _MODERNBERT_DROPOUT.items():
-    rate = values.pop(shared, None)
-    if rate is not None:
-      values.update(dict.fromkeys(own, rate))
-  values.update({k: section[k] for k in _MODERNBERT_RUNTIME if k in section})
-  return values
+  return {**_modernbert_names(values),
+          **{k: section[k] for k in _MODERNBERT_RUNTIME if k in section}}
 
 
 def with_runtime(cfg: ModelConfig, section: Mapping[str, Any]) -> ModelConfig:

@@ -1,7 +1,7 @@
 """Where a fine-tuned encoder starts, `config.init.source`:
 
   pretrain:DIR   the newest checkpoint of an lmjax pretraining workdir
-  hf:DIR         a Hugging Face BERT directory (config.json and weights)
+  hf:DIR         a Hugging Face BERT or ModernBERT directory (config.json and weights)
   random         random weights of config.model.architecture and .size
 
 each with the tokenizer that belongs to it. Only the parameters are read
