@@ -201,7 +201,16 @@ def _try_get(client, key: str) -> str | None:
     raise
 
 
+_stopping = threading.Lock()  # held by the one thread that ends this process
+
+
 def _stop(cause: str, too: bool = True) -> None:
+  """Ends this process with one line. A second thread that comes to end it
+  too (the watch has read another process's cause while a collective with
+  that process fails) waits for the first, which prints and exits."""
+  if not _stopping.acquire(blocking=False):
+    while True:
+      time.sleep(3600)
   # Not jax.process_index(): at exit JAX's backends may be gone already.
   me = _me if _me is not None else jax.process_index()
   print(f"\nerror: {cause}; process {me} stops{' too' if too else ''}. "

@@ -514,6 +514,7 @@ def test_a_process_that_stalls_after_another_announced_stops_with_its_cause(
   monkeypatch.setattr(distributed, "_me", me)
   monkeypatch.setattr(distributed, "_count", 2)
   monkeypatch.setattr(distributed, "_announced", False)
+  monkeypatch.setattr(distributed, "_stopping", __import__("threading").Lock())
   waits = []
   monkeypatch.setattr(distributed.time, "sleep", waits.append)
   monkeypatch.setattr(distributed.os, "_exit", lambda status: (_ for _ in ()).throw(
@@ -526,3 +527,32 @@ def test_a_process_that_stalls_after_another_announced_stops_with_its_cause(
                   "host to resume from the newest checkpoint")
   assert waits == ([distributed._STOP_ALL_WAIT_S] if me == 0 else [])  # pylint: disable=protected-access
   assert service.values == {distributed._STOP_ALL: first}  # pylint: disable=protected-access
+
+
+def test_two_threads_that_end_a_process_print_one_line(monkeypatch, capsys):
+  """Process 0 waits before it exits (the others read its service); a
+  collective that fails meanwhile must not add a second line."""
+  import threading  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(distributed, "_me", 0)
+  monkeypatch.setattr(distributed, "_count", 2)
+  monkeypatch.setattr(distributed, "_stopping", threading.Lock())
+  leave = threading.Event()
+  exits = []
+  monkeypatch.setattr(distributed.os, "_exit", exits.append)
+  real_sleep = time.sleep
+  monkeypatch.setattr(distributed.time, "sleep",
+                      lambda s: leave.wait() if s == distributed._STOP_ALL_WAIT_S  # pylint: disable=protected-access
+                      else real_sleep(0.01))
+  first = threading.Thread(target=distributed._stop, args=("a stall",), daemon=True)  # pylint: disable=protected-access
+  first.start()
+  real_sleep(0.2)  # the first prints and waits
+  second = threading.Thread(target=distributed._stop, args=("a collective failed",),  # pylint: disable=protected-access
+                            daemon=True)
+  second.start()
+  real_sleep(0.2)
+  leave.set()
+  first.join(timeout=5)
+  lines = [line for line in capsys.readouterr().err.splitlines() if line]
+  assert lines == ["error: a stall; process 0 stops too. Rerun the same command on every host "
+                   "to resume from the newest checkpoint"]
+  assert exits == [distributed.PEER_LOST_STATUS] and second.is_alive()
