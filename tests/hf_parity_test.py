@@ -14,7 +14,8 @@ transformers = pytest.importorskip("transformers")
 from lmjax.errors import CheckpointError  # noqa: E402 (after the importorskips)
 from lmjax.interop import tensor_files  # noqa: E402 (after the importorskips)
 from lmjax.interop.hf import load_hf_bert, save_hf_bert  # noqa: E402 (after the importorskips)
-from lmjax.model import BertForPreTraining, param_count  # noqa: E402 (after the importorskips)
+from lmjax.model import BertConfig, BertForPreTraining, param_count  # noqa: E402 (after the importorskips)
+from lmjax.model.internals import apply_with_internals  # noqa: E402 (after the importorskips)
 
 TOL = 1e-5
 
@@ -90,6 +91,55 @@ def test_hf_checkpoint_loads_and_matches_reference(name, scan, tmp_path):
   assert config.scan_layers == scan
   x = _inputs(model.config)
   _assert_close(_lmjax_outputs(config, params, x), _reference_outputs(model, x))
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_internals_are_transformers_attentions_and_hidden_states(scan, tmp_path):
+  """Every layer's attention probabilities and hidden states, as transformers'
+  output_attentions and output_hidden_states give them (real queries only:
+  padding's rows are no one's), and the outputs unchanged by asking."""
+  model = _reference("odd")
+  model.config._attn_implementation = "eager"  # pylint: disable=protected-access
+  model.save_pretrained(tmp_path)
+  config, params = load_hf_bert(tmp_path, scan_layers=scan)
+  x = _inputs(model.config)
+  with torch.no_grad():
+    want = model.bert(input_ids=torch.tensor(x["input_ids"]),
+                      token_type_ids=torch.tensor(x["segment_ids"]),
+                      attention_mask=torch.tensor(x["input_mask"]),
+                      output_attentions=True, output_hidden_states=True)
+  inputs = {k: jnp.asarray(v, jnp.int32) for k, v in x.items()}
+  outputs, internals = apply_with_internals(BertForPreTraining(config), {"params": params},
+                                            **inputs)
+  real = x["input_mask"].astype(bool)
+  hidden = np.asarray(internals.hidden_states)
+  assert hidden.shape == (4, *x["input_ids"].shape, 48)
+  for i, layer in enumerate(want.hidden_states):
+    assert np.abs(hidden[i][real] - layer.numpy()[real]).max() <= TOL, i
+  probs = np.asarray(internals.attention_probs)
+  assert probs.shape == (3, 4, 3, 19, 19)
+  for i, layer in enumerate(want.attentions):
+    err = np.abs(probs[i].transpose(0, 2, 1, 3)[real] - layer.numpy().transpose(0, 2, 1, 3)[real])
+    assert err.max() <= TOL, i
+  np.testing.assert_allclose(probs.sum(-1).transpose(0, 1, 3, 2)[:, real], 1.0, atol=1e-5)
+  plain = _lmjax_outputs(config, params, x)  # the fused attention: rounded differently
+  for key, value in outputs.items():
+    assert np.abs(np.asarray(value) - plain[key]).max() <= TOL, key
+
+
+def test_internals_are_sown_only_on_request():
+  """init and a plain apply neither keep nor return the internals: the
+  program's outputs are the model's four, with no [B, N, L, L] among them."""
+  model = BertForPreTraining(BertConfig.named("tiny", vocab_size=64))
+  ids = jnp.ones((2, 16), jnp.int32)
+  variables = model.init(jax.random.key(0), ids, ids, ids, ids[:, :2])
+  assert set(variables) == {"params"}
+  plain = jax.make_jaxpr(lambda v: model.apply(v, ids, ids, ids, ids[:, :2]))(variables)
+  asked = jax.make_jaxpr(lambda v: apply_with_internals(model, v, ids, ids, ids,
+                                                        ids[:, :2]))(variables)
+  shapes = lambda jaxpr: sorted(tuple(v.aval.shape) for v in jaxpr.jaxpr.outvars)
+  assert shapes(plain) == [(2, 2), (2, 2, 64), (2, 16, 128), (2, 128)]
+  assert shapes(asked) == sorted(shapes(plain) + [(2, 2, 2, 16, 16), (3, 2, 16, 128)])
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -16,6 +16,7 @@ from lmjax.data import packing  # noqa: E402 (after the importorskips)
 from lmjax.errors import ConfigError  # noqa: E402
 from lmjax.interop import hf_modernbert  # noqa: E402
 from lmjax.model.encoder import stack_layers  # noqa: E402
+from lmjax.model.internals import apply_with_internals  # noqa: E402
 from lmjax.model.modernbert import (ModernBertConfig, ModernBertForMaskedLM,  # noqa: E402
                                     ModernBertForSequenceClassification, ModernBertModel)
 
@@ -124,6 +125,38 @@ def test_scanned_layers_compute_what_the_loop_computes():
                  attention_mask=torch.tensor(x["input_mask"])).last_hidden_state.numpy()
   assert np.abs(_real(np.asarray(scanned), x["input_mask"])
                 - _real(want, x["input_mask"])).max() < TOL
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_internals_are_transformers_attentions_and_hidden_states(scan):
+  """Each layer's attention probabilities (local layers' zero outside the
+  window) and hidden states, as transformers' eager attention gives them,
+  on real queries."""
+  model = _reference(transformers.ModernBertModel, "small")
+  cfg, state = _ours(model)
+  params = hf_modernbert.params_from_hf(state, cfg, heads=False)
+  if scan:
+    cfg = dataclasses.replace(cfg, scan_layers=True)
+    params = {**params, "encoder": stack_layers(params["encoder"])}
+  x = _inputs(cfg.vocab_size, seed=3)
+  with torch.no_grad():
+    want = model(input_ids=torch.tensor(x["input_ids"]),
+                 attention_mask=torch.tensor(x["input_mask"]),
+                 output_attentions=True, output_hidden_states=True)
+  _, internals = apply_with_internals(
+      ModernBertModel(cfg), {"params": params}, jnp.asarray(x["input_ids"], jnp.int32),
+      jnp.asarray(x["input_mask"], jnp.int32))
+  real = x["input_mask"].astype(bool)
+  hidden, probs = np.asarray(internals.hidden_states), np.asarray(internals.attention_probs)
+  assert hidden.shape[0] == len(want.hidden_states) == cfg.num_layers + 1
+  for i in range(cfg.num_layers):  # transformers' last is after the final norm
+    assert np.abs(hidden[i][real] - want.hidden_states[i].numpy()[real]).max() < TOL, i
+  for i, layer in enumerate(want.attentions):
+    ours, theirs = probs[i].transpose(0, 2, 1, 3)[real], layer.numpy().transpose(0, 2, 1, 3)[real]
+    assert np.abs(ours - theirs).max() < TOL, i
+  far = np.abs(np.arange(21)[:, None] - np.arange(21)[None]) > cfg.local_window // 2
+  on_real = probs * real[None, :, None, :, None]  # padding's queries see everything
+  assert on_real[1][:, :, far].max() == 0 and on_real[0][:, :, far].max() > 0  # local, global
 
 
 @pytest.mark.parametrize("name", ["small", "odd"])

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from lmjax.model.config import REMAT_POLICIES, BertConfig
-from lmjax.model.layers import Embeddings, EncoderLayer, dense
+from lmjax.model.layers import INTERNALS, Embeddings, EncoderLayer, dense
 from lmjax.model.rows import Tokens, at_starts
 
 
@@ -46,7 +46,7 @@ class Encoder(nn.Module):
         x_BxLxD = layer_cls(cfg, name=f"layers_{i}")(x_BxLxD, tokens, deterministic)
       return x_BxLxD
     scan = nn.scan(
-        _layer_step, variable_axes={"params": 0},
+        _layer_step, variable_axes={"params": 0, INTERNALS: 0},
         split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"})

@@ -121,6 +121,7 @@ class Embeddings(nn.Module):
       x_BxLxD = x_BxLxD + positions_LxD.astype(self.config.dtype)[None]
     keys = None if tokens is None else tokens.token_keys(x_BxLxD.shape[-1])
     x_BxLxD = self.dropout(self.layer_norm(x_BxLxD), deterministic, keys)
+    self.sow(INTERNALS, "hidden_states", x_BxLxD)
     return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
 
   def word_embedding_table(self) -> jax.Array:
@@ -187,7 +188,15 @@ class MultiHeadAttention(nn.Module):
     v_BxLxNxH = nn.with_logical_constraint(project("value")(x_BxLxD), axes)
     mask_Bx1xQxL = tokens.attention_mask()  # Q: 1 unpacked, L packed
 
-    if cfg.attention_impl == "cudnn" and not tokens.packed:
+    if records_internals(self):
+      # Asked for the probabilities (`lmjax.model.internals`): computed
+      # explicitly, whatever the configured implementation.
+      probs_BxNxLxL = attention_probs(q_BxLxNxH, k_BxLxNxH, mask_Bx1xQxL)
+      self.sow(INTERNALS, "attention_probs", probs_BxNxLxL)
+      probs_BxNxLxL = Dropout(cfg.attention_dropout_rate)(
+          probs_BxNxLxL, deterministic, tokens.attention_keys(cfg.num_heads))
+      out_BxLxNxH = jnp.einsum("bnqk,bknh->bqnh", probs_BxNxLxL, v_BxLxNxH)
+    elif cfg.attention_impl == "cudnn" and not tokens.packed:
       # cuDNN's fused kernel takes padding as key lengths (real tokens first,
       # as in every lmjax batch), not as a broadcast mask.
       out_BxLxNxH = jax.nn.dot_product_attention(
@@ -216,6 +225,17 @@ class MultiHeadAttention(nn.Module):
     return HeadProjection(cfg, (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
                           ("heads", "kv", "embed"), contract=2,
                           name="out")(out_BxLxNxH)
+
+
+# The collection a model sows its internals into (attention probabilities,
+# each layer's output) when it is mutable, as `lmjax.model.internals` asks.
+INTERNALS = "intermediates"
+
+
+def records_internals(module: nn.Module) -> bool:
+  """Whether `module`'s caller asked for its internals: a Python bool,
+  false in training and evaluation, where sowing is then free."""
+  return module.is_mutable_collection(INTERNALS)
 
 
 def attention_probs(q_BxLxNxH, k_BxLxNxH, mask_Bx1xQxL):
@@ -266,4 +286,5 @@ class EncoderLayer(nn.Module):
     y_BxLxD = FeedForward(cfg, name="mlp")(x_BxLxD)
     y_BxLxD = dropout(y_BxLxD, deterministic, keys)
     x_BxLxD = layer_norm(cfg, "mlp_norm")(x_BxLxD + y_BxLxD)
+    self.sow(INTERNALS, "hidden_states", x_BxLxD)
     return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))

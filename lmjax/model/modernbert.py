@@ -27,7 +27,8 @@ import jax.numpy as jnp
 from lmjax.errors import ConfigError
 from lmjax.model.config import ACTIVATIONS, ATTENTION_IMPLS, REMAT_POLICIES, check_dtypes
 from lmjax.model.encoder import rematted
-from lmjax.model.layers import Dropout, attention_probs, logits_dtype
+from lmjax.model.layers import (INTERNALS, Dropout, attention_probs, logits_dtype,
+                                records_internals)
 from lmjax.model.rows import Tokens, at_starts, example_keys, mean_over_examples
 
 # (num_layers, hidden_size, num_heads, intermediate_size) of the released
@@ -202,7 +203,12 @@ class Attention(nn.Module):
     q, k, v = (nn.with_logical_constraint(qkv_BxLx3xNxH[:, :, i], axes) for i in range(3))
     q, k = rotate(q, cos_BxLxH, sin_BxLxH), rotate(k, cos_BxLxH, sin_BxLxH)
     rate = cfg.attention_dropout_rate
-    if cfg.attention_impl == "cudnn" or deterministic or rate == 0.0:
+    if records_internals(self):
+      probs_BxNxLxL = attention_probs(q, k, mask_Bx1xQxL)
+      self.sow(INTERNALS, "attention_probs", probs_BxNxLxL)
+      probs_BxNxLxL = Dropout(rate)(probs_BxNxLxL, deterministic, tokens.attention_keys(n))
+      out_BxLxNxH = jnp.einsum("bnqk,bknh->bqnh", probs_BxNxLxL, v)
+    elif cfg.attention_impl == "cudnn" or deterministic or rate == 0.0:
       out_BxLxNxH = jax.nn.dot_product_attention(
           q, k, v, mask=mask_Bx1xQxL, implementation=cfg.attention_impl)
     else:
@@ -249,6 +255,7 @@ class Layer(nn.Module):
                                                          tokens, deterministic)
     x_BxLxD = x_BxLxD + GatedFeedForward(cfg, name="mlp")(
         _norm(cfg, "mlp_norm")(x_BxLxD), tokens, deterministic)
+    self.sow(INTERNALS, "hidden_states", x_BxLxD)
     return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
 
 
@@ -282,6 +289,7 @@ class ModernBertModel(nn.Module):
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed"))
     x_BxLxD = self.embedding_dropout(self.embedding_norm(x_BxLxD), deterministic,
                                      tokens.token_keys(cfg.hidden_size))
+    self.sow(INTERNALS, "hidden_states", x_BxLxD)
     position_BxL = jnp.broadcast_to(tokens.position, input_mask_BxL.shape)
     masks = (tokens.attention_mask(), local_mask(tokens, cfg.local_window))
     tables = (rotary_tables(position_BxL, cfg.head_dim, cfg.global_rope_theta),
@@ -309,7 +317,7 @@ class _Layers(nn.Module):
                                                       tokens, deterministic)
       return x_BxLxD
     scan = nn.scan(
-        _layer_step, variable_axes={"params": 0},
+        _layer_step, variable_axes={"params": 0, INTERNALS: 0},
         split_rngs={"params": True, "dropout": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
