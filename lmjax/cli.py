@@ -4,6 +4,7 @@ A mistake the user can fix (bad flag, unknown config key, missing file) ends
 with one line on stderr naming the cause and exit status 2, no traceback.
 """
 
+import argparse
 import ast
 import contextlib
 import importlib.util
@@ -141,13 +142,10 @@ def _help(argv: list[str]) -> None:
   if not source:
     return
   path, _, variant = source.partition(":")
-  file = Path(path) if Path(path).is_file() else Path(__file__).parents[1] / path
+  file = _config_file(path)
   if not file.is_file():
     _fail(f"--config={source}: no such config file")
-  spec = importlib.util.spec_from_file_location("help_config", file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(variant or None)
+  config = load_config(source)
   comments = _field_comments(file)
   shared = {name.rsplit(".", 1)[-1]: comment for name, comment
             in _field_comments(Path(config_sections.__file__)).items()}
@@ -155,6 +153,51 @@ def _help(argv: list[str]) -> None:
   for name, value in config_sections.leaves(config.to_dict()):
     comment = comments.get(name) or shared.get(name.rsplit(".", 1)[-1])
     print(f"  --config.{name}={value!r}" + (f"  # {comment}" if comment else ""))
+
+
+def _config_file(path: str) -> Path:
+  """A config file as given, or else relative to the checkout's root."""
+  return Path(path) if Path(path).is_file() else Path(__file__).parents[1] / path
+
+
+def load_config(source: str):
+  """The config of `configs/NAME.py[:variant]` (a path, or one relative to
+  the checkout's root), as --config gives it; UserError when there is none."""
+  path, _, variant = source.partition(":")
+  file = _config_file(path)
+  if not file.is_file():
+    raise UserError(f"{source}: no such config file")
+  spec = importlib.util.spec_from_file_location(file.stem + "_config", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  try:
+    return module.get_config(variant or None)
+  except ValueError as e:
+    raise UserError(f"{source}: {e}") from None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse for research scripts: a mistake in the arguments is a
+  UserError (one line and exit status 2 under `script`), not a usage text."""
+
+  def error(self, message):
+    raise UserError(f"{self.prog}: {message}")
+
+
+def script(main: Callable[[list[str]], object]) -> None:
+  """Runs a research script's `main(sys.argv[1:])`: a UserError ends it
+  with one line and exit status 2, a Fault with one line and status 1."""
+  _quiet_libraries()
+  try:
+    main(sys.argv[1:])
+  except UserError as e:
+    _fail(str(e))
+  except Fault as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr, flush=True)
+    sys.exit(130)
 
 
 def _parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
@@ -200,18 +243,24 @@ def _unknown_field(argv: list[str], message: list[str]) -> str:
   return f"unknown config field {key!r}"
 
 
+def _quiet_libraries() -> None:
+  """Library INFO logs off; Orbax's notices and tracebacks (a failed save is
+  reported in one line) and gcsfs' retries dropped."""
+  logging.set_verbosity(logging.WARNING)
+  for name in ("gcsfs", "google.auth"):  # retries and fallbacks; a failure is one line
+    std_logging.getLogger(name).setLevel(std_logging.CRITICAL)
+  not_orbax = lambda record: "/orbax/" not in record.pathname  # noqa: E731
+  logging.get_absl_handler().addFilter(not_orbax)
+  std_logging.getLogger("absl").addFilter(not_orbax)  # outside absl's app.run too
+
+
 def run(main: Callable[[list[str]], None], known_only: bool = False) -> None:
   """Runs `main` under absl with lmjax's handling of user errors; with
   `known_only`, flags absl does not know reach `main` in its argv."""
 
   def guarded(argv):
-    if not flags.FLAGS["verbosity"].present:  # keep library INFO logs quiet
-      logging.set_verbosity(logging.WARNING)
-      for name in ("gcsfs", "google.auth"):  # retries and fallbacks; a failure is one line
-        std_logging.getLogger(name).setLevel(std_logging.CRITICAL)
-      # Orbax logs a failed save with its traceback; the run reports it in one line.
-      logging.get_absl_handler().addFilter(
-          lambda record: "/orbax/" not in record.pathname)
+    if not flags.FLAGS["verbosity"].present:
+      _quiet_libraries()
     try:
       main(argv)
     except UserError as e:

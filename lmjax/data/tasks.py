@@ -11,6 +11,7 @@ column) is for prediction only.
 """
 
 import dataclasses
+import types
 
 import numpy as np
 
@@ -141,6 +142,16 @@ def resolve_task(config, data_dir: str | None = None, section: str = "config.tas
   default_metrics = (("pearson", "spearman") if labels is None else
                      ("accuracy", "f1") if len(labels) == 2 else ("accuracy", "f1_macro"))
   return Task(source, text_fields, config.label_field, labels, metrics or default_metrics)
+
+
+def task_of(source: str, text_fields: str = "", label_field: str = "label", labels: str = "",
+            regression: bool = False, metrics: str = "", data_dir: str | None = None) -> Task:
+  """The Task of `source` (rt_polarity, glue/NAME, tsv:PATH, ...), the
+  task section's fields given as arguments: a research script's way in."""
+  fields = types.SimpleNamespace(source=source, text_fields=text_fields,
+                                 label_field=label_field, labels=labels,
+                                 regression=regression, metrics=metrics)
+  return resolve_task(fields, data_dir, section="task")
 
 
 def _sorted_labels(raw: set[str]) -> tuple[str, ...]:

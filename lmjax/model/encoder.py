@@ -63,6 +63,7 @@ class BertModel(nn.Module):
   """
 
   config: BertConfig
+  INPUTS = ("input_ids", "segment_ids", "input_mask")
 
   def setup(self):
     self.embeddings = Embeddings(self.config)

@@ -62,3 +62,14 @@ def _stacked(tree: dict, name: str) -> jax.Array:
     raise ValueError(f"the model sowed no {name}: is it an lmjax BERT or ModernBERT?")
   found.sort(key=lambda item: item[0])
   return jnp.concatenate([value for _, value in found], axis=0)
+
+
+def pooled_layers(hidden_states_LxBxTxD: jax.Array,
+                  input_mask_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Each layer's features of each example, in float32: (the mean over its
+  real tokens, its first token's: [CLS]), each [layers + 1, B, D]."""
+  hidden = hidden_states_LxBxTxD.astype(jnp.float32)
+  mask_BxT = input_mask_BxT.astype(jnp.float32)
+  count_B = jnp.maximum(mask_BxT.sum(-1), 1.0)
+  mean_LxBxD = jnp.einsum("lbtd,bt->lbd", hidden, mask_BxT) / count_B[None, :, None]
+  return mean_LxBxD, hidden[:, :, 0]

@@ -268,6 +268,7 @@ class ModernBertModel(nn.Module):
   Packed rows (lmjax.model.rows) add `positions` and `example_index`."""
 
   config: ModernBertConfig
+  INPUTS = ("input_ids", "input_mask")
 
   def setup(self):
     cfg = self.config

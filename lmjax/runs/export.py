@@ -10,22 +10,18 @@ SentencePiece).
 transformers loads the directory as it is; `hf:DIR` starts lmjax from it.
 """
 
-import json
 import shutil
 
-import ml_collections
 import numpy as np
 
-from lmjax import parallel, paths
-from lmjax.data import tasks
+from lmjax import paths
 from lmjax.data.shard_writing import staging_directory
-from lmjax.data.tokenization import Tokenizer, HfTokenizer
+from lmjax.data.tokenization import HfTokenizer
 from lmjax.errors import UserError
 from lmjax.interop.hf import save_hf_bert
 from lmjax.interop.hf_modernbert import save_hf_modernbert, special_token_ids
-from lmjax.model import architectures
 from lmjax.model.modernbert import ModernBertConfig
-from lmjax.runs import init_sources
+from lmjax.runs import trained
 
 
 def export(workdir: paths.PathLike, output: paths.PathLike, overwrite: bool = False) -> dict:
@@ -43,19 +39,17 @@ def export(workdir: paths.PathLike, output: paths.PathLike, overwrite: bool = Fa
   if output.exists() and any(output.iterdir()) and not overwrite:
     raise UserError(f"{output} exists and is not empty; choose another --output or pass "
                     "--overwrite")
-  saved = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  tokenizer = Tokenizer.load(workdir)
-  mesh = parallel.make_mesh()
-  if (workdir / "task.json").is_file():
-    architecture, step, model_cfg, params, labels = _classifier(workdir, saved, mesh)
-  elif "data" in saved:
-    model_cfg = init_sources.pretraining_model(workdir, saved, tokenizer)
-    modern = isinstance(model_cfg, ModernBertConfig)
-    architecture, labels = "ModernBertForMaskedLM" if modern else "BertForPreTraining", None
-    step, params = init_sources.pretrained_params(workdir, str(workdir), model_cfg, saved.data,
-                                                  mesh)
+  loaded = trained.load(workdir)
+  model_cfg, tokenizer, step = loaded.config, loaded.tokenizer, loaded.step
+  modern = isinstance(model_cfg, ModernBertConfig)
+  if loaded.task is not None:
+    task = loaded.task
+    architecture = ("ModernBertForSequenceClassification" if modern
+                    else "BertForSequenceClassification")
+    labels = ["score"] if task.is_regression else list(task.labels)
   else:
-    raise UserError(f"{workdir}: neither a fine-tuning nor a pretraining workdir")
+    architecture, labels = "ModernBertForMaskedLM" if modern else "BertForPreTraining", None
+  params = loaded.params
   params = {k: _host(v) for k, v in params.items()}
   files = dict(tokenizer.files)
   if isinstance(tokenizer, HfTokenizer) and tokenizer.is_wordpiece:  # for Google's readers too
@@ -79,20 +73,6 @@ def export(workdir: paths.PathLike, output: paths.PathLike, overwrite: bool = Fa
     shutil.rmtree(staging, ignore_errors=True)
   return dict(architecture=architecture, step=step, output=str(output),
               labels=labels, tokenizer=sorted(files))
-
-
-def _classifier(workdir, saved, mesh):
-  task = tasks.Task.from_json(json.loads((workdir / "task.json").read_text()))
-  model_cfg = architectures.from_dict(json.loads((workdir / "model.json").read_text()))
-  length = saved.task.max_seq_length
-  example = {k: np.zeros((1, length), np.int32)
-             for k in ("input_ids", "segment_ids", "input_mask")}
-  model = architectures.classification_model(model_cfg, task.num_labels)
-  step, params = init_sources.best_params(workdir, model, example, mesh)
-  labels = ["score"] if task.is_regression else list(task.labels)
-  name = ("ModernBertForSequenceClassification" if isinstance(model_cfg, ModernBertConfig)
-          else "BertForSequenceClassification")
-  return name, step, model_cfg, params, labels
 
 
 def _host(tree):
