@@ -27,7 +27,7 @@ def test_every_command_names_a_module_and_files_that_exist(page):
   missing = [m for m in modules if _spec(m) is None]
   assert not missing, missing
   files = set(re.findall(r"--config=((?:configs|experiments)/[\w/]+\.py)", text))
-  files |= set(re.findall(r"python ((?:benchmarks|launch)/[\w/.]+)", text))
+  files |= set(re.findall(r"python ((?:benchmarks|launch|examples)/[\w/.]+)", text))
   files |= set(re.findall(r"\b(launch/[\w.]+)", text))
   assert not [f for f in files if not (ROOT / f).is_file()], files
 
