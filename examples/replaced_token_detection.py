@@ -3,13 +3,16 @@ al., 2020), trained with lmjax's generic step and nothing of its trainer.
 
   python examples/replaced_token_detection.py --steps=300 --output=runs/rtd
 
-A small generator (a one-layer BERT with an MLM head) fills the masked
-positions of the built-in corpus's batches with tokens it samples; a
-discriminator (BERT-tiny and a linear layer per token) tells, for every
-token, whether it was replaced. The loss is the generator's MLM loss plus
-`--rtd_weight` (ELECTRA's 50) times the discriminator's. Writes
-`losses.png` (both losses and the discriminator's accuracy by step).
-Unlike ELECTRA, the two share no embeddings and train without dropout.
+A small generator (one-layer BERT, MLM head) fills the masked positions of
+the built-in corpus's batches with tokens it samples; a discriminator
+(BERT-tiny, a logit per token) tells which tokens were replaced. The loss
+is the MLM loss plus `--rtd_weight` (ELECTRA's 50) times the
+discriminator's; no shared embeddings, no dropout. Writes `losses.png`.
+
+The generator's tokens are as frequent as those they replace: after 800
+steps on 2 CPU cores the discriminator knows only how many are replaced
+(0.868, as "never replaced"); `--corruption=uniform` (any token) it spots
+within 150 steps (0.905 against 0.859).
 """
 
 import os
@@ -40,46 +43,45 @@ class Discriminator(nn.Module):
     return nn.Dense(1, name="replaced")(sequence_BxLxD)[..., 0]  # [B, L]
 
 
-def make_loss(generator, discriminator, rtd_weight: float):
-  """`loss_fn(params, batch, rng) -> (loss, parts)`, as steps.make_step takes it."""
+def make_loss(generator, discriminator, rtd_weight: float, uniform: bool = False):
+  """`loss_fn(params, batch, rng) -> (loss, parts)`, as steps.make_step takes it;
+  `uniform` replaces with any token of the vocabulary, not the generator's."""
 
   def loss_fn(params, batch, rng):
     out = generator.apply({"params": params["generator"]}, batch["input_ids"],
                           batch["segment_ids"], batch["input_mask"], batch["masked_positions"])
     mlm = mlm_nsp.losses({"mlm_logits": out["mlm_logits"]}, batch)
-    sampled_BxP = jax.random.categorical(rng, jax.lax.stop_gradient(out["mlm_logits"]))
+    logits_BxPxV = jax.lax.stop_gradient(out["mlm_logits"])
+    sampled_BxP = jax.random.categorical(rng, 0 * logits_BxPxV if uniform else logits_BxPxV)
     original_BxL = contrastive.original_ids(batch)  # the masked slots' tokens put back
     corrupted_BxL = contrastive.original_ids({**batch, "masked_ids": sampled_BxP})
     mask_BxL = batch["input_mask"].astype(jnp.float32)
     replaced_BxL = (corrupted_BxL != original_BxL).astype(jnp.float32) * mask_BxL
     logits_BxL = discriminator.apply({"params": params["discriminator"]}, corrupted_BxL,
                                      batch["segment_ids"], batch["input_mask"])
-    tokens = mask_BxL.sum()
-    rtd_loss = (optax.sigmoid_binary_cross_entropy(logits_BxL, replaced_BxL)
-                * mask_BxL).sum() / tokens
-    correct = ((logits_BxL > 0) == (replaced_BxL > 0)) * mask_BxL
-    parts = dict(mlm_loss=mlm["mlm_loss"], rtd_loss=rtd_loss,
-                 rtd_accuracy=correct.sum() / tokens, replaced_share=replaced_BxL.sum() / tokens)
+    mean = lambda x_BxL: (x_BxL * mask_BxL).sum() / mask_BxL.sum()  # noqa: E731
+    rtd_loss = mean(optax.sigmoid_binary_cross_entropy(logits_BxL, replaced_BxL))
+    parts = dict(mlm_loss=mlm["mlm_loss"], rtd_loss=rtd_loss, replaced_share=mean(replaced_BxL),
+                 rtd_accuracy=mean((logits_BxL > 0) == (replaced_BxL > 0)))
     return mlm["mlm_loss"] + rtd_weight * rtd_loss, parts
 
   return loss_fn
 
 
 def parse(argv):
-  parser = cli.ArgumentParser(prog="replaced_token_detection",
-                              description=__doc__.split("\n")[0])
+  parser = cli.ArgumentParser(prog="replaced_token_detection", description=__doc__)
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--max_seq_length", type=int, default=64)
   parser.add_argument("--learning_rate", type=float, default=1e-3)
   parser.add_argument("--rtd_weight", type=float, default=50.0)
+  parser.add_argument("--corruption", default="generator", choices=("generator", "uniform"),
+                      help="replacements sampled from the generator, or any token")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--output", required=True, help="the directory losses.png goes to")
   args = parser.parse_args(argv)
-  if args.steps < 1 or args.batch_size < 1:
-    raise UserError("--steps and --batch_size must be at least 1")
-  if not 8 <= args.max_seq_length <= 512:
-    raise UserError(f"--max_seq_length={args.max_seq_length}: give 8 to 512")
+  if args.steps < 1 or args.batch_size < 1 or not 8 <= args.max_seq_length <= 512:
+    raise UserError("--steps and --batch_size must be at least 1, --max_seq_length 8 to 512")
   if os.path.isfile(args.output):
     raise UserError(f"--output={args.output} is a file, not a directory")
   return args
@@ -87,14 +89,14 @@ def parse(argv):
 
 def plot(history: list[dict], path: str) -> None:
   fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-  for name in ("mlm_loss", "rtd_loss"):
-    left.plot([h[name] for h in history], label=name)
-  left.set_xlabel("step")
-  left.legend()
-  right.plot([h["rtd_accuracy"] for h in history], label="discriminator accuracy")
-  right.plot([1 - h["replaced_share"] for h in history], "--", label="always 'original'")
-  right.set_xlabel("step")
-  right.legend()
+  for ax, curves in ((left, {"mlm_loss": "mlm_loss", "rtd_loss": "rtd_loss"}),
+                     (right, {"rtd_accuracy": "discriminator accuracy",
+                              "replaced_share": "always 'original'"})):
+    for key, label in curves.items():
+      values = [h[key] for h in history]
+      ax.plot([1 - v for v in values] if key == "replaced_share" else values, label=label)
+    ax.set_xlabel("step")
+    ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -110,15 +112,14 @@ def main(argv: list[str]) -> list[dict]:
   data.update(max_seq_length=args.max_seq_length,
               max_predictions_per_seq=max(1, round(0.15 * args.max_seq_length)))
   dataset, tokenizer, _ = pretrain_input.pretraining_input(data, args.batch_size, args.seed)
-  vocab = tokenizer.vocab_size
-  generator = BertForPreTraining(BertConfig.named(
-      "tiny", vocab_size=vocab, num_layers=1, hidden_size=64, intermediate_size=256))
-  discriminator = Discriminator(BertConfig.named("tiny", vocab_size=vocab))
+  generator = BertForPreTraining(BertConfig.named("tiny", vocab_size=tokenizer.vocab_size,
+                                                  num_layers=1, hidden_size=64,
+                                                  intermediate_size=256))
+  discriminator = Discriminator(BertConfig.named("tiny", vocab_size=tokenizer.vocab_size))
   first = dataset[0]
 
   def init(rng):
-    g, d = jax.random.split(rng)
-    inputs = first["input_ids"], first["segment_ids"], first["input_mask"]
+    (g, d), inputs = jax.random.split(rng), [first[k] for k in BertModel.INPUTS]
     return {"generator": generator.init(g, *inputs, first["masked_positions"])["params"],
             "discriminator": discriminator.init(d, *inputs)["params"]}
 
@@ -127,20 +128,20 @@ def main(argv: list[str]) -> list[dict]:
   tx = optax.adamw(schedule, weight_decay=0.01)
   state, shardings = steps.create_train_state(init, tx, mesh, jax.random.key(args.seed))
   train_step = steps.jit_train_step(
-      steps.make_step(make_loss(generator, discriminator, args.rtd_weight), tx,
+      steps.make_step(make_loss(generator, discriminator, args.rtd_weight,
+                                args.corruption == "uniform"), tx,
                       schedule=schedule), shardings, mesh)
   history, rng = [], jax.random.key(args.seed + 1)
   for step in range(args.steps):
     state, metrics = train_step(state, parallel.shard_batch(dataset[step], mesh), rng)
-    history.append({k: float(v) for k, v in metrics.items()})
+    history.append(h := {k: float(v) for k, v in metrics.items()})
     if step % 50 == 0 or step == args.steps - 1:
-      h = history[-1]
       print(f"step {step + 1}: mlm_loss {h['mlm_loss']:.3f}, rtd_loss {h['rtd_loss']:.4f}, "
             f"discriminator accuracy {h['rtd_accuracy']:.4f} "
             f"(always 'original': {1 - h['replaced_share']:.4f})", flush=True)
   os.makedirs(args.output, exist_ok=True)
-  plot(history, os.path.join(args.output, "losses.png"))
-  print(f"wrote {os.path.join(args.output, 'losses.png')}")
+  plot(history, png := os.path.join(args.output, "losses.png"))
+  print(f"wrote {png}")
   return history
 
 
