@@ -186,13 +186,14 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def script(main: Callable[[list[str]], object]) -> None:
   """Runs a research script's `main(sys.argv[1:])`: a UserError ends it
-  with one line and exit status 2, a Fault with one line and status 1."""
+  with one line and exit status 2, a Fault or an OSError (a file that
+  cannot be written) with one line and status 1."""
   _quiet_libraries()
   try:
     main(sys.argv[1:])
   except UserError as e:
     _fail(str(e))
-  except Fault as e:
+  except (Fault, OSError) as e:  # OSError: an output that cannot be written, a full disk
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
   except KeyboardInterrupt:

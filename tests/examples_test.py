@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, pretrain_config
-from lmjax import cli
-from lmjax.data import tasks
+from lmjax import cli, config_sections
+from lmjax.data import builtin, tasks
+from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError
-from lmjax.runs import pretraining
+from lmjax.model import architectures
+from lmjax.model.internals import apply_with_internals
+from lmjax.runs import pretraining, trained
 
 pytestmark = pytest.mark.usefixtures("data_dirs")
 EXAMPLES = ROOT / "examples"
@@ -127,6 +130,29 @@ def test_sharding_gives_one_loss_on_every_mesh():
   assert set(out) == {"data", "fsdp", "tensor"}
   losses = [r["loss"] for r in out.values()]
   assert max(losses) - min(losses) < 1e-4 and all(r["step_s"] > 0 for r in out.values())
+
+
+@pytest.mark.parametrize("architecture", ["bert", "modernbert"])
+def test_features_are_every_layers_pooled_hidden_states(architecture):
+  """Trained.features of random encoders: the embeddings' and each layer's
+  mean over a text's tokens and its [CLS] vector, whatever the batch."""
+  section = config_sections.model()
+  section.update(size="tiny", architecture=architecture)
+  tokenizer = Tokenizer.load(builtin.TOKENIZER_FILE)
+  config = architectures.from_section(section, vocab_size=tokenizer.vocab_size)
+  run = trained.Trained(config, None, {}, tokenizer, 0, 16).with_random_encoder(3)
+  texts = [("Emma smiled.",), ("He did not smile back at her, not once.",), ("No.",)]
+  mean, first = run.features(texts, batch_size=2)
+  assert mean.shape == first.shape == (config.num_layers + 1, 3, config.hidden_size)
+  np.testing.assert_allclose(run.features(texts, batch_size=8)[0], mean, atol=1e-5)
+  batch = tasks.encode(tasks.Examples(texts[1:2], None), tokenizer, 16).arrays
+  encoder, params = run.encoder()
+  _, internals = apply_with_internals(encoder, {"params": params},
+                                      *(batch[k] for k in encoder.INPUTS))
+  real = batch["input_mask"][0].astype(bool)
+  hidden = np.asarray(internals.hidden_states)[:, 0]
+  np.testing.assert_allclose(mean[:, 1], hidden[:, real].mean(1), atol=1e-5)
+  np.testing.assert_allclose(first[:, 1], hidden[:, 0], atol=1e-5)
 
 
 @pytest.mark.parametrize("name,args,message", [
