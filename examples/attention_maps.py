@@ -11,32 +11,24 @@ tokens, by layer: low entropy is a head that looks at few tokens; the
 dashed line is uniform attention over the text), and prints the entropies.
 """
 
-import os
-
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
+from lmjax import scripts
+from lmjax.data import tasks
+from lmjax.errors import UserError
+from lmjax.model.internals import apply_with_internals
+from lmjax.runs import trained
 
-from lmjax import cli  # noqa: E402
-from lmjax.data import tasks  # noqa: E402
-from lmjax.errors import UserError  # noqa: E402
-from lmjax.model.internals import apply_with_internals  # noqa: E402
-from lmjax.runs import trained  # noqa: E402
+plt = scripts.pyplot()
 
 
 def parse(argv):
-  parser = cli.ArgumentParser(prog="attention_maps", description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", required=True, help="a pretraining or fine-tuning workdir")
+  parser = scripts.parser(__doc__, workdir=True, output="attention.png and entropy.png")
   parser.add_argument("--text", required=True, help="the text (the first of a pair)")
   parser.add_argument("--pair", default=None, help="a second text: the pair's")
-  parser.add_argument("--output", required=True, help="the directory the PNGs go to")
-  args = parser.parse_args(argv)
+  args = scripts.parse(parser, argv)
   if not args.text.strip() or (args.pair is not None and not args.pair.strip()):
     raise UserError("--text and --pair must not be empty")
-  if os.path.isfile(args.output):
-    raise UserError(f"--output={args.output} is a file, not a directory")
   return args
 
 
@@ -55,7 +47,7 @@ def entropy_bits(probs_LxNxQxK: np.ndarray) -> np.ndarray:
   return -(probs_LxNxQxK * logs).sum(-1).mean(-1)
 
 
-def plot_maps(probs_LxNxQxK: np.ndarray, tokens: list[str], path: str) -> None:
+def plot_maps(probs_LxNxQxK: np.ndarray, tokens: list[str]):
   layers, heads, length = probs_LxNxQxK.shape[:3]
   size = max(2.0, 0.18 * length)
   fig, axes = plt.subplots(layers, heads, figsize=(size * heads, size * layers),
@@ -68,12 +60,10 @@ def plot_maps(probs_LxNxQxK: np.ndarray, tokens: list[str], path: str) -> None:
       ticks = range(length) if length <= 48 else []
       ax.set_xticks(ticks, [tokens[i] for i in ticks], rotation=90, fontsize=6)
       ax.set_yticks(ticks, [tokens[i] for i in ticks], fontsize=6)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
-def plot_entropy(entropy_LxN: np.ndarray, length: int, path: str) -> None:
+def plot_entropy(entropy_LxN: np.ndarray, length: int):
   fig, ax = plt.subplots(figsize=(6, 4))
   layers, heads = entropy_LxN.shape
   for head in range(heads):
@@ -83,9 +73,7 @@ def plot_entropy(entropy_LxN: np.ndarray, length: int, path: str) -> None:
   ax.set_xlabel("layer")
   ax.set_ylabel("attention entropy (bits)")
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
 def main(argv: list[str]) -> dict:
@@ -99,10 +87,8 @@ def main(argv: list[str]) -> dict:
   probs = np.asarray(internals.attention_probs[:, 0], np.float32)  # [layers, N, L, L]
   tokens = run.tokenizer.pieces(batch["input_ids"][0])
   entropy = entropy_bits(probs)
-  os.makedirs(args.output, exist_ok=True)
-  maps, curve = (os.path.join(args.output, name) for name in ("attention.png", "entropy.png"))
-  plot_maps(probs, tokens, maps)
-  plot_entropy(entropy, len(tokens), curve)
+  maps = scripts.save_figure(plot_maps(probs, tokens), args.output, "attention.png")
+  curve = scripts.save_figure(plot_entropy(entropy, len(tokens)), args.output, "entropy.png")
   print(f"{len(tokens)} tokens: {' '.join(tokens)}")
   for layer, row in enumerate(entropy):
     print(f"layer {layer}: entropy by head " + " ".join(f"{e:.2f}" for e in row) + " bits")
@@ -111,4 +97,4 @@ def main(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-  cli.script(main)
+  scripts.run(main)

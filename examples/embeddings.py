@@ -15,36 +15,28 @@ principal components, coloured by label) and `neighbours.json`.
 import json
 import os
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
+from lmjax import scripts
+from lmjax.data import tasks
+from lmjax.errors import UserError
+from lmjax.runs import trained
 
-from lmjax import cli  # noqa: E402
-from lmjax.data import tasks  # noqa: E402
-from lmjax.errors import UserError  # noqa: E402
-from lmjax.runs import trained  # noqa: E402
+plt = scripts.pyplot()
 
 
 def parse(argv):
-  parser = cli.ArgumentParser(prog="embeddings", description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", required=True, help="a pretraining or fine-tuning workdir")
-  parser.add_argument("--task", default="rt_polarity",
-                      help="rt_polarity, glue/NAME, tsv:PATH, csv:PATH or jsonl:PATH")
-  parser.add_argument("--text_fields", default="", help="a local file's COLUMN[,PAIR_COLUMN]")
+  parser = scripts.parser(__doc__, workdir=True, task=True,
+                          output="embeddings.png and neighbours.json")
   parser.add_argument("--split", default="validation", choices=("train", "validation", "test"))
   parser.add_argument("--examples", type=int, default=500, help="texts of the split to embed")
   parser.add_argument("--query", action="append", default=[], help="a text to find neighbours of")
   parser.add_argument("--neighbours", type=int, default=3)
-  parser.add_argument("--output", required=True, help="the directory the files go to")
-  args = parser.parse_args(argv)
+  args = scripts.parse(parser, argv)
   if args.examples < 2 or args.neighbours < 1:
     raise UserError("--examples must be at least 2 and --neighbours at least 1")
   if any(not query.strip() for query in args.query):
     raise UserError("--query must not be empty")
-  if os.path.isfile(args.output):
-    raise UserError(f"--output={args.output} is a file, not a directory")
   return args
 
 
@@ -70,20 +62,16 @@ def projected(x_NxD: np.ndarray) -> np.ndarray:
   return centred @ vt[:2].T
 
 
-def plot(ways: dict[str, np.ndarray], labels, names, path: str) -> None:
+def plot(ways: dict[str, np.ndarray], labels, names):
   fig, axes = plt.subplots(1, len(ways), figsize=(5 * len(ways), 4.5), squeeze=False)
   for ax, (way, x_NxD) in zip(axes[0], ways.items(), strict=True):
     points = projected(x_NxD)
     for index, name in enumerate(names):
       chosen = labels == index
       ax.scatter(points[chosen, 0], points[chosen, 1], s=8, alpha=0.6, label=name)
-    ax.set_title(way)
-    ax.set_xlabel("first principal component")
-    ax.set_ylabel("second")
+    ax.set(title=way, xlabel="first principal component", ylabel="second")
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
 def main(argv: list[str]) -> dict:
@@ -109,16 +97,15 @@ def main(argv: list[str]) -> dict:
         print(f"{way}: {query!r}")
         for hit in hits:
           print(f"  {hit['similarity']:.3f}  {hit['text'][:100]}")
-  os.makedirs(args.output, exist_ok=True)
-  png, listed = (os.path.join(args.output, n) for n in ("embeddings.png", "neighbours.json"))
   labels = None if examples.labels is None else examples.labels[keep]
-  plot(ways, labels if labels is not None else np.zeros(len(texts), int),
-       task.labels if labels is not None else ["unlabelled"], png)
-  with open(listed, "w", encoding="utf-8") as f:
+  png = scripts.save_figure(plot(ways, labels if labels is not None else np.zeros(len(texts), int),
+                                 task.labels if labels is not None else ["unlabelled"]),
+                            args.output, "embeddings.png")
+  with open(listed := os.path.join(args.output, "neighbours.json"), "w", encoding="utf-8") as f:
     json.dump(found, f, indent=1)
   print(f"{len(texts)} texts of {task.name} ({args.split}); wrote {png} and {listed}")
   return dict(ways=ways, neighbours=found)
 
 
 if __name__ == "__main__":
-  cli.script(main)
+  scripts.run(main)

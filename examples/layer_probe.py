@@ -12,35 +12,26 @@ being the embeddings) and `probe.md` (the table it prints).
 
 import os
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
+from lmjax import scripts
+from lmjax.data import tasks
+from lmjax.errors import UserError
+from lmjax.runs import trained
+from lmjax.train import baselines
 
-from lmjax import cli  # noqa: E402
-from lmjax.data import tasks  # noqa: E402
-from lmjax.errors import UserError  # noqa: E402
-from lmjax.runs import trained  # noqa: E402
-from lmjax.train import baselines  # noqa: E402
+plt = scripts.pyplot()
 
 
 def parse(argv):
-  parser = cli.ArgumentParser(prog="layer_probe", description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", required=True, help="a pretraining or fine-tuning workdir")
-  parser.add_argument("--task", default="rt_polarity",
-                      help="rt_polarity, glue/NAME, tsv:PATH, csv:PATH or jsonl:PATH")
-  parser.add_argument("--text_fields", default="", help="a local file's COLUMN[,PAIR_COLUMN]")
+  parser = scripts.parser(__doc__, workdir=True, task=True, output="probe.png and probe.md")
   parser.add_argument("--train_examples", type=int, default=2000)
   parser.add_argument("--eval_examples", type=int, default=1000)
   parser.add_argument("--layers", default="all", help="all, or layers by number: 0,2,4")
   parser.add_argument("--seed", type=int, default=0, help="the sample's and random weights'")
-  parser.add_argument("--output", required=True, help="the directory for probe.png, probe.md")
-  args = parser.parse_args(argv)
+  args = scripts.parse(parser, argv)
   if min(args.train_examples, args.eval_examples) < 2:
     raise UserError("--train_examples and --eval_examples must be at least 2")
-  if os.path.isfile(args.output):
-    raise UserError(f"--output={args.output} is a file, not a directory")
   return args
 
 
@@ -73,7 +64,7 @@ def probe(run: trained.Trained, train, evaluate, layers: list[int]) -> list[floa
           for i in layers]
 
 
-def plot(layers, scores: dict[str, list[float]], majority: float, path: str) -> None:
+def plot(layers, scores: dict[str, list[float]], majority: float):
   fig, ax = plt.subplots(figsize=(6, 4))
   for name, accuracy in scores.items():
     ax.plot(layers, accuracy, "o-", label=name)
@@ -82,9 +73,7 @@ def plot(layers, scores: dict[str, list[float]], majority: float, path: str) -> 
   ax.set_xlabel("layer (0: embeddings)")
   ax.set_ylabel("probe accuracy (validation)")
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
 def main(argv: list[str]) -> dict:
@@ -105,10 +94,8 @@ def main(argv: list[str]) -> dict:
             for i, layer in enumerate(layers)]
   lines.append(f"\n{task.name}: {len(train)} training and {len(evaluate)} validation "
                f"examples; majority class {majority:.4f}")
-  os.makedirs(args.output, exist_ok=True)
-  png, table = (os.path.join(args.output, name) for name in ("probe.png", "probe.md"))
-  plot(layers, scores, majority, png)
-  with open(table, "w", encoding="utf-8") as f:
+  png = scripts.save_figure(plot(layers, scores, majority), args.output, "probe.png")
+  with open(table := os.path.join(args.output, "probe.md"), "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))
   print(f"wrote {png} and {table}")
@@ -116,4 +103,4 @@ def main(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-  cli.script(main)
+  scripts.run(main)

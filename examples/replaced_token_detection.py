@@ -15,22 +15,18 @@ steps on 2 CPU cores the discriminator knows only how many are replaced
 within 150 steps (0.905 against 0.859).
 """
 
-import os
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import matplotlib
 import optax
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
+from lmjax import cli, parallel, scripts
+from lmjax.data import pretrain_input
+from lmjax.errors import UserError
+from lmjax.model import BertConfig, BertForPreTraining, BertModel
+from lmjax.train import contrastive, mlm_nsp, steps
 
-from lmjax import cli, parallel  # noqa: E402
-from lmjax.data import pretrain_input  # noqa: E402
-from lmjax.errors import UserError  # noqa: E402
-from lmjax.model import BertConfig, BertForPreTraining, BertModel  # noqa: E402
-from lmjax.train import contrastive, mlm_nsp, steps  # noqa: E402
+plt = scripts.pyplot()
 
 
 class Discriminator(nn.Module):
@@ -69,7 +65,7 @@ def make_loss(generator, discriminator, rtd_weight: float, uniform: bool = False
 
 
 def parse(argv):
-  parser = cli.ArgumentParser(prog="replaced_token_detection", description=__doc__)
+  parser = scripts.parser(__doc__, output="losses.png")
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--max_seq_length", type=int, default=64)
@@ -78,16 +74,13 @@ def parse(argv):
   parser.add_argument("--corruption", default="generator", choices=("generator", "uniform"),
                       help="replacements sampled from the generator, or any token")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--output", required=True, help="the directory losses.png goes to")
-  args = parser.parse_args(argv)
+  args = scripts.parse(parser, argv)
   if args.steps < 1 or args.batch_size < 1 or not 8 <= args.max_seq_length <= 512:
     raise UserError("--steps and --batch_size must be at least 1, --max_seq_length 8 to 512")
-  if os.path.isfile(args.output):
-    raise UserError(f"--output={args.output} is a file, not a directory")
   return args
 
 
-def plot(history: list[dict], path: str) -> None:
+def plot(history: list[dict]):
   fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
   for ax, curves in ((left, {"mlm_loss": "mlm_loss", "rtd_loss": "rtd_loss"}),
                      (right, {"rtd_accuracy": "discriminator accuracy",
@@ -97,9 +90,7 @@ def plot(history: list[dict], path: str) -> None:
       ax.plot([1 - v for v in values] if key == "replaced_share" else values, label=label)
     ax.set_xlabel("step")
     ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
 def main(argv: list[str]) -> list[dict]:
@@ -139,11 +130,9 @@ def main(argv: list[str]) -> list[dict]:
       print(f"step {step + 1}: mlm_loss {h['mlm_loss']:.3f}, rtd_loss {h['rtd_loss']:.4f}, "
             f"discriminator accuracy {h['rtd_accuracy']:.4f} "
             f"(always 'original': {1 - h['replaced_share']:.4f})", flush=True)
-  os.makedirs(args.output, exist_ok=True)
-  plot(history, png := os.path.join(args.output, "losses.png"))
-  print(f"wrote {png}")
+  print(f"wrote {scripts.save_figure(plot(history), args.output, 'losses.png')}")
   return history
 
 
 if __name__ == "__main__":
-  cli.script(main)
+  scripts.run(main)

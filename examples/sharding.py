@@ -22,7 +22,7 @@ import jax  # noqa: E402 (after XLA_FLAGS)
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from lmjax import cli, parallel  # noqa: E402
+from lmjax import parallel, scripts  # noqa: E402
 from lmjax.errors import UserError  # noqa: E402
 from lmjax.model import SIZES, BertConfig, BertForPreTraining  # noqa: E402
 from lmjax.train import mlm_nsp, steps  # noqa: E402
@@ -32,12 +32,12 @@ MESHES = {"data": dict(data=-1), "fsdp": dict(data=1, fsdp=-1),
 
 
 def parse(argv):
-  parser = cli.ArgumentParser(prog="sharding", description=__doc__.split("\n")[0])
+  parser = scripts.parser(__doc__)
   parser.add_argument("--size", default="mini", choices=sorted(SIZES))
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--max_seq_length", type=int, default=128)
   parser.add_argument("--steps", type=int, default=5, help="timed steps after the first")
-  args = parser.parse_args(argv)
+  args = scripts.parse(parser, argv)
   if args.steps < 1 or args.batch_size < 1:
     raise UserError("--steps and --batch_size must be at least 1")
   if not 8 <= args.max_seq_length <= 512:
@@ -109,4 +109,4 @@ def main(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-  cli.script(main)
+  scripts.run(main)

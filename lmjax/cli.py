@@ -4,7 +4,6 @@ A mistake the user can fix (bad flag, unknown config key, missing file) ends
 with one line on stderr naming the cause and exit status 2, no traceback.
 """
 
-import argparse
 import ast
 import contextlib
 import importlib.util
@@ -176,31 +175,6 @@ def load_config(source: str):
     raise UserError(f"{source}: {e}") from None
 
 
-class ArgumentParser(argparse.ArgumentParser):
-  """argparse for research scripts: a mistake in the arguments is a
-  UserError (one line and exit status 2 under `script`), not a usage text."""
-
-  def error(self, message):
-    raise UserError(f"{self.prog}: {message}")
-
-
-def script(main: Callable[[list[str]], object]) -> None:
-  """Runs a research script's `main(sys.argv[1:])`: a UserError ends it
-  with one line and exit status 2, a Fault or an OSError (a file that
-  cannot be written) with one line and status 1."""
-  _quiet_libraries()
-  try:
-    main(sys.argv[1:])
-  except UserError as e:
-    _fail(str(e))
-  except (Fault, OSError) as e:  # OSError: an output that cannot be written, a full disk
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(1)
-  except KeyboardInterrupt:
-    print("interrupted", file=sys.stderr, flush=True)
-    sys.exit(130)
-
-
 def _parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
   if any(a in ("--help", "-h", "-?", "--helpshort") for a in argv[1:]):
     with contextlib.suppress(BrokenPipeError):
@@ -244,7 +218,7 @@ def _unknown_field(argv: list[str], message: list[str]) -> str:
   return f"unknown config field {key!r}"
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
   """Library INFO logs off; Orbax's notices and tracebacks (a failed save is
   reported in one line) and gcsfs' retries dropped."""
   logging.set_verbosity(logging.WARNING)
@@ -261,7 +235,7 @@ def run(main: Callable[[list[str]], None], known_only: bool = False) -> None:
 
   def guarded(argv):
     if not flags.FLAGS["verbosity"].present:
-      _quiet_libraries()
+      quiet_libraries()
     try:
       main(argv)
     except UserError as e:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, pretrain_config
-from lmjax import cli, config_sections
+from lmjax import config_sections, scripts
 from lmjax.data import builtin, tasks
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import UserError
@@ -169,7 +169,7 @@ def test_a_bad_argument_is_one_line_and_status_2(name, args, message, monkeypatc
   monkeypatch.chdir(tmp_path)
   monkeypatch.setattr(sys, "argv", [name, *args])
   with pytest.raises(SystemExit) as ended:
-    cli.script(script(name).main)
+    scripts.run(script(name).main)
   assert ended.value.code == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: ") and message in err and "\n" not in err
