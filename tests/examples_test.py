@@ -1,6 +1,7 @@
-"""The research scripts of examples/, each run in-process on a tiny setting:
-what they print and return is checked against the model, and their
-pictures must exist and load; their bad inputs end in one line, status 2."""
+"""The research scripts of examples/, each run in-process on a tiny setting
+(the two that train, in the slow tier): what they return is checked
+against the model, and their pictures must exist and load; their bad
+inputs end in one line, status 2."""
 
 import ast
 import importlib.util
@@ -113,6 +114,7 @@ def test_embeddings_find_a_text_nearest_to_itself(workdir, reviews_tsv, tmp_path
   assert (tmp_path / "neighbours.json").is_file()
 
 
+@pytest.mark.slow  # it trains two models: mostly compilation
 def test_replaced_token_detection_learns(tmp_path):
   history = script("replaced_token_detection").main([
       "--steps=12", "--batch_size=16", "--max_seq_length=32", f"--output={tmp_path}"])
@@ -124,6 +126,7 @@ def test_replaced_token_detection_learns(tmp_path):
   picture(tmp_path / "losses.png")
 
 
+@pytest.mark.slow  # three meshes, three compilations
 def test_sharding_gives_one_loss_on_every_mesh():
   out = script("sharding").main(["--size=tiny", "--batch_size=8", "--max_seq_length=16",
                                  "--steps=1"])

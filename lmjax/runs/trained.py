@@ -6,6 +6,7 @@ fine-tuning workdir its best one; only the weights are read.
 """
 
 import dataclasses
+import functools
 import json
 from collections.abc import Sequence
 
@@ -67,13 +68,7 @@ class Trained:
     length = max_seq_length or self.max_seq_length
     arrays = tasks.encode(tasks.Examples(list(texts), None), self.tokenizer, length).arrays
     encoder, params = self.encoder()
-
-    @jax.jit
-    def pooled(params, batch):
-      _, internals = apply_with_internals(encoder, {"params": params},
-                                          *(batch[k] for k in encoder.INPUTS))
-      return pooled_layers(internals.hidden_states, batch["input_mask"])
-
+    pooled = _pooled_layers_of(encoder)
     means, firsts = [], []
     for start in range(0, len(texts), batch_size):
       batch = {k: _padded(v[start:start + batch_size], batch_size) for k, v in arrays.items()}
@@ -82,6 +77,20 @@ class Trained:
       means.append(np.asarray(mean)[:, :rows])
       firsts.append(np.asarray(first)[:, :rows])
     return np.concatenate(means, axis=1), np.concatenate(firsts, axis=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _pooled_layers_of(encoder: nn.Module):
+  """`(params, batch) -> (means, firsts)` of `encoder`, jitted once per
+  encoder config (a probe's trained and random encoders share it)."""
+
+  @jax.jit
+  def pooled(params, batch):
+    _, internals = apply_with_internals(encoder, {"params": params},
+                                        *(batch[k] for k in encoder.INPUTS))
+    return pooled_layers(internals.hidden_states, batch["input_mask"])
+
+  return pooled
 
 
 def _padded(rows: np.ndarray, count: int) -> np.ndarray:
