@@ -24,6 +24,17 @@ def zeros_init(axes: tuple) -> nn.initializers.Initializer:
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
 
 
+# The collection a model sows its internals into (attention probabilities,
+# each layer's output) when it is mutable, as `lmjax.model.internals` asks.
+INTERNALS = "intermediates"
+
+
+def records_internals(module: nn.Module) -> bool:
+  """Whether `module`'s caller asked for its internals: a Python bool,
+  false in training and evaluation, where sowing is then free."""
+  return module.is_mutable_collection(INTERNALS)
+
+
 def dense(config: BertConfig, features: int, axes: tuple, name: str) -> nn.Dense:
   """A Dense layer with BERT's initializer; `axes` names (in, out)."""
   return nn.Dense(
@@ -225,17 +236,6 @@ class MultiHeadAttention(nn.Module):
     return HeadProjection(cfg, (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
                           ("heads", "kv", "embed"), contract=2,
                           name="out")(out_BxLxNxH)
-
-
-# The collection a model sows its internals into (attention probabilities,
-# each layer's output) when it is mutable, as `lmjax.model.internals` asks.
-INTERNALS = "intermediates"
-
-
-def records_internals(module: nn.Module) -> bool:
-  """Whether `module`'s caller asked for its internals: a Python bool,
-  false in training and evaluation, where sowing is then free."""
-  return module.is_mutable_collection(INTERNALS)
 
 
 def attention_probs(q_BxLxNxH, k_BxLxNxH, mask_Bx1xQxL):
