@@ -140,11 +140,13 @@ def _help(argv: list[str]) -> None:
   source = (given or _EXAMPLE_CONFIG or [""])[-1]
   if not source:
     return
-  path, _, variant = source.partition(":")
-  file = _config_file(path)
+  file = _config_file(source.partition(":")[0])
   if not file.is_file():
     _fail(f"--config={source}: no such config file")
-  config = load_config(source)
+  try:
+    config = load_config(source)
+  except UserError as e:
+    _fail(f"--config={e}")
   comments = _field_comments(file)
   shared = {name.rsplit(".", 1)[-1]: comment for name, comment
             in _field_comments(Path(config_sections.__file__)).items()}

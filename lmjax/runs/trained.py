@@ -41,10 +41,6 @@ class Trained:
   max_seq_length: int
   task: tasks.Task | None = None
 
-  @property
-  def kind(self) -> str:
-    return "pretraining" if self.task is None else "finetuning"
-
   def encoder(self) -> tuple[nn.Module, dict]:
     """(the encoder alone, its weights): BertModel (whose `__call__` returns
     the sequence and pooled outputs) or ModernBertModel (the sequence
