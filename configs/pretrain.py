@@ -38,6 +38,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       max_seq_length=128,
       max_predictions_per_seq=20,
       masked_lm_prob=0.15,
+      # the rate evaluations mask at; None = masked_lm_prob (MosaicBERT trains at
+      # 0.3 and evaluates at 0.15, so that eval losses compare across rates)
+      eval_masked_lm_prob=ml_collections.config_dict.placeholder(float),
       short_seq_prob=0.1,
       whole_word_masking=False,
       packing=True,  # pairs share rows: no compute on padding (false: one a row)
@@ -50,6 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict(dict(
       batch_size=32,  # global batch, split over processes
       steps=1200,
+      # Minutes of training: the steps they afford are measured at the start and
+      # replace `steps` (recorded in DIR/config.json); None = `steps` alone.
+      budget_minutes=ml_collections.config_dict.placeholder(float),
       **config_sections.optimizer(learning_rate=2e-3),
       warmup_steps=120,
       mlm_weight=1.0,

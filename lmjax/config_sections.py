@@ -53,8 +53,9 @@ def optimizer(learning_rate: float) -> dict[str, Any]:
   return dict(
       optimizer="adamw",  # adamw | lamb
       learning_rate=learning_rate,
-      schedule="linear",  # linear | cosine decay after warm-up
+      schedule="linear",  # linear | cosine | one_cycle | warmup_stable_decay
       end_learning_rate_fraction=0.0,
+      decay_fraction=0.2,  # warmup_stable_decay: the last steps that decay
       weight_decay=0.01,  # not on LayerNorm parameters or biases
       b1=0.9,
       b2=0.999,

@@ -22,6 +22,36 @@ def test_schedule_warms_up_then_decays(schedule):
   assert float(lr(100)) == pytest.approx(1e-4, rel=1e-3)
 
 
+def test_one_cycle_rises_from_a_25th_of_the_peak_and_falls_to_the_end():
+  lr = optimizer.learning_rate_schedule(train_config(schedule="one_cycle", warmup_steps=30))
+  assert float(lr(0)) == pytest.approx(1e-3 / 25)
+  assert float(lr(30)) == pytest.approx(1e-3)
+  assert float(lr(15)) == pytest.approx((1e-3 + 1e-3 / 25) / 2, rel=1e-3)  # cosine: halfway
+  assert float(lr(100)) == pytest.approx(1e-3 / 25 / 1e4, rel=1e-2)
+  ended = optimizer.learning_rate_schedule(train_config(schedule="one_cycle", warmup_steps=30,
+                                                        end_learning_rate_fraction=0.1))
+  assert float(ended(100)) == pytest.approx(1e-4, rel=1e-3)
+
+
+def test_warmup_stable_decay_holds_the_peak_then_decays_over_its_fraction():
+  lr = optimizer.learning_rate_schedule(train_config(schedule="warmup_stable_decay",
+                                                     decay_fraction=0.2))
+  assert float(lr(5)) == pytest.approx(5e-4)
+  assert [float(lr(s)) for s in (10, 50, 80)] == pytest.approx([1e-3] * 3)
+  # 1 - sqrt over the last 20 steps: a quarter of the way, half the peak is gone
+  assert float(lr(85)) == pytest.approx(1e-3 * (1 - 0.5))
+  assert float(lr(100)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_schedule_without_room_for_its_warm_up_names_where_its_steps_came_from():
+  optimizer.check_schedule(train_config(warmup_steps=100))
+  with pytest.raises(ConfigError, match=r"warmup_steps=101 does not fit in the 100 steps "
+                     r"of the budget; lower warmup_steps, or"):
+    optimizer.check_schedule(train_config(warmup_steps=101), "the budget")
+  with pytest.raises(ConfigError, match=r"warmup_steps=90 and 20 of decay"):
+    optimizer.check_schedule(train_config(warmup_steps=90, schedule="warmup_stable_decay"))
+
+
 def test_weight_decay_skips_layer_norms_and_biases():
   cfg = BertConfig.named("tiny", vocab_size=50, max_position=16, num_layers=1)
   ids = jnp.zeros((1, 4), jnp.int32)

@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 from helpers import pretrain_config
 
-from lmjax import config_sections
+from lmjax import config_sections, parallel
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import ConfigError
 from lmjax.runs import pretraining
@@ -268,7 +268,9 @@ def test_bad_configs_fail_before_any_work(env, tmp_path, override, message):
     ("train.profile_steps", "8,5", "config.train.profile_steps must be START,END"),
     ("train.profile_steps", "five", "config.train.profile_steps must be START,END"),
     ("train.batch_size", 0, "config.train.batch_size must be at least 1"),
-    ("train.warmup_steps", 5000, "config.train.warmup_steps must be in [0, steps]"),
+    ("train.warmup_steps", 5000, "config.train.warmup_steps=5000 does not fit in the 1200 "
+     "steps of config.train.steps"),
+    ("train.decay_fraction", 1.5, "config.train.decay_fraction must be in (0, 1]"),
     ("train.eval_batches", 0, "config.train.eval_batches must be at least 1"),
     ("model.dropout_rate", 1.5, "config.model.dropout_rate must be in [0, 1)"),
     ("model.size", "huge", "config.model.size must be one of"),
@@ -293,6 +295,25 @@ def test_the_whole_config_is_checked_in_one_place(field, value, message):
   with pytest.raises(ConfigError, match=re.escape(message)):
     pretraining.check_config(config)
   pretraining.check_config(pretrain_config.get_config())  # the defaults pass
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"train.schedule": "warmup_stable_decay", "train.steps": 200, "train.warmup_steps": 180},
+     "config.train.warmup_steps=180 and 40 of decay (decay_fraction=0.2) does not fit in the "
+     "200 steps of config.train.steps; lower warmup_steps or decay_fraction"),
+    ({"train.schedule": "one_cycle_ish"}, "config.train.schedule must be one of linear, "
+     "cosine, one_cycle, warmup_stable_decay"),
+    ({"train.budget_minutes": 0.0}, "config.train.budget_minutes must be positive (unset: "
+     "train.steps says how long the run is)"),
+    ({"data.eval_masked_lm_prob": 1.0}, "config.data.eval_masked_lm_prob must be in (0, 1)"),
+])
+def test_budget_schedule_and_evaluation_masking_fields_are_checked(fields, message):
+  config = pretrain_config.get_config()
+  for key, value in fields.items():
+    section, name = key.split(".")
+    config[section][name] = value
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    pretraining.check_config(config)
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -411,3 +432,54 @@ def test_help_lists_every_config_field_with_its_default_and_comment():
   assert len(fields) == sum(1 for _ in config_sections.leaves(
       pretrain_config.get_config().to_dict())) > 40
 
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("data_dirs")
+def test_a_budget_fixes_the_steps_once_and_a_resumed_run_finishes_them(tmp_path, capsys):
+  workdir = tmp_path / "w"
+  budget = {"train.budget_minutes": 0.5, "train.steps": 10**6, "train.keep_checkpoints": 2,
+            "train.schedule": "warmup_stable_decay"}
+  with pytest.raises(ConfigError, match=r"config.train.warmup_steps=100000 and \d+ of decay "
+                     r"\(decay_fraction=0.2\) does not fit in the \d+ steps of "
+                     r"config.train.budget_minutes=0.5"):
+    pretraining.train_and_evaluate(tiny_config(**budget, **{"train.warmup_steps": 10**5}),
+                                   workdir)
+  assert not workdir.exists()
+  summary = pretraining.train_and_evaluate(tiny_config(**budget), workdir)
+  assert "the budget of 0.5 min affords" in capsys.readouterr().out
+  measured = json.loads((workdir / "budget.json").read_text())
+  saved = json.loads((workdir / "config.json").read_text())["train"]
+  assert summary["step"] == measured["steps"] == saved["steps"] > 10
+  assert saved["budget_minutes"] == 0.5 and measured["step_s"] > 0
+  lines = train_lines(workdir)
+  rates = [lines[s]["learning_rate"] for s in sorted(lines)]
+  assert max(rates) == pytest.approx(2e-3)  # the stable phase
+  assert rates[-1] < 0.3 * max(rates)  # decayed by the budget's last step
+
+  # Stopped before its end, the run resumes to the same last step, bit for bit,
+  # without measuring again.
+  newest = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  shutil.rmtree(workdir / "checkpoints" / str(newest))
+  (workdir / "summary.json").unlink()
+  again = pretraining.train_and_evaluate(tiny_config(**budget), workdir)
+  out = capsys.readouterr().out
+  assert "affords" not in out and "resuming from the checkpoint of step" in out
+  assert again["step"] == summary["step"]
+  assert train_lines(workdir) == lines
+
+
+@pytest.mark.usefixtures("data_dirs")
+def test_evaluation_masks_at_its_own_rate(tmp_path):
+  config = tiny_config(**{"data.masked_lm_prob": 0.3, "data.eval_masked_lm_prob": 0.1,
+                          "data.max_predictions_per_seq": 12, "train.eval_batches": 4})
+  mesh = parallel.make_mesh()
+  train_data, host_eval, _, _ = pretraining._inputs(config, tmp_path / "w", mesh)
+
+  def rate(batches):
+    masked = sum(b["masked_weights"].sum() for b in batches)
+    return masked / sum(b["input_mask"].sum() - 3 * (b["input_mask"][:, 0] > 0).sum()
+                        for b in batches)
+
+  assert rate([train_data[k] for k in range(4)]) == pytest.approx(0.3, abs=0.03)
+  assert rate(host_eval) == pytest.approx(0.1, abs=0.03)

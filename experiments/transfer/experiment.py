@@ -182,7 +182,10 @@ def _finished(workdir, config) -> dict | None:
                     f"({type(e).__name__}); move the run aside to run it again") from None
   if summary.get("stopped_by"):
     return None
-  if saved != json.loads(config.to_json()):
+  wanted = json.loads(config.to_json())
+  if wanted.get("train", {}).get("budget_minutes") is not None:
+    wanted["train"]["steps"] = saved.get("train", {}).get("steps")  # what the budget afforded
+  if saved != wanted:
     raise UserError(f"{workdir} holds a run made with another config; use a new "
                     "--workdir, or the config it was made with")
   return summary

@@ -196,6 +196,8 @@ def check_data_config(data) -> None:
       ("max_predictions_per_seq", data.max_predictions_per_seq <= data.max_seq_length,
        "at most max_seq_length"),
       ("masked_lm_prob", 0 < data.masked_lm_prob < 1, "in (0, 1)"),
+      ("eval_masked_lm_prob", data.get("eval_masked_lm_prob") is None
+       or 0 < data.eval_masked_lm_prob < 1, "in (0, 1), or None for masked_lm_prob"),
       ("short_seq_prob", 0 <= data.short_seq_prob <= 1, "in [0, 1]"),
       ("num_threads", data.num_threads >= 0, "at least 0"),
       ("packing_window", data.get("packing_window", 1) >= 1, "at least 1"),

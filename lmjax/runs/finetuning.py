@@ -72,6 +72,9 @@ def check_config(config) -> None:
       ("epochs", train.epochs > 0 or train.steps > 0, "positive (or set train.steps)"),
       ("steps", train.steps >= 0, "at least 0"),
       ("warmup_fraction", 0 <= train.warmup_fraction < 1, "in [0, 1)"),
+      ("decay_fraction", train.schedule != "warmup_stable_decay"
+       or train.warmup_fraction + train.decay_fraction <= 1,
+       "at most 1 - warmup_fraction with schedule=warmup_stable_decay"),
       *((f, train[f] >= 0, "at least 0") for f in ("eval_every", "checkpoint_every")),
       ("eval_batch_size", train.eval_batch_size >= 1, "at least 1")])
   architectures.check_section(config.model)

@@ -9,6 +9,7 @@ lmjax.trainer.loop).
 import dataclasses
 import json
 import os
+import time
 
 import jax
 import ml_collections
@@ -20,7 +21,7 @@ from lmjax.errors import ConfigError, MissingSplitError, check_fields
 from lmjax.model import architectures, flops_per_token
 from lmjax.runs import init_sources, probe
 from lmjax.train import mlm_nsp, optimizer, steps
-from lmjax.trainer import scaffold, watch
+from lmjax.trainer import budget, scaffold, watch
 from lmjax.trainer.loop import Schedule, TrainingDiverged
 from lmjax.trainer.throughput import Throughput, peak_flops_per_device
 
@@ -30,6 +31,7 @@ __all__ = ["check_config", "train_and_evaluate", "TrainingDiverged"]
 # those that shape the model or the stream of batches (packing does not: a packed
 # step computes what the same pairs one a row do).
 _MUST_MATCH = ("seed", "model", "init.source", "train.batch_size", "train.grad_accum_steps",
+               "train.budget_minutes",
                "data.source", "data.text_field", "data.tokenizer", "data.max_seq_length",
                "data.max_predictions_per_seq", "data.masked_lm_prob",
                "data.short_seq_prob", "data.whole_word_masking")
@@ -40,9 +42,12 @@ def check_config(config) -> None:
   train = config.train
   scaffold.check_train_fields(train)
   optimizer.check_config(train)
+  minutes = train.get("budget_minutes")
   check_fields("config.train", train, [
+      ("budget_minutes", minutes is None or minutes > 0,
+       "positive (unset: train.steps says how long the run is)"),
       ("steps", train.steps >= 1, "at least 1"),
-      ("warmup_steps", 0 <= train.warmup_steps <= train.steps, "in [0, steps]"),
+      ("warmup_steps", train.warmup_steps >= 0, "at least 0"),
       *((f, train[f] >= 1, "at least 1") for f in ("eval_every", "eval_batches",
                                                    "checkpoint_every")),
       *((f, train[f] >= 0, "non-negative") for f in ("mlm_weight", "nsp_weight", "cp_weight")),
@@ -51,6 +56,8 @@ def check_config(config) -> None:
       ("cp_temperature", train.cp_temperature > 0, "positive"),
       ("cp_weight", not train.cp_weight or train.batch_size >= 2,
        "0 with batches of one example: CP needs negatives")])
+  if minutes is None:
+    optimizer.check_schedule(train)
   check_data_config(config.data)
   if learned_size(config.data.tokenizer) and config.init.source != "random":
     raise ConfigError(f"config.data.tokenizer={config.data.tokenizer} learns a new "
@@ -89,11 +96,18 @@ def _inputs(config, workdir, mesh):
     data = ml_collections.ConfigDict({**data.to_dict(), "tokenizer": str(learned)})
   train_data, tokenizer, info = pretraining_input(data, batch, config.seed, "train", **share)
   _check_packing(config, info)
+  eval_rate = data.get("eval_masked_lm_prob")
+  masked_for_eval = ml_collections.ConfigDict(
+      {**data.to_dict(), "masked_lm_prob": eval_rate or data.masked_lm_prob})
   try:
-    eval_data, _, _ = pretraining_input(data, batch, config.seed, "validation", **share)
+    eval_data, _, _ = pretraining_input(masked_for_eval, batch, config.seed, "validation",
+                                        **share)
   except MissingSplitError as e:
     print(f"{e}; evaluating on training batches instead", flush=True)
     eval_data = train_data
+    if eval_rate and eval_rate != data.masked_lm_prob:
+      eval_data, _, _ = pretraining_input(masked_for_eval, batch, config.seed, "train",
+                                          **share)
   host_eval = [eval_data[k] for k in range(config.train.eval_batches)]
   sizes = {f"train_{k}": info[k] for k in ("documents", "tokens", "pairs")}
   return train_data, host_eval, tokenizer, sizes
@@ -176,6 +190,44 @@ def _start(config) -> tuple[object, architectures.ModelConfig | None, dict | Non
   return config, model_cfg, params
 
 
+@dataclasses.dataclass(frozen=True)
+class _Budget:
+  """What a budget afforded when its run started (DIR/budget.json)."""
+  minutes: float
+  steps: int
+  timing: budget.Timing
+  clock: float  # time.perf_counter() when the measurement began
+
+
+def _within_budget(config, workdir, job_of) -> tuple[object, _Budget | None]:
+  """`config` with `train.steps` the budget affords (the recorded count
+  when the workdir's run started with this budget) and, for a fresh
+  start, what was measured; ConfigError when it leaves no room for the
+  warm-up."""
+  minutes = config.train.get("budget_minutes")
+  if minutes is None:
+    return config, None
+  spent, steps = None, budget.recorded_steps(workdir, minutes)
+  if steps is None:
+    clock = time.perf_counter()
+    watch.phase("the measurement of the budget's steps", compiles=True)
+    timing = budget.measure(job_of(config), config.seed + 1)
+    left = minutes * 60 - (time.perf_counter() - clock)
+    steps = budget.agreed(budget.affordable_steps(left, timing, config.train.eval_every))
+    spent = _Budget(minutes, steps, timing, clock)
+    if scaffold.is_lead():
+      print(f"the budget of {minutes:g} min affords {steps} steps ({timing.step_s:.3f} s a "
+            f"step, {timing.eval_s:.1f} s an evaluation every {config.train.eval_every} "
+            f"steps, {timing.compile_s:.1f} s to compile)", flush=True)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.train.steps = steps
+  if steps < 1:
+    raise ConfigError(f"config.train.budget_minutes={minutes:g} affords no training step "
+                      f"(compiling, one evaluation and a step take longer); raise it")
+  optimizer.check_schedule(config.train, f"config.train.budget_minutes={minutes:g}")
+  return config, spent
+
+
 def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   """Pretrains as `config` says; returns the summary (also
   DIR/summary.json)."""
@@ -186,11 +238,24 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   train_data, host_eval, tokenizer, sizes = _inputs(config, workdir, mesh)
   model_cfg = model_cfg or architectures.from_section(config.model,
                                                       vocab_size=tokenizer.vocab_size)
-  job = _job(config, mesh, model_cfg, train_data, host_eval, tokenizer, probe_task)
+
+  def job_of(config):
+    return _job(config, mesh, model_cfg, train_data, host_eval, tokenizer, probe_task)
+
+  config, spent = _within_budget(config, workdir, job_of)
+  job = job_of(config)
+  if spent is not None:
+    measured = dict(minutes=spent.minutes, steps=spent.steps,
+                    **{k: round(v, 4) for k, v in dataclasses.asdict(spent.timing).items()})
+    job = dataclasses.replace(job, files={**job.files,
+                                          "budget.json": json.dumps(measured, indent=2) + "\n"})
   if params is not None:
     job = dataclasses.replace(job, state=init_sources.with_params(job.state, job.shardings, params))
   with scaffold.Run(job, workdir, seed=config.seed + 1) as run:
     result = run.train()
+    used = {}
+    if spent is not None and not result.stopped_by:  # measured and run in one go
+      used = dict(budget_minutes_used=round((time.perf_counter() - spent.clock) / 60, 2))
     last_eval = result.last_eval
     if not last_eval and not result.stopped_by:  # the workdir held a finished run
       last_eval = job.evaluate(result.state, result.step)
@@ -198,7 +263,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         mlm_nsp.target_counts(host_eval, tokenizer.vocab_size)))
     if "nsp" not in architectures.objectives(model_cfg):
       baselines.pop("baseline_nsp_accuracy")
-    summary = dict(step=result.step, stopped_by=result.stopped_by, **sizes,
+    summary = dict(step=result.step, stopped_by=result.stopped_by, **sizes, **used,
                    **{k: round(float(v), 5) for k, v in last_eval.items()}, **baselines)
     run.write_summary(summary)
   return summary
