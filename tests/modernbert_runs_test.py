@@ -363,3 +363,15 @@ def test_a_directory_of_another_model_type_or_misshapen_weights_is_one_line(
     with pytest.raises(error) as raised:
       init_sources.load_start(c, parallel.make_mesh(), 2)
     assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_fine_tuning_takes_its_own_dropout_for_an_encoder_pretrained_without():
+  for architecture in ("bert", "modernbert"):
+    section = config_sections.model()
+    section.update(architecture=architecture, dropout_rate=0.0, attention_dropout_rate=0.0)
+    pretrained = architectures.from_section(section, vocab_size=100)
+    section.update(dropout_rate=0.1, attention_dropout_rate=0.1)
+    tuned = architectures.with_runtime(pretrained, section)
+    assert tuned.attention_dropout_rate == 0.1 and tuned != pretrained
+    assert tuned.replace(**architectures.runtime_fields(architecture, {
+        "dropout_rate": 0.0, "attention_dropout_rate": 0.0})) == pretrained
