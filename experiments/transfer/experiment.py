@@ -12,7 +12,6 @@ so the experiment continues where it was stopped.
 """
 
 import dataclasses
-import json
 from collections.abc import Callable
 
 import ml_collections
@@ -21,9 +20,9 @@ from lmjax import paths
 from lmjax.data import tasks
 from lmjax.data.cache import learned_size
 from lmjax.data.pretrain_input import tokenizer_file
-from lmjax.errors import ConfigError, UserError
+from lmjax.errors import ConfigError
 from experiments.transfer import results as transfer_results
-from lmjax.runs import finetuning, pretraining
+from lmjax.runs import finetuning, pretraining, series
 from lmjax.trainer import scaffold
 
 @dataclasses.dataclass(frozen=True)
@@ -168,53 +167,13 @@ def plan(config, workdir: str) -> Plan:
   return Plan(pre, fine)
 
 
-def _finished(workdir, config) -> dict | None:
-  """The summary of a finished run in `workdir` made with `config`; None
-  when it has not finished; UserError when it was made with another config."""
-  workdir = paths.resolve(workdir)
-  if not (workdir / "summary.json").exists():
-    return None
-  try:
-    summary = json.loads((workdir / "summary.json").read_text())
-    saved = json.loads((workdir / "config.json").read_text())
-  except (OSError, ValueError) as e:
-    raise UserError(f"{workdir}: its summary.json or config.json cannot be read "
-                    f"({type(e).__name__}); move the run aside to run it again") from None
-  if summary.get("stopped_by"):
-    return None
-  wanted = json.loads(config.to_json())
-  if wanted.get("train", {}).get("budget_minutes") is not None:
-    wanted["train"]["steps"] = saved.get("train", {}).get("steps")  # what the budget afforded
-  if saved != wanted:
-    raise UserError(f"{workdir} holds a run made with another config; use a new "
-                    "--workdir, or the config it was made with")
-  return summary
-
-
-def _run_once(fn: Callable[[object, str], dict], config, workdir: str, label: str,
-              echo: Callable[[str], None]) -> dict:
-  summary = _finished(workdir, config)
-  if summary is not None:
-    echo(f"{label}: finished earlier, read from {workdir}")
-    return summary
-  echo(f"{label}: running in {workdir}")
-  summary = fn(config, workdir)
-  if summary.get("stopped_by"):
-    raise _Stopped(dict(stopped_by=summary["stopped_by"], stopped_in=label))
-  return summary
-
-
-class _Stopped(Exception):
-  """A run stopped before its end (SIGTERM): the experiment stops there."""
-
-
 def run(config, workdir: str, echo: Callable[[str], None] = print) -> dict:
   """Runs (or reads) every run of the plan, then writes the results; returns
   them (also DIR/results.json), or {stopped_by, stopped_in} when a run was
   stopped (SIGTERM): running it again continues."""
   try:
     return _run_all(config, workdir, echo)
-  except _Stopped as e:
+  except series.Stopped as e:
     return e.args[0]
 
 
@@ -224,7 +183,7 @@ def _run_all(config, workdir: str, echo: Callable[[str], None]) -> dict:
   total = len(runs.pretraining) + len(runs.finetuning)
   pretrained, finetuned = {}, {}
   for i, (name, section) in enumerate(runs.pretraining.items(), 1):
-    summary = _run_once(pretraining.train_and_evaluate, section,
+    summary = series.run_once(pretraining.train_and_evaluate, section,
                         str(paths.resolve(workdir) / "pretrain" / name),
                         f"[{i}/{total}] pretraining {name}", echo)
     _, nsp, cp = VARIANTS[name].objectives
@@ -233,7 +192,7 @@ def _run_all(config, workdir: str, echo: Callable[[str], None]) -> dict:
     pretrained[name] = {k: v for k, v in summary.items() if not untrained.get(k)}
   for i, ((name, seed), section) in enumerate(runs.finetuning.items(),
                                               len(runs.pretraining) + 1):
-    finetuned[name, seed] = _run_once(
+    finetuned[name, seed] = series.run_once(
         finetuning.finetune, section,
         str(paths.resolve(workdir) / "finetune" / name / f"seed_{section.seed}"),
         f"[{i}/{total}] fine-tuning {name}, seed {section.seed}", echo)

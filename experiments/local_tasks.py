@@ -1,0 +1,91 @@
+"""Three labelled tasks made from the built-in Austen corpus, as local tsv
+files (text, label), for scoring fine-tuning where no task can be
+downloaded:
+
+  python -m experiments.local_tasks --out=DIR
+
+  novels.tsv       which of the six novels a passage of three sentences
+                   comes from (6 classes, 4,000 passages, ~70 words)
+  speech.tsv       whether a sentence is spoken or narrated, its quotation
+                   marks removed (2 classes, 3,000 sentences, 8-40 words)
+  early_late.tsv   whether a short sentence comes from the three novels
+                   drafted in the 1790s or the three written after 1810
+                   (2 classes, 2,000 sentences, 5-15 words)
+
+Each file is split by lmjax's hash of the text (about 80/10/10). The same
+files come out on every machine: the sampling is seeded.
+"""
+
+import argparse
+import gzip
+import random
+import re
+import sys
+from pathlib import Path
+
+from lmjax.data import builtin
+
+# The novels in the corpus's chapter order, and each one's number of chapters.
+NOVELS = (("sense_and_sensibility", 50), ("pride_and_prejudice", 62), ("mansfield_park", 48),
+          ("emma", 55), ("northanger_abbey", 31), ("persuasion", 24))
+EARLY = {"sense_and_sensibility", "pride_and_prejudice", "northanger_abbey"}
+_QUOTES = re.compile("[\"\u201c\u201d]")
+
+
+def chapters_by_novel() -> list[tuple[str, list[str]]]:
+  """(novel, sentences of one chapter) for every chapter, in order."""
+  with gzip.open(builtin.AUSTEN_FILE, "rt", encoding="utf-8") as f:
+    chapters = [c.split("\n") for c in f.read().strip().split("\n\n")]
+  names = [name for name, count in NOVELS for _ in range(count)]
+  if len(names) != len(chapters):
+    raise SystemExit(f"the corpus has {len(chapters)} chapters, not {len(names)}")
+  return list(zip(names, chapters, strict=True))
+
+
+def novels(chapters, rng: random.Random, count: int = 4000) -> list[tuple[str, str]]:
+  passages = [(" ".join(sentences[i:i + 3]), name) for name, sentences in chapters
+              for i in range(0, len(sentences) - 2, 3)]
+  return rng.sample(passages, count)
+
+
+def speech(chapters, rng: random.Random, count: int = 3000) -> list[tuple[str, str]]:
+  rows = []
+  for _, sentences in chapters:
+    for sentence in sentences:
+      text = " ".join(_QUOTES.sub(" ", sentence).split())
+      if 8 <= len(text.split()) <= 40:
+        rows.append((text, "spoken" if _QUOTES.search(sentence) else "narrated"))
+  return rng.sample(rows, count)
+
+
+def early_late(chapters, rng: random.Random, count: int = 2000) -> list[tuple[str, str]]:
+  rows = [(sentence, "early" if name in EARLY else "late") for name, sentences in chapters
+          for sentence in sentences if 5 <= len(sentence.split()) <= 15
+          and not _QUOTES.search(sentence)]
+  return rng.sample(rows, count)
+
+
+def write(path: Path, rows: list[tuple[str, str]]) -> None:
+  path.write_text("text\tlabel\n" + "".join(f"{' '.join(t.split())}\t{label}\n"
+                                            for t, label in rows), encoding="utf-8")
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--out", required=True, help="the directory the files go into")
+  out = Path(parser.parse_args(argv).out)
+  if out.exists() and not out.is_dir():
+    print(f"error: --out={out} is a file; name a directory", file=sys.stderr)
+    return 2
+  out.mkdir(parents=True, exist_ok=True)
+  chapters = chapters_by_novel()
+  for name, make in (("novels", novels), ("speech", speech), ("early_late", early_late)):
+    rows = make(chapters, random.Random(name))
+    write(out / f"{name}.tsv", rows)
+    labels = sorted({label for _, label in rows})
+    print(f"{out / name}.tsv: {len(rows)} examples, {len(labels)} labels", flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
