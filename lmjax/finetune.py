@@ -24,6 +24,12 @@ def run(config, workdir: str) -> dict:
   return finetune(config, workdir)
 
 
+AT_MAJORITY = (
+    "its best validation accuracy is the majority class's: the model learned nothing the "
+    "class counts do not say; try a higher --config.train.learning_rate (a tiny encoder "
+    "takes 1e-3), more --config.train.epochs, or a pretrained --config.init.source")
+
+
 def report(summary: dict, seconds: float) -> str | None:
   """Where the predictions went, or the best checkpoint's main metric next
   to the baselines' (the majority class, TF-IDF with a linear model)."""
@@ -37,7 +43,8 @@ def report(summary: dict, seconds: float) -> str | None:
       shown = ", ".join(f"{name}: {value:.4f}" for name, value in baselines if value is not None)
       return (f"{summary['task']}: {split} {metric} {summary[f'{prefix}_{metric}']:.4f}"
               + (f" ({shown})" if shown else "")
-              + f", best checkpoint step {summary['best_step']}; {seconds:.0f}s")
+              + f", best checkpoint step {summary['best_step']}; {seconds:.0f}s"
+              + (f"\n{AT_MAJORITY}" if summary.get("at_majority_class") else ""))
   return None
 
 

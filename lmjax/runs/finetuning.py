@@ -263,6 +263,9 @@ def finetune(config, workdir: str | os.PathLike) -> dict:
         params = best.params(steps.abstract_like(result.state.params,
                                                  job.shardings.params))
         summary.update(_final_scores(task, splits, scorers, best, params))
+        if "eval_majority_accuracy" in summary and "eval_accuracy" in summary:
+          summary["at_majority_class"] = bool(
+              summary["eval_accuracy"] <= summary["eval_majority_accuracy"] + 1e-9)
         run.log(result.step, {k: v for k, v in summary.items() if k.startswith("test_")})
       summary = {k: round(v, 5) if isinstance(v, float) else v for k, v in summary.items()}
       run.write_summary(summary)
