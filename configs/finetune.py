@@ -49,9 +49,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict(dict(
       batch_size=32,
-      epochs=3.0,
+      epochs=5.0,
       steps=0,  # > 0 overrides epochs
-      **config_sections.optimizer(learning_rate=1e-4),
+      # None: 5e-4 for encoders up to 256 wide (tiny, mini), 1e-4 up to 512, 3e-5 wider
+      **config_sections.optimizer(learning_rate=ml_collections.config_dict.placeholder(float)),
       warmup_fraction=0.1,
       log_every=50,
       eval_every=0,  # 0 = once an epoch

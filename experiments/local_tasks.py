@@ -8,9 +8,9 @@ downloaded:
                    comes from (6 classes, 4,000 passages, ~70 words)
   speech.tsv       whether a sentence is spoken or narrated, its quotation
                    marks removed (2 classes, 3,000 sentences, 8-40 words)
-  early_late.tsv   whether a short sentence comes from the three novels
-                   drafted in the 1790s or the three written after 1810
-                   (2 classes, 2,000 sentences, 5-15 words)
+  questions.tsv    whether a short sentence asks or tells, its last
+                   punctuation mark removed (2 classes, 2,000 sentences,
+                   4-15 words, a third of them questions)
 
 Each file is split by lmjax's hash of the text (about 80/10/10). The same
 files come out on every machine: the sampling is seeded.
@@ -28,7 +28,6 @@ from lmjax.data import builtin
 # The novels in the corpus's chapter order, and each one's number of chapters.
 NOVELS = (("sense_and_sensibility", 50), ("pride_and_prejudice", 62), ("mansfield_park", 48),
           ("emma", 55), ("northanger_abbey", 31), ("persuasion", 24))
-EARLY = {"sense_and_sensibility", "pride_and_prejudice", "northanger_abbey"}
 _QUOTES = re.compile("[\"\u201c\u201d]")
 
 
@@ -58,11 +57,16 @@ def speech(chapters, rng: random.Random, count: int = 3000) -> list[tuple[str, s
   return rng.sample(rows, count)
 
 
-def early_late(chapters, rng: random.Random, count: int = 2000) -> list[tuple[str, str]]:
-  rows = [(sentence, "early" if name in EARLY else "late") for name, sentences in chapters
-          for sentence in sentences if 5 <= len(sentence.split()) <= 15
-          and not _QUOTES.search(sentence)]
-  return rng.sample(rows, count)
+def questions(chapters, rng: random.Random, count: int = 2000) -> list[tuple[str, str]]:
+  rows = {"question": [], "statement": []}
+  for _, sentences in chapters:
+    for sentence in sentences:
+      text = " ".join(_QUOTES.sub(" ", sentence).split())
+      if 4 <= len(text.split()) <= 15 and text[-1] in ".?":
+        rows["question" if text.endswith("?") else "statement"].append(text[:-1])
+  asked = [(t, "question") for t in rng.sample(rows["question"], count // 3)]
+  told = [(t, "statement") for t in rng.sample(rows["statement"], count - len(asked))]
+  return rng.sample(asked + told, count)
 
 
 def write(path: Path, rows: list[tuple[str, str]]) -> None:
@@ -79,7 +83,7 @@ def main(argv: list[str]) -> int:
     return 2
   out.mkdir(parents=True, exist_ok=True)
   chapters = chapters_by_novel()
-  for name, make in (("novels", novels), ("speech", speech), ("early_late", early_late)):
+  for name, make in (("novels", novels), ("speech", speech), ("questions", questions)):
     rows = make(chapters, random.Random(name))
     write(out / f"{name}.tsv", rows)
     labels = sorted({label for _, label in rows})

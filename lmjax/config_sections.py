@@ -47,12 +47,12 @@ def with_added_fields(saved: Mapping[str, Any], now: Mapping[str, Any]) -> dict[
   return saved
 
 
-def optimizer(learning_rate: float) -> dict[str, Any]:
+def optimizer(learning_rate: Any) -> dict[str, Any]:
   """The optimizer's fields of a train section: BERT's AdamW (b1, b2, eps,
   decay 0.01 off LayerNorm parameters and biases) with clipping at 1."""
   return dict(
       optimizer="adamw",  # adamw | lamb
-      learning_rate=learning_rate,
+      learning_rate=learning_rate,  # the peak; fine-tuning's None = by the encoder's width
       schedule="linear",  # linear | cosine | one_cycle | warmup_stable_decay
       end_learning_rate_fraction=0.0,
       decay_fraction=0.2,  # warmup_stable_decay: the last steps that decay

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import scipy.special
 
+from lmjax import finetune as finetune_main
 from lmjax.data import builtin, tokenization
 from lmjax.data import tasks as cls
 from lmjax.data.tokenization import Tokenizer
@@ -52,6 +53,7 @@ def test_random_start_learns_the_task_beyond_the_majority_class(trained):
   assert summary["test_accuracy"] > summary["test_majority_accuracy"] + 0.15
   assert summary["eval_accuracy"] > summary["eval_majority_accuracy"] + 0.15
   assert 0.5 < summary["test_majority_accuracy"] < 0.7
+  assert summary["at_majority_class"] is False
   # A keyword decides the label: the bag-of-words baseline finds it.
   assert summary["test_tfidf_accuracy"] > 0.95 and summary["eval_tfidf_f1"] > 0.95
   lines = metric_lines(workdir)
@@ -63,6 +65,25 @@ def test_random_start_learns_the_task_beyond_the_majority_class(trained):
   assert (workdir / "best" / str(summary["best_step"])).is_dir()
   assert json.loads((workdir / "summary.json").read_text()) == summary
   assert any("test_accuracy" in line for line in lines)
+
+
+def test_the_default_learning_rate_follows_the_encoders_width():
+  train = finetune_config.get_config().train
+  assert train.learning_rate is None and train.epochs == 5
+  rates = [finetuning.learning_rate(train, width) for width in (128, 256, 512, 768, 1024)]
+  assert rates == [5e-4, 5e-4, 1e-4, 3e-5, 3e-5]
+  train.learning_rate = 2e-5
+  assert finetuning.learning_rate(train, 128) == 2e-5
+
+
+def test_a_run_that_learns_nothing_says_so_with_what_to_try(tmp_path, reviews_tsv):
+  c = task_config(reviews_tsv, steps=1, learning_rate=1e-9, eval_every=1)
+  c.init.source = "random"
+  summary = finetuning.finetune(c, tmp_path / "w")
+  assert summary["at_majority_class"] is True
+  assert summary["eval_accuracy"] <= summary["eval_majority_accuracy"]
+  line = finetune_main.report(summary, 1.0)
+  assert line.endswith(finetune_main.AT_MAJORITY) and "learning_rate" in line
 
 
 @pytest.mark.slow

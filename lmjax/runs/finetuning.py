@@ -165,13 +165,30 @@ def check_packing(task_config, encoded: dict[str, tasks.Encoded], max_position: 
                       "--config.task.packing=false")
 
 
-def _schedule(config, train_size: int) -> tuple[Schedule, ml_collections.ConfigDict]:
+# The peak learning rate by the encoder's width when config.train.learning_rate
+# is None: narrow encoders (BERT-tiny and -mini; ModernBERT-tiny), often from
+# few pretraining steps or none, learn nothing in a few epochs at BERT's rates;
+# BERT-base and -large take the BERT paper's range.
+LEARNING_RATES = ((256, 5e-4), (512, 1e-4), (None, 3e-5))
+
+
+def learning_rate(train, width: int) -> float:
+  """`train.learning_rate`, or the default of encoders `width` wide."""
+  if train.learning_rate is not None:
+    return train.learning_rate
+  return next(rate for most, rate in LEARNING_RATES if most is None or width <= most)
+
+
+def _schedule(config, train_size: int,
+              width: int) -> tuple[Schedule, ml_collections.ConfigDict]:
   """The loop's schedule, and the `train` section with `steps` and
-  `warmup_steps` resolved from epochs and the training set's size."""
+  `warmup_steps` resolved from epochs and the training set's size, and the
+  learning rate from the encoder's `width` when it is None."""
   train = config.train
   total = train.steps or max(1, round(train.epochs * train_size / train.batch_size))
   resolved = ml_collections.ConfigDict(train.to_dict())
   resolved.steps, resolved.warmup_steps = total, int(train.warmup_fraction * total)
+  resolved.learning_rate = learning_rate(train, width)
   eval_every = train.eval_every or math.ceil(train_size / train.batch_size)
   schedule = Schedule(total, train.log_every, eval_every,
                       train.checkpoint_every or eval_every, eval_at_start=True,
@@ -182,7 +199,10 @@ def _schedule(config, train_size: int) -> tuple[Schedule, ml_collections.ConfigD
 def _job(config, mesh, task, start: init_sources.Start, encoded, best: BestCheckpoint):
   """(the job, the scorers of the evaluated splits)."""
   train_arrays = encoded["train"].arrays
-  schedule, resolved = _schedule(config, len(encoded["train"]))
+  schedule, resolved = _schedule(config, len(encoded["train"]), start.config.hidden_size)
+  if config.train.learning_rate is None and scaffold.is_lead():
+    print(f"learning rate {resolved.learning_rate:g} (the default for encoders "
+          f"{start.config.hidden_size} wide)", flush=True)
   tx = optimizer.create_optimizer(resolved)
   model = architectures.classification_model(start.config, task.num_labels)
   init = classification.init_params(model, {k: v[:1] for k, v in train_arrays.items()})

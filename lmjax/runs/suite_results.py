@@ -47,6 +47,8 @@ def results(config, suite, done: dict[tuple[str, str, int], dict]) -> dict:
   protocol = {k: config.finetune.train[k] for k in ("epochs", "steps", "batch_size",
                                                      "learning_rate", "schedule",
                                                      "warmup_fraction")}
+  if protocol["learning_rate"] is None:
+    protocol["learning_rate"] = "by the encoder's width"
   return dict(tasks=rows, average=average, starts=dict(suite.starts), seeds=len(seeds),
               protocol=protocol, complete=len(rows) == len(suite.tasks))
 

@@ -79,7 +79,8 @@ def check_config(train) -> None:
   checks = [
       ("optimizer", train.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
       ("schedule", train.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
-      ("learning_rate", train.learning_rate > 0, "positive"),
+      ("learning_rate", train.learning_rate is None or train.learning_rate > 0,
+       "positive"),
       ("end_learning_rate_fraction", 0 <= train.end_learning_rate_fraction <= 1,
        "in [0, 1]"),
       ("decay_fraction", 0 < train.decay_fraction <= 1, "in (0, 1]"),
