@@ -11,10 +11,17 @@ default.
 """
 
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Tests build the same tiny models again and again, in this process and in the
+# processes they start: JAX's persistent compilation cache, one per session,
+# compiles each program once (keyed by the program and the XLA flags).
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="lmjax-test-jit-")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _COMPILATION_CACHE)
 
 
 import random  # noqa: E402 (after the flags above)
@@ -34,6 +41,11 @@ def pytest_configure(config):
   jax has made no backend yet."""
   if not config.getoption("--slow"):
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+
+
+def pytest_unconfigure(config):
+  del config
+  shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -76,6 +76,7 @@ def test_the_default_learning_rate_follows_the_encoders_width():
   assert finetuning.learning_rate(train, 128) == 2e-5
 
 
+@pytest.mark.slow
 def test_a_run_that_learns_nothing_says_so_with_what_to_try(tmp_path, reviews_tsv):
   c = task_config(reviews_tsv, steps=1, learning_rate=1e-9, eval_every=1)
   c.init.source = "random"

@@ -20,7 +20,7 @@ from helpers import pretrain_config
 
 from lmjax import config_sections, parallel
 from lmjax.data.tokenization import Tokenizer
-from lmjax.errors import ConfigError
+from lmjax.errors import ConfigError, UserError
 from lmjax.runs import pretraining
 from lmjax.trainer.checkpoints import Checkpoints
 from lmjax.trainer.loop import TrainingDiverged
@@ -250,18 +250,27 @@ def test_a_linear_probe_scores_every_evaluation(env, tmp_path):
 @pytest.mark.parametrize("override,message", [
     ("--config.train.nosuchkey=1", "nosuchkey"),
     ("--config.train.steps=zero", "steps"),
-    ("--config.train.optimizer=sgd", "config.train.optimizer"),
-    ("--config.model.size=huge", "size"),
     ("--config.data.source=text:/no/such/corpus.txt", "no such file"),
-    ("--config.probe.source=tsv:/no/such/task.tsv", "config.probe: "),
-    ("--config.probe.source=sst", "config.probe.source 'sst' is not rt_polarity"),
-    ("--config.probe.train_examples=1", "config.probe.train_examples must be at least 2"),
 ])
 def test_bad_configs_fail_before_any_work(env, tmp_path, override, message):
   done = run(env, tmp_path / "w", override, check=False)
   assert done.returncode == 2, done.stderr[-2000:]
   assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
   assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+@pytest.mark.usefixtures("data_dirs")
+@pytest.mark.parametrize("field,value,message", [
+    ("train.optimizer", "sgd", "config.train.optimizer must be one of adamw, lamb"),
+    ("model.size", "huge", "config.model.size must be one of"),
+    ("probe.source", "tsv:/no/such/task.tsv", "config.probe: "),
+    ("probe.source", "sst", "config.probe.source 'sst' is not rt_polarity"),
+    ("probe.train_examples", 1, "config.probe.train_examples must be at least 2"),
+])
+def test_bad_fields_are_one_error_before_anything_is_written(tmp_path, field, value, message):
+  with pytest.raises(UserError, match=re.escape(message)):
+    pretraining.train_and_evaluate(tiny_config(**{field: value}), tmp_path / "w")
+  assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize("field,value,message", [

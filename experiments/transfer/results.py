@@ -2,12 +2,9 @@
 (mean and standard deviation over seeds), as results.json, a Markdown table
 (results.md) and a plot (results.png)."""
 
-import io
-import json
-
 import numpy as np
 
-from lmjax import paths
+from lmjax.runs import series
 
 # Pretraining figures shown next to the task's (the final evaluation's).
 PRETRAINING_KEYS = ("eval_mlm_accuracy", "eval_probe_accuracy", "eval_nsp_accuracy",
@@ -121,15 +118,8 @@ def plot(results: dict) -> bytes:
                  fontsize=10)
   axis.grid(axis="y", alpha=0.3)
   axis.legend(fontsize=8)
-  figure.tight_layout()
-  buffer = io.BytesIO()
-  figure.savefig(buffer, format="png", dpi=110)
-  plt.close(figure)
-  return buffer.getvalue()
+  return series.png(figure)
 
 
 def write(workdir, results: dict) -> None:
-  directory = paths.resolve(workdir)
-  paths.write_whole(directory / "results.json", json.dumps(results, indent=2) + "\n")
-  paths.write_whole(directory / "results.md", markdown(results))
-  paths.write_whole(directory / "results.png", plot(results))
+  series.write_results(workdir, results, markdown(results), plot(results))

@@ -2,6 +2,7 @@
 ordinary workdir, read when it finished with the same config, resumed when
 it did not, so that a stopped series continues where it was."""
 
+import io
 import json
 from collections.abc import Callable
 
@@ -52,3 +53,21 @@ def run_once(fn: Callable[[object, str], dict], config, workdir: str, label: str
   if summary.get("stopped_by"):
     raise Stopped(dict(stopped_by=summary["stopped_by"], stopped_in=label))
   return summary
+
+
+def png(figure) -> bytes:
+  """A matplotlib figure laid out, as PNG bytes; the figure is closed."""
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  figure.tight_layout()
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=110)
+  plt.close(figure)
+  return buffer.getvalue()
+
+
+def write_results(workdir: paths.PathLike, results: dict, table: str, plot: bytes) -> None:
+  """DIR/results.json, results.md and results.png of a series."""
+  directory = paths.resolve(workdir)
+  paths.write_whole(directory / "results.json", json.dumps(results, indent=2) + "\n")
+  paths.write_whole(directory / "results.md", table)
+  paths.write_whole(directory / "results.png", plot)

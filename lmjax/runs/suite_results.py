@@ -3,12 +3,9 @@
 the average of its task medians (as the GLUE score averages tasks); as
 results.json, results.md and results.png."""
 
-import io
-import json
-
 import numpy as np
 
-from lmjax import paths
+from lmjax.runs import series
 
 BASELINES = (("majority", "majority class"), ("tfidf", "TF-IDF + linear model"))
 
@@ -107,15 +104,8 @@ def plot(results: dict) -> bytes:
   axis.set_title(f"task suite, {results['seeds']} seeds", fontsize=10)
   axis.grid(axis="y", alpha=0.3)
   axis.legend(fontsize=8)
-  figure.tight_layout()
-  buffer = io.BytesIO()
-  figure.savefig(buffer, format="png", dpi=110)
-  plt.close(figure)
-  return buffer.getvalue()
+  return series.png(figure)
 
 
 def write(workdir, results: dict) -> None:
-  directory = paths.resolve(workdir)
-  paths.write_whole(directory / "results.json", json.dumps(results, indent=2) + "\n")
-  paths.write_whole(directory / "results.md", markdown(results))
-  paths.write_whole(directory / "results.png", plot(results))
+  series.write_results(workdir, results, markdown(results), plot(results))
