@@ -2,7 +2,7 @@
 files (text, label), for scoring fine-tuning where no task can be
 downloaded:
 
-  python -m experiments.local_tasks --out=DIR
+  python -m experiments.local_tasks --output=DIR
 
   novels.tsv       which of the six novels a passage of three sentences
                    comes from (6 classes, 4,000 passages, ~70 words)
@@ -16,13 +16,12 @@ Each file is split by lmjax's hash of the text (about 80/10/10). The same
 files come out on every machine: the sampling is seeded.
 """
 
-import argparse
 import gzip
 import random
 import re
-import sys
 from pathlib import Path
 
+from lmjax import scripts
 from lmjax.data import builtin
 
 # The novels in the corpus's chapter order, and each one's number of chapters.
@@ -37,7 +36,7 @@ def chapters_by_novel() -> list[tuple[str, list[str]]]:
     chapters = [c.split("\n") for c in f.read().strip().split("\n\n")]
   names = [name for name, count in NOVELS for _ in range(count)]
   if len(names) != len(chapters):
-    raise SystemExit(f"the corpus has {len(chapters)} chapters, not {len(names)}")
+    raise AssertionError(f"the built-in corpus has {len(chapters)} chapters, not {len(names)}")
   return list(zip(names, chapters, strict=True))
 
 
@@ -74,13 +73,9 @@ def write(path: Path, rows: list[tuple[str, str]]) -> None:
                                             for t, label in rows), encoding="utf-8")
 
 
-def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--out", required=True, help="the directory the files go into")
-  out = Path(parser.parse_args(argv).out)
-  if out.exists() and not out.is_dir():
-    print(f"error: --out={out} is a file; name a directory", file=sys.stderr)
-    return 2
+def main(argv: list[str]) -> None:
+  args = scripts.parse(scripts.parser(__doc__, output="the three .tsv files"), argv)
+  out = Path(args.output)
   out.mkdir(parents=True, exist_ok=True)
   chapters = chapters_by_novel()
   for name, make in (("novels", novels), ("speech", speech), ("questions", questions)):
@@ -88,8 +83,7 @@ def main(argv: list[str]) -> int:
     write(out / f"{name}.tsv", rows)
     labels = sorted({label for _, label in rows})
     print(f"{out / name}.tsv: {len(rows)} examples, {len(labels)} labels", flush=True)
-  return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  scripts.run(main)

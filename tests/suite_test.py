@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from experiments import local_tasks
 from helpers import BAD, FILLER, GOOD, ROOT
-from lmjax.data import builtin
+from lmjax.data import builtin, tasks
 from lmjax.errors import ConfigError, UserError
 from lmjax.interop.hf import save_hf_bert
 from lmjax.model import BertConfig, BertForPreTraining
@@ -183,3 +184,22 @@ def test_a_suite_writes_its_tables_and_resumes_where_it_stopped(task_files, hf_e
   assert len(ran) == 1 and ran[0].startswith("[4/4] big, random, seed 0")
   assert sum("finished earlier" in line for line in lines) == 3
   assert again == results
+
+
+def test_the_local_tasks_are_the_same_files_every_time_and_load_as_tasks(tmp_path, capsys):
+  local_tasks.main([f"--output={tmp_path / 'a'}"])
+  local_tasks.main([f"--output={tmp_path / 'b'}"])
+  assert "novels.tsv: 4000 examples, 6 labels" in capsys.readouterr().out
+  sizes = {"novels": (4000, 6), "speech": (3000, 2), "questions": (2000, 2)}
+  for name, (count, classes) in sizes.items():
+    first = (tmp_path / "a" / f"{name}.tsv").read_bytes()
+    assert first == (tmp_path / "b" / f"{name}.tsv").read_bytes()
+    task = tasks.task_of(f"tsv:{tmp_path / 'a' / name}.tsv")
+    splits = [tasks.load_split(task, split) for split in ("train", "validation", "test")]
+    assert sum(len(s) for s in splits) == count and len(task.labels) == classes
+    assert len(splits[1]) > 0.05 * count and len(splits[2]) > 0.05 * count
+  spoken = [line for line in (tmp_path / "a" / "speech.tsv").read_text().splitlines()
+            if line.endswith("\tspoken")]
+  assert spoken and not any('"' in line for line in spoken)  # the quotation marks are gone
+  with pytest.raises(UserError, match="is a file"):
+    local_tasks.main([f"--output={tmp_path / 'a' / 'novels.tsv'}"])
