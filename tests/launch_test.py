@@ -248,7 +248,11 @@ def pretrain_command(workdir, *extra, corpus=None):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-  return dict(os.environ, TFDS_DATA_DIR=str(tmp_path_factory.mktemp("tfds")),
+  # Without the session's compilation cache (conftest): the processes of one
+  # run compile the same programs at once, and JAX writes a cache entry in
+  # place, so one process could read another's half-written file.
+  environ = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  return dict(environ, TFDS_DATA_DIR=str(tmp_path_factory.mktemp("tfds")),
               LMJAX_CACHE=str(tmp_path_factory.mktemp("cache")))
 
 
