@@ -119,11 +119,10 @@ def plan(config, echo: Callable[[str], None] = print) -> Plan:
   starts = _names(config.starts, "starts")
   task_names = {s: task_name(s) for s in sources}
   start_names = {s: start_name(s) for s in starts}
-  if len(set(sources)) < len(sources) or len(set(starts)) < len(starts):
-    field = "tasks" if len(set(sources)) < len(sources) else "starts"
-    twice = next(s for s in (sources if field == "tasks" else starts)
-                 if (sources if field == "tasks" else starts).count(s) > 1)
-    raise ConfigError(f"config.{field} names {twice!r} twice; a suite runs each once")
+  for field, items in (("tasks", sources), ("starts", starts)):
+    twice = next((item for item in items if items.count(item) > 1), None)
+    if twice:
+      raise ConfigError(f"config.{field} names {twice!r} twice; a suite runs each once")
   _unique(task_names, "tasks")
   _unique(start_names, "starts")
   like = next((_start_fields(s) for s in starts if s.startswith("pretrain:")), {})
