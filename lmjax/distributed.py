@@ -73,8 +73,12 @@ def requested(environ=os.environ) -> bool:
 
 
 def watch_peers(timeout: float, interval: float = 1.0) -> threading.Thread:
-  """Starts the watch thread (see the module docstring); a process that
-  exits says so, so that finishing is not taken for dying."""
+  """Starts the watch thread (see the module docstring). At exit the watch
+  stops before JAX's own clean-up, and the process then says it exited, so
+  that finishing is not taken for dying. (A daemon thread still calling the
+  coordination service when the interpreter finalizes is ended in the middle
+  of C++ code, and that aborts the process: `terminate called after
+  throwing an instance of ''`.)"""
   from jax._src import distributed  # pylint: disable=import-outside-toplevel
   global _me, _count  # pylint: disable=global-statement
   client = distributed.global_state.client
@@ -88,6 +92,8 @@ def watch_peers(timeout: float, interval: float = 1.0) -> threading.Thread:
     seen = {p: (None, time.monotonic()) for p in range(count) if p != me}
     unreachable_since = None
     for n in range(sys.maxsize):
+      if finished.is_set():
+        return
       now = time.monotonic()
       try:
         beat(str(n))
@@ -113,11 +119,17 @@ def watch_peers(timeout: float, interval: float = 1.0) -> threading.Thread:
       if lost:
         _stop(f"process {lost[0]} of {count} has shown no sign of life for "
               f"{timeout:.0f} s (killed, or its host lost)")
-      time.sleep(interval)
+      finished.wait(interval)
 
-  atexit.register(_quietly, beat, _EXITED)
+  def leave() -> None:
+    finished.set()
+    thread.join(timeout + interval)
+    _quietly(beat, _EXITED)
+
+  finished = threading.Event()
   thread = threading.Thread(target=watch, name="lmjax-peer-watch", daemon=True)
   thread.start()
+  atexit.register(leave)  # after jax's clean-up was registered: runs before it
   return thread
 
 

@@ -100,6 +100,17 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_period():
   assert done.returncode == 4
 
 
+def test_processes_whose_watch_polls_without_pause_exit_cleanly():
+  """The peer watch stops before the interpreter finalizes: a watch still
+  calling the coordination service then aborted its process at exit
+  (`terminate called after throwing an instance of ''`, status 134; six
+  runs in six before the fix, with this polling)."""
+  done = launch("2", sys.executable, "tests/scripts/watched_exit.py", timeout=120)
+  assert done.returncode == 0, tail(done)
+  assert sorted(line for line in done.stdout.splitlines() if "leaves" in line) == [
+      "[0] process 0 leaves", "[1] process 1 leaves"]
+
+
 def run_to_end(command: list[str], env=None, timeout: float = 120) -> tuple[int, str]:
   """(status, stdout) of `command`; a run still going after `timeout` s
   (hung) is killed with all its processes and fails the test."""
