@@ -22,6 +22,7 @@ from lmjax import config_sections, parallel
 from lmjax.data.tokenization import Tokenizer
 from lmjax.errors import ConfigError, UserError
 from lmjax.runs import pretraining
+from lmjax.trainer import budget
 from lmjax.trainer.checkpoints import Checkpoints
 from lmjax.trainer.loop import TrainingDiverged
 
@@ -441,6 +442,17 @@ def test_help_lists_every_config_field_with_its_default_and_comment():
   assert len(fields) == sum(1 for _ in config_sections.leaves(
       pretrain_config.get_config().to_dict())) > 40
 
+
+
+def test_a_budget_affords_the_steps_whose_compilations_steps_and_evaluations_fit():
+  timing = budget.Timing(compile_s=7.0, step_s=0.25, first_eval_s=5.0, eval_s=3.0, shapes=3)
+  # 3 compilations (21 s), the first evaluation's 2 s of compiling, 0.25 s a
+  # step and 3 s for each of ceil(steps / 1000) evaluations.
+  assert timing.cost(2500, 1000) == pytest.approx(21 + 2 + 625 + 9)
+  steps = budget.affordable_steps(900.0, timing, 1000)
+  assert timing.cost(steps, 1000) <= 900.0 < timing.cost(steps + 1, 1000)
+  assert steps == 3460  # 900 - 23 - 4 * 3 = 865 s of steps
+  assert budget.affordable_steps(20.0, timing, 1000) == 0
 
 
 @pytest.mark.slow

@@ -218,7 +218,8 @@ def _within_budget(config, workdir, job_of) -> tuple[object, _Budget | None]:
     if scaffold.is_lead():
       print(f"the budget of {minutes:g} min affords {steps} steps ({timing.step_s:.3f} s a "
             f"step, {timing.eval_s:.1f} s an evaluation every {config.train.eval_every} "
-            f"steps, {timing.compile_s:.1f} s to compile)", flush=True)
+            f"steps, {timing.compile_s:.1f} s to compile each of {timing.shapes} batch "
+            "shapes)", flush=True)
   config = ml_collections.ConfigDict(config.to_dict())
   config.train.steps = steps
   if steps < 1:

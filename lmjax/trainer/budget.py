@@ -3,12 +3,16 @@ Cramming (Geiping and Goldstein, 2022) does: the steps the budget affords
 are measured once, at the start of a fresh run, and become the run's
 `train.steps`, so that its schedule (warm-up, decay) spans the budget.
 
-The budget counts the training: the step's compilation, the measurement
+The budget counts the training: the step's compilations, the measurement
 itself, the steps and the evaluations (every `eval_every` steps and at the
 end); not the data's preparation before it, nor checkpoint saves, which run
-in the background. The count is recorded in the workdir's config, so a
-resumed run finishes the very schedule it started (and resumes bit for bit)
-however long it was stopped.
+in the background. Packed batches come in several shapes, each compiled
+once: the run is charged a compilation for each shape the measured batches
+took (more may come later; a long run's row counts settle on a few).
+
+The count is recorded in the workdir's config, so a resumed run finishes
+the very schedule it started (and resumes bit for bit) however long it was
+stopped.
 """
 
 import dataclasses
@@ -36,13 +40,14 @@ class Timing:
   step_s: float  # a training step, its batch's preparation included
   first_eval_s: float  # the first evaluation, its compilation included
   eval_s: float  # an evaluation after it
+  shapes: int = 1  # the batch shapes the measured steps took: each compiles
 
   def cost(self, steps: int, eval_every: int) -> float:
-    """The seconds a run of `steps` spends: the compilation, the steps,
+    """The seconds a run of `steps` spends: the compilations, the steps,
     and an evaluation every `eval_every` steps and at the end."""
     evaluations = -(-steps // eval_every)
-    return (self.compile_s + self.first_eval_s - self.eval_s + steps * self.step_s
-            + evaluations * self.eval_s)
+    return (self.shapes * self.compile_s + self.first_eval_s - self.eval_s
+            + steps * self.step_s + evaluations * self.eval_s)
 
 
 def affordable_steps(seconds: float, timing: Timing, eval_every: int) -> int:
@@ -60,9 +65,10 @@ def measure(job, seed: int) -> Timing:
   rng = jax.jit(lambda: jax.random.key(seed), out_shardings=parallel.replicated(job.mesh))()
   loader = Loader(job.train_data, num_threads=job.num_threads)
   state = job.state
-  times = []
+  times, shapes = [], set()
   for _ in range(1 + WARM_STEPS + TIMED_STEPS):  # the first compiles
     batch = parallel.shard_batch(next(loader), job.mesh)
+    shapes.add(tuple(sorted((k, v.shape) for k, v in batch.items())))
     start = time.perf_counter()
     state, metrics = job.train_step(state, batch, rng)
     jax.block_until_ready(metrics)
@@ -73,7 +79,7 @@ def measure(job, seed: int) -> Timing:
     start = time.perf_counter()
     jax.block_until_ready(job.evaluate(state, 0))
     evals.append(time.perf_counter() - start)
-  return Timing(max(times[0] - step_s, 0.0), step_s, evals[0], min(evals))
+  return Timing(max(times[0] - step_s, 0.0), step_s, evals[0], min(evals), len(shapes))
 
 
 def recorded_steps(workdir: paths.PathLike, minutes: float) -> int | None:
