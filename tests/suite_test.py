@@ -177,11 +177,11 @@ def test_a_suite_writes_its_tables_and_resumes_where_it_stopped(task_files, hf_e
   assert (workdir / "results.png").read_bytes()[:4] == b"\x89PNG"
 
   # A run that did not finish (no summary) runs again; the others are read.
-  (workdir / "big" / "random" / "seed_0" / "summary.json").unlink()
+  (workdir / "small" / "random" / "seed_0" / "summary.json").unlink()
   lines.clear()
   again = suite.run(config, str(workdir), echo=lines.append)
   ran = [line for line in lines if "running in" in line]
-  assert len(ran) == 1 and ran[0].startswith("[4/4] big, random, seed 0")
+  assert len(ran) == 1 and ran[0].startswith("[2/4] small, random, seed 0")
   assert sum("finished earlier" in line for line in lines) == 3
   assert again == results
 

@@ -17,7 +17,6 @@ stopped.
 
 import dataclasses
 import json
-import statistics
 import time
 
 import jax
@@ -27,17 +26,18 @@ from lmjax import parallel, paths
 from lmjax.data.loader import Loader
 from lmjax.errors import UserError
 
-# Steps run after the compilation before any is timed, then steps timed: the
-# median of those is a step's time (a packed batch of a new shape compiles
-# once, an outlier the median ignores).
-WARM_STEPS, TIMED_STEPS = 2, 8
+# Steps the measurement runs before it times any (the first compiles, and
+# so may a new shape), then steps timed back to back, as the training loop
+# runs them; a timed stretch in which a new shape compiles is run again,
+# up to TRIES times.
+WARM_STEPS, TIMED_STEPS, TRIES = 3, 10, 3
 
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
   """What a run's pieces cost, in seconds."""
   compile_s: float  # the training step's compilation
-  step_s: float  # a training step, its batch's preparation included
+  step_s: float  # a training step, dispatched as the loop dispatches it
   first_eval_s: float  # the first evaluation, its compilation included
   eval_s: float  # an evaluation after it
   shapes: int = 1  # the batch shapes the measured steps took: each compiles
@@ -61,25 +61,39 @@ def affordable_steps(seconds: float, timing: Timing, eval_every: int) -> int:
 
 def measure(job, seed: int) -> Timing:
   """Times `job`'s compilation, steps and evaluation on its fresh state
-  (which the donated steps consume: build the job again to run it)."""
+  (which the donated steps consume: build the job again to run it). Steps
+  are timed as the loop runs them: the next batch taken from the loader and
+  put on the devices, and the step dispatched while the previous one
+  computes."""
   rng = jax.jit(lambda: jax.random.key(seed), out_shardings=parallel.replicated(job.mesh))()
   loader = Loader(job.train_data, num_threads=job.num_threads)
-  state = job.state
-  times, shapes = [], set()
-  for _ in range(1 + WARM_STEPS + TIMED_STEPS):  # the first compiles
-    batch = parallel.shard_batch(next(loader), job.mesh)
-    shapes.add(tuple(sorted((k, v.shape) for k, v in batch.items())))
+  state, shapes = job.state, set()
+
+  def run(steps: int) -> tuple[float, int]:
+    """(seconds, new shapes) of `steps` steps."""
+    nonlocal state
+    known = len(shapes)
     start = time.perf_counter()
-    state, metrics = job.train_step(state, batch, rng)
+    for _ in range(steps):
+      batch = parallel.shard_batch(next(loader), job.mesh)
+      shapes.add(tuple(sorted((k, v.shape) for k, v in batch.items())))
+      state, metrics = job.train_step(state, batch, rng)
     jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  step_s = statistics.median(times[1 + WARM_STEPS:])
+    return time.perf_counter() - start, len(shapes) - known
+
+  first_s, _ = run(1)  # compiles
+  run(WARM_STEPS)
+  for _ in range(TRIES):
+    seconds, new = run(TIMED_STEPS)
+    if not new:
+      break
+  step_s = seconds / TIMED_STEPS
   evals = []
   for _ in range(2):
     start = time.perf_counter()
     jax.block_until_ready(job.evaluate(state, 0))
     evals.append(time.perf_counter() - start)
-  return Timing(max(times[0] - step_s, 0.0), step_s, evals[0], min(evals), len(shapes))
+  return Timing(max(first_s - step_s, 0.0), step_s, evals[0], min(evals), len(shapes))
 
 
 def recorded_steps(workdir: paths.PathLike, minutes: float) -> int | None:
