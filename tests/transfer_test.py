@@ -64,8 +64,9 @@ def small(reviews, variants="mlm_cp,random", seeds=2):
   config.update(task=f"tsv:{reviews}", variants=variants, seeds=seeds)
   config.pretrain.data.update(tokenizer="learn:40", max_seq_length=32,
                               max_predictions_per_seq=5)
-  config.pretrain.train.update(batch_size=16, steps=12, warmup_steps=2, eval_every=12,
-                               eval_batches=2, checkpoint_every=12, log_every=6)
+  config.pretrain.train.update(batch_size=16, steps=12, budget_minutes=None, warmup_steps=2,
+                               eval_every=12, eval_batches=2, checkpoint_every=12,
+                               log_every=6)
   config.pretrain.probe.update(train_examples=100, eval_examples=40)
   config.finetune.task.max_seq_length = 32
   config.finetune.train.update(batch_size=16, steps=16, eval_every=8, log_every=8)
