@@ -4,7 +4,8 @@ Pretraining variants on one corpus, each fine-tuned on one task with several
 seeds, next to fine-tuning from random weights. The pretraining and
 fine-tuning runs take the `transfer` variants of configs/pretrain.py and
 configs/finetune.py, and any of their fields can be overridden, e.g.
-`--config.pretrain.train.steps=500 --config.finetune.train.epochs=3`.
+`--config.pretrain.train.budget_minutes=5 --config.finetune.train.epochs=3`
+(the pretraining runs for a budget: `train.steps` is what it affords).
 """
 
 import importlib.util
