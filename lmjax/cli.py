@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+from ml_collections import config_dict, config_flags
 
 from lmjax import config_sections
 from lmjax.errors import Fault, UserError
@@ -182,8 +182,12 @@ def _parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
     with contextlib.suppress(BrokenPipeError):
       _help(argv)
     sys.exit(0)
+  argv, unset = _unset_fields(argv)
+  sys.argv = _unset_fields(sys.argv)[0]  # config_flags reads its overrides there too
   try:
-    return flags.FLAGS(argv, known_only=known_only)
+    rest = flags.FLAGS(argv, known_only=known_only)
+    _apply_unset(unset)
+    return rest
   except flags.Error as e:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     if "Error whilst parsing config file" in lines[0]:  # the config file raised
@@ -201,6 +205,35 @@ def _parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
       _fail(_unknown_field(argv, message))
     _fail(f"bad config or flag: {message[0]}")  # config_flags' errors
   raise AssertionError("unreachable")
+
+
+_UNSET = re.compile(r"--config\.([\w.]+)=(?:none|None)")
+
+
+def _unset_fields(argv: list[str]) -> tuple[list[str], list[str]]:
+  """argv without its `--config.FIELD=none` flags, and those FIELDs: a field
+  whose default is unset (a placeholder, such as train.budget_minutes) takes
+  `none` to unset it again, which config_flags cannot parse as a number."""
+  unset = [m.group(1) for a in argv[1:] if (m := _UNSET.fullmatch(a))]
+  return [a for a in argv if not _UNSET.fullmatch(a)], unset
+
+
+def _apply_unset(unset: list[str]) -> None:
+  if not unset:
+    return
+  if "config" not in flags.FLAGS or flags.FLAGS["config"].value is None:
+    _fail(f"--config.{unset[0]}=none needs --config")
+  for path in unset:
+    *parents, name = path.split(".")
+    node = flags.FLAGS["config"].value
+    for part in parents:
+      node = node.get(part) if hasattr(node, "get") else None
+    fields = dict(node.items(preserve_field_references=True)) if hasattr(node, "items") else {}
+    if name not in fields:
+      _fail(f"unknown config field {path!r}")
+    if not isinstance(fields[name], config_dict.FieldReference):
+      _fail(f"config.{path} cannot be unset (none): give it a value")
+    node[name] = None
 
 
 def _unknown_field(argv: list[str], message: list[str]) -> str:

@@ -313,7 +313,7 @@ def test_the_whole_config_is_checked_in_one_place(field, value, message):
      "200 steps of config.train.steps; lower warmup_steps or decay_fraction"),
     ({"train.schedule": "one_cycle_ish"}, "config.train.schedule must be one of linear, "
      "cosine, one_cycle, warmup_stable_decay"),
-    ({"train.budget_minutes": 0.0}, "config.train.budget_minutes must be positive (unset: "
+    ({"train.budget_minutes": 0.0}, "config.train.budget_minutes must be positive (or none: "
      "train.steps says how long the run is)"),
     ({"data.eval_masked_lm_prob": 1.0}, "config.data.eval_masked_lm_prob must be in (0, 1)"),
 ])
@@ -421,6 +421,22 @@ def test_a_read_only_mount_is_one_line_for_a_new_run_and_a_resume(env, tmp_path,
     assert done.stderr.strip().splitlines() == [
         f"error: {workdir}: cannot write there (a read-only file system, or no permission)"]
   assert _tree(mount) == before
+
+
+@pytest.mark.parametrize("flag,message", [
+    # unset, the budget leaves train.steps to say how long the run is: 2, too few to warm up
+    ("--config.train.budget_minutes=none", "does not fit in the 2 steps of config.train.steps"),
+    ("--config.train.steps=none", "config.train.steps cannot be unset (none): give it a value"),
+    ("--config.train.budget=none", "unknown config field 'train.budget'"),
+])
+def test_a_field_whose_default_is_unset_takes_none_on_the_command_line(tmp_path, flag, message):
+  done = subprocess.run([sys.executable, "-m", "lmjax.pretrain",
+                         "--config=configs/pretrain.py:transfer", f"--workdir={tmp_path / 'w'}",
+                         "--config.train.steps=2", flag], capture_output=True, text=True,
+                        cwd=ROOT, check=False)
+  lines = done.stderr.strip().splitlines()
+  assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
+  assert not (tmp_path / "w").exists()
 
 
 def test_help_lists_every_config_field_with_its_default_and_comment():

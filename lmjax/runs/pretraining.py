@@ -45,7 +45,7 @@ def check_config(config) -> None:
   minutes = train.get("budget_minutes")
   check_fields("config.train", train, [
       ("budget_minutes", minutes is None or minutes > 0,
-       "positive (unset: train.steps says how long the run is)"),
+       "positive (or none: train.steps says how long the run is)"),
       ("steps", train.steps >= 1, "at least 1"),
       ("warmup_steps", train.warmup_steps >= 0, "at least 0"),
       *((f, train[f] >= 1, "at least 1") for f in ("eval_every", "eval_batches",
