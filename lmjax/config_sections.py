@@ -24,10 +24,11 @@ def model() -> ml_collections.ConfigDict:
       # On CPU, dots is faster than none and needs less memory (lmjax.benchmark).
       remat_policy="dots",  # none | full | dots | dots_no_batch
       attention_impl="xla",  # cudnn on GPUs (with attention_dropout_rate=0)
+      # What a classifier reads: cls | mean (over each example's real tokens)
+      classifier_pooling="cls",
       # ModernBERT's own (bert leaves them at these defaults):
       local_window=128,  # local layers see the tokens within half of it each side
       global_every=3,  # layer i attends globally when i % global_every == 0
-      classifier_pooling="cls",  # cls | mean (over each example's real tokens)
   ))
 
 

@@ -12,6 +12,7 @@ from lmjax.model import (
   BertForSequenceClassification,
   MultiHeadAttention,
 )
+from lmjax.interop.hf import save_hf_bert
 from lmjax.model.encoder import stack_layers, unstack_layers
 from lmjax.model.layers import Dropout, attention_probs, keep_mask
 
@@ -161,6 +162,34 @@ def test_sequence_classifier_and_regressor_shapes():
     variables = model.init(jax.random.key(0), **batch)
     logits = model.apply(variables, **batch)
     assert logits.shape == (3, labels) and logits.dtype == jnp.float32
+
+
+def test_a_classifier_pooling_by_the_mean_reads_the_pooler_on_the_mean_of_real_tokens():
+  batch = _batch()
+  del batch["masked_positions"]
+  model = BertForSequenceClassification(CFG.replace(classifier_pooling="mean"), num_labels=2)
+  params = nn.unbox(model.init(jax.random.key(0), **batch))["params"]
+  seq, _ = model.apply({"params": params}, **batch,
+                       method=lambda m, **kw: m.bert(**{k + "_BxL": v for k, v in kw.items()}))
+  mask = np.asarray(batch["input_mask"], np.float32)
+  mean = (np.asarray(seq) * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+  pooler, classifier = params["bert"]["pooler"], params["classifier"]
+  expected = np.tanh(mean @ np.asarray(pooler["kernel"]) + np.asarray(pooler["bias"]))
+  expected = expected @ np.asarray(classifier["kernel"]) + np.asarray(classifier["bias"])
+  np.testing.assert_allclose(model.apply({"params": params}, **batch), expected,
+                             rtol=1e-5, atol=1e-5)
+  cls = BertForSequenceClassification(CFG, num_labels=2).apply({"params": params}, **batch)
+  assert not np.allclose(cls, expected, atol=1e-3)
+
+
+def test_a_classifier_pooling_by_the_mean_is_not_written_as_transformers_bert(tmp_path):
+  batch = _batch()
+  del batch["masked_positions"]
+  cfg = CFG.replace(classifier_pooling="mean")
+  params = BertForSequenceClassification(cfg, num_labels=2).init(jax.random.key(0), **batch)
+  with pytest.raises(ValueError, match=r"pools at \[CLS\]"):
+    save_hf_bert(cfg, params["params"], tmp_path / "out", labels=["neg", "pos"])
+  assert not (tmp_path / "out").exists()
 
 
 def test_too_long_sequence_is_an_error():

@@ -49,6 +49,7 @@ def modernbert_pretraining(corpus, workdir_steps=12, **train):
      "config.model.global_every must be a positive"),
     (dict(architecture="modernbert", classifier_pooling="max"),
      "config.model.classifier_pooling must be one of cls, mean"),
+    (dict(classifier_pooling="max"), "config.model.classifier_pooling must be one of cls, mean"),
     (dict(architecture="modernbert", dropout_rate=1.5), "config.model.dropout_rate must be"),
     (dict(local_window=64), "config.model.local_window is ModernBERT's; with "
                             "config.model.architecture=bert leave it at 128"),
@@ -98,7 +99,8 @@ def test_a_run_saved_before_the_architecture_field_resumes():
   with pytest.raises(Exception, match="another config.model"):
     check_resumable(config_sections.with_added_fields(saved, config), config, ("model",))
   defaults = ModernBertConfig()
-  assert {k: getattr(defaults, k) for k in architectures.MODERNBERT_FIELDS} == {
+  assert {k: getattr(defaults, k) for k in (*architectures.MODERNBERT_FIELDS,
+                                            "classifier_pooling")} == {
       k: v for k, v in config_sections.ADDED_MODEL_FIELDS.items() if k != "architecture"}
 
 

@@ -89,8 +89,9 @@ def _unpacked_and_packed(model, arrays, **kwargs):
   return np.asarray(one), result
 
 
-def test_a_classifier_on_packed_rows_computes_what_it_does_one_example_a_row():
-  model = BertForSequenceClassification(CFG, num_labels=3)
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_a_classifier_on_packed_rows_computes_what_it_does_one_example_a_row(pooling):
+  model = BertForSequenceClassification(CFG.replace(classifier_pooling=pooling), num_labels=3)
   one, many = _unpacked_and_packed(model, examples())
   np.testing.assert_allclose(many, one, rtol=1e-5, atol=1e-5)
   assert not np.allclose(one, 0)

@@ -289,6 +289,9 @@ def save_hf_bert(config: BertConfig, params: dict, path: str | os.PathLike,
   if ("classifier" in params) != bool(labels) or (
       labels and len(labels) != params["classifier"]["bias"].shape[0]):
     raise ValueError("a classifier's parameters need the names of its labels, one per output")
+  if labels and config.classifier_pooling != "cls":
+    raise ValueError(f"its classifier pools by the {config.classifier_pooling} of the tokens; "
+                     "transformers' BertForSequenceClassification pools at [CLS]")
   for t in _tensor_map(config, heads, len(labels or ())):
     node = params
     for key in t.path:

@@ -3,9 +3,9 @@ ModernBERT, each with its config, its pretraining and classification
 models, and what a classifier takes from a pretrained model.
 
 A run's `model` section names the architecture and a named size; the rest
-of its fields are either shared (dropout, dtypes, layout, attention) or one
-architecture's own (ModernBERT's window, its global-layer period, its
-pooling), which the other refuses unless left at their defaults.
+of its fields are either shared (dropout, dtypes, layout, attention, a
+classifier's pooling) or one architecture's own (ModernBERT's window and its
+global-layer period), which the other refuses unless left at their defaults.
 """
 
 import dataclasses
@@ -28,7 +28,7 @@ NAMES = ("bert", "modernbert")
 # The model section's fields that only ModernBERT reads, with their defaults
 # (those of its released sizes).
 MODERNBERT_FIELDS = {name: getattr(ModernBertConfig, name)
-                     for name in ("local_window", "global_every", "classifier_pooling")}
+                     for name in ("local_window", "global_every")}
 # The section's dropout fields, as ModernBERT's: `dropout_rate` drops the
 # embeddings, the feed-forward output and the classifier's input, and
 # `attention_dropout_rate` the attention probabilities and output.
@@ -113,18 +113,14 @@ def check_section(section: Mapping[str, Any], name: str = "config.model") -> Non
 # computes, its dropout, a classifier's pooling); the others (sizes,
 # vocabulary, layer pattern) are the checkpoint's.
 RUNTIME_FIELDS = ("dropout_rate", "attention_dropout_rate", "dtype", "param_dtype",
-                  "scan_layers", "remat_policy", "attention_impl")
-_MODERNBERT_RUNTIME = ("classifier_pooling",)
+                  "scan_layers", "remat_policy", "attention_impl", "classifier_pooling")
 
 
 def runtime_fields(architecture: str, section: Mapping[str, Any]) -> dict[str, Any]:
   """The runtime fields of a `model` section, as the architecture's config
   names them."""
   values = {k: section[k] for k in RUNTIME_FIELDS if k in section}
-  if architecture == "bert":
-    return values
-  return {**_modernbert_names(values),
-          **{k: section[k] for k in _MODERNBERT_RUNTIME if k in section}}
+  return values if architecture == "bert" else _modernbert_names(values)
 
 
 def with_runtime(cfg: ModelConfig, section: Mapping[str, Any]) -> ModelConfig:

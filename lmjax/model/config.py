@@ -18,6 +18,7 @@ REMAT_POLICIES = {
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 ATTENTION_IMPLS = ("xla", "cudnn")
+POOLING = ("cls", "mean")
 # Feed-forward activations: 'gelu' is BERT's exact erf GELU.
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -69,6 +70,9 @@ class BertConfig:
   # 'xla' anywhere; 'cudnn' for fused GPU attention, which reads padding as
   # key lengths (real tokens first, as in every lmjax batch).
   attention_impl: str = "xla"
+  # What a classifier reads: 'cls', the pooler at [CLS] (BERT's); 'mean', the
+  # pooler on the last layer's mean over each example's real tokens.
+  classifier_pooling: str = "cls"
 
   def __post_init__(self):
     _check_values(dataclasses.asdict(self))
@@ -132,6 +136,7 @@ def _check_values(v: Mapping[str, Any], prefix: str = "") -> None:
   _check_choice(f"{prefix}hidden_act", v["hidden_act"], tuple(ACTIVATIONS))
   _check_choice(f"{prefix}remat_policy", v["remat_policy"], tuple(REMAT_POLICIES))
   _check_choice(f"{prefix}attention_impl", v["attention_impl"], ATTENTION_IMPLS)
+  _check_choice(f"{prefix}classifier_pooling", v["classifier_pooling"], POOLING)
   check_dtypes(v, prefix)
   if v["attention_impl"] == "cudnn" and v["attention_dropout_rate"]:
     raise ConfigError(f"{prefix}attention_dropout_rate must be 0 with attention_impl="

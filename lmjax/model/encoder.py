@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from lmjax.model.config import REMAT_POLICIES, BertConfig
 from lmjax.model.layers import INTERNALS, Embeddings, EncoderLayer, dense
-from lmjax.model.rows import Tokens, at_starts
+from lmjax.model.rows import Tokens, at_starts, mean_over_examples
 
 
 def _layer_step(layer, x_BxLxD, tokens, deterministic):
@@ -57,6 +57,9 @@ class Encoder(nn.Module):
 class BertModel(nn.Module):
   """BERT's encoder: returns (sequence output [B, L, D], pooled output [B, D]).
 
+  The pooler reads the last layer at [CLS] (`pooling='cls'`, BERT's) or its
+  mean over each example's real tokens (`pooling='mean'`).
+
   Packed rows (lmjax.model.rows) add `positions` and `example_index` [B, L]
   and `example_starts` [B, E]; the pooled output is then each example's,
   [B, E, D].
@@ -73,11 +76,15 @@ class BertModel(nn.Module):
 
   def __call__(self, input_ids_BxL, segment_ids_BxL, input_mask_BxL,
                deterministic: bool = True, positions=None, example_index=None,
-               example_starts=None):
+               example_starts=None, pooling: str = "cls"):
     tokens = Tokens.of(input_mask_BxL, positions, example_index)
     x_BxLxD = self.embeddings(input_ids_BxL, segment_ids_BxL, deterministic, tokens)
     x_BxLxD = self.encoder(x_BxLxD, tokens, deterministic)
-    pooled_BxD = jnp.tanh(self.pooler(at_starts(x_BxLxD, example_starts)))
+    if pooling == "cls":
+      pooled_BxD = at_starts(x_BxLxD, example_starts)
+    else:
+      pooled_BxD = mean_over_examples(x_BxLxD, input_mask_BxL, example_index, example_starts)
+    pooled_BxD = jnp.tanh(self.pooler(pooled_BxD))
     pooled_BxD = nn.with_logical_constraint(
         pooled_BxD, ("batch", "embed") if example_starts is None else ("batch", None, "embed"))
     return x_BxLxD, pooled_BxD

@@ -90,7 +90,8 @@ class BertForPreTraining(nn.Module):
 
 
 class BertForSequenceClassification(nn.Module):
-  """BERT with dropout + a linear layer on the pooled output.
+  """BERT with dropout + a linear layer on the pooled output (the pooler at
+  [CLS], or on the mean of the real tokens: `config.classifier_pooling`).
 
   `num_labels` classes give classification logits; `num_labels=1` is a
   regressor whose single output is the predicted score. Packed rows give
@@ -114,7 +115,8 @@ class BertForSequenceClassification(nn.Module):
     """Returns logits [B, num_labels] ([B, E, num_labels] packed), in at
     least float32."""
     _, pooled_BxD = self.bert(input_ids, segment_ids, input_mask, deterministic,
-                              positions, example_index, example_starts)
+                              positions, example_index, example_starts,
+                              pooling=self.config.classifier_pooling)
     keys = None
     if example_starts is not None:
       keys = example_keys(Tokens.of(input_mask, positions, example_index), example_starts,
