@@ -14,14 +14,21 @@ import os
 import shutil
 import tempfile
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests build the same tiny models again and again, in this process and in the
-# processes they start: JAX's persistent compilation cache, one per session,
-# compiles each program once (keyed by the program and the XLA flags).
+# processes they start: JAX's persistent compilation cache, one per test
+# process, compiles each program once (keyed by the program and the XLA
+# flags). pytest-xdist's workers (pyproject.toml runs two) each keep their
+# own, since a cache entry is written in place and a worker could read
+# another's half-written entry.
 _COMPILATION_CACHE = tempfile.mkdtemp(prefix="lmjax-test-jit-")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _COMPILATION_CACHE)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILATION_CACHE
+else:
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _COMPILATION_CACHE)
 
 
 import random  # noqa: E402 (after the flags above)
@@ -39,7 +46,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
   """The fast tier compiles at LLVM's optimization level 0 (see above);
   jax has made no backend yet."""
-  if not config.getoption("--slow"):
+  if not config.getoption("--slow") and "optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 
 

@@ -1,5 +1,8 @@
 """Several JAX processes on this machine: launch/local.sh, the distributed
-start, and a 2-process run that is the 1-process run."""
+start, and a 2-process run that is the 1-process run. The slow ones are
+`serial`: CI runs them alone, since two processes of 4-8 simulated devices
+beside another test worker can starve a collective past XLA's 40-second
+rendezvous timeout."""
 
 import json
 import os
@@ -126,6 +129,7 @@ def run_to_end(command: list[str], env=None, timeout: float = 120) -> tuple[int,
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_many_evaluation_batches_on_two_processes_end_and_equal_one_process():
   """60 evaluations of 16 batches: without lmjax.parallel.in_order, CPU
   processes run the batches' collectives concurrently, in a different order
@@ -281,6 +285,7 @@ def two_process_run(env, corpus, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_two_processes_of_four_devices_train_as_one_of_eight(env, corpus, tmp_path,
                                                              two_process_run):
   """On a corpus of uneven documents whose validation split is smaller than
@@ -322,6 +327,7 @@ def rerun_resumes_from_step_10(command, env, workdir, uninterrupted) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_a_stalled_process_ends_every_process_with_one_line_and_a_rerun_resumes(
     env, corpus, tmp_path, two_process_run):
   """Process 1 sleeps for good in the evaluation at step 15: both processes
@@ -347,6 +353,7 @@ def test_a_stalled_process_ends_every_process_with_one_line_and_a_rerun_resumes(
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_fine_tuning_on_two_processes_is_fine_tuning_on_one(env, tmp_path):
   # Texts of 3 to 30 words; 307 rows: no split is a whole number of batches.
   rows = [f"{'a fine film' if i % 3 else 'a dull film'} number {i}{' and so on' * (i % 10)}\t"
@@ -393,6 +400,7 @@ def wait_for_step(workdir: Path, step: int, process, timeout=240):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_sigterm_to_every_process_saves_one_step_and_exits_zero(env, tmp_path):
   workdir = tmp_path / "run"
   command = [LAUNCH, "2", sys.executable, "-m", "lmjax.pretrain",
@@ -420,6 +428,7 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 @pytest.mark.parametrize("victim", [0, 1])
 def test_one_process_killed_ends_the_other_with_one_line(env, tmp_path, victim):
   """Process `victim` (1: a worker; 0: also the coordinator) SIGKILLed

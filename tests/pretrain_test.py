@@ -472,6 +472,7 @@ def test_a_budget_affords_the_steps_whose_compilations_steps_and_evaluations_fit
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # what a budget affords depends on the machine's load
 @pytest.mark.usefixtures("data_dirs")
 def test_a_budget_fixes_the_steps_once_and_a_resumed_run_finishes_them(tmp_path, capsys):
   workdir = tmp_path / "w"
