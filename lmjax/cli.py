@@ -219,19 +219,19 @@ def _unset_fields(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _apply_unset(unset: list[str]) -> None:
-  if not unset:
+  config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+  if config is None:  # the run's own check says --config is required
     return
-  if "config" not in flags.FLAGS or flags.FLAGS["config"].value is None:
-    _fail(f"--config.{unset[0]}=none needs --config")
   for path in unset:
-    *parents, name = path.split(".")
-    node = flags.FLAGS["config"].value
-    for part in parents:
-      node = node.get(part) if hasattr(node, "get") else None
-    fields = dict(node.items(preserve_field_references=True)) if hasattr(node, "items") else {}
-    if name not in fields:
+    parent, _, name = path.rpartition(".")
+    node = config
+    try:
+      for part in filter(None, parent.split(".")):
+        node = node[part]
+      value = dict(node.items(preserve_field_references=True))[name]
+    except (KeyError, AttributeError, TypeError):
       _fail(f"unknown config field {path!r}")
-    if not isinstance(fields[name], config_dict.FieldReference):
+    if not isinstance(value, config_dict.FieldReference):
       _fail(f"config.{path} cannot be unset (none): give it a value")
     node[name] = None
 

@@ -13,7 +13,7 @@ from lmjax.model import (
   MultiHeadAttention,
 )
 from lmjax.interop.hf import save_hf_bert
-from lmjax.model.encoder import stack_layers, unstack_layers
+from lmjax.model.encoder import BertModel, stack_layers, unstack_layers
 from lmjax.model.layers import Dropout, attention_probs, keep_mask
 
 CFG = BertConfig(vocab_size=97, hidden_size=32, num_layers=3, num_heads=4,
@@ -169,8 +169,8 @@ def test_a_classifier_pooling_by_the_mean_reads_the_pooler_on_the_mean_of_real_t
   del batch["masked_positions"]
   model = BertForSequenceClassification(CFG.replace(classifier_pooling="mean"), num_labels=2)
   params = nn.unbox(model.init(jax.random.key(0), **batch))["params"]
-  seq, _ = model.apply({"params": params}, **batch,
-                       method=lambda m, **kw: m.bert(**{k + "_BxL": v for k, v in kw.items()}))
+  seq, _ = BertModel(CFG).apply({"params": params["bert"]}, batch["input_ids"],
+                                batch["segment_ids"], batch["input_mask"])
   mask = np.asarray(batch["input_mask"], np.float32)
   mean = (np.asarray(seq) * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
   pooler, classifier = params["bert"]["pooler"], params["classifier"]
