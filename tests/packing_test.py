@@ -97,6 +97,37 @@ def test_a_classifier_on_packed_rows_computes_what_it_does_one_example_a_row(poo
   assert not np.allclose(one, 0)
 
 
+def test_each_pair_of_a_packed_row_pools_and_predicts_next_sentence_as_alone_in_a_row():
+  """BertForPreTraining's pooled output and NSP logits of every pair in a
+  packed row are those of the same pair in a row of its own, dropout
+  included: NSP reads each pair's own [CLS]."""
+  arrays = examples()
+  model = BertForPreTraining(CFG)
+  positions = np.zeros((len(arrays["input_ids"]), 2), np.int32)
+  inputs = {k: jnp.asarray(arrays[k]) for k in packing.SEQUENCE_FIELDS}
+  params = nn.unbox(jax.jit(lambda: model.init(jax.random.key(0), **inputs,
+                                               masked_positions=positions))())["params"]
+  packed = packing.pack(arrays, arrays["input_mask"].shape[1])
+  packed_inputs = {k: jnp.asarray(packed[k]) for k in
+                   (*packing.SEQUENCE_FIELDS, "positions", "example_index", "example_starts")}
+
+  def outputs(inputs, rows):
+    out = model.apply({"params": params}, **inputs, masked_positions=np.zeros((rows, 2), np.int32),
+                      deterministic=False, rngs={"dropout": jax.random.key(5)})
+    return out["pooled_output"], out["nsp_logits"]
+
+  alone = jax.jit(outputs, static_argnums=1)(inputs, len(arrays["input_ids"]))
+  together = jax.jit(outputs, static_argnums=1)(packed_inputs, len(packed["input_ids"]))
+  index = np.take_along_axis(packed["example_index"], packed["example_starts"], 1)
+  real = packed["example_mask"] > 0
+  assert real.sum() == len(arrays["input_ids"]) and (real.sum(1) > 1).any()
+  for one, many in zip(alone, together, strict=True):
+    result = np.zeros_like(np.asarray(one))
+    result[index[real]] = np.asarray(many)[real]
+    np.testing.assert_allclose(result, one, rtol=1e-5, atol=1e-5)
+  assert np.asarray(alone[0]).std(0).mean() > 1e-3  # pairs pool differently
+
+
 def test_attention_dropout_on_packed_rows_is_that_of_rows_of_one_example():
   model = BertForSequenceClassification(CFG.replace(dropout_rate=0.2,
                                                     attention_dropout_rate=0.3), num_labels=2)
