@@ -103,21 +103,22 @@ def test_each_pair_of_a_packed_row_pools_and_predicts_next_sentence_as_alone_in_
   included: NSP reads each pair's own [CLS]."""
   arrays = examples()
   model = BertForPreTraining(CFG)
-  positions = np.zeros((len(arrays["input_ids"]), 2), np.int32)
   inputs = {k: jnp.asarray(arrays[k]) for k in packing.SEQUENCE_FIELDS}
+  two_slots = np.zeros((len(arrays["input_ids"]), 2), np.int32)  # MLM slots, unused here
   params = nn.unbox(jax.jit(lambda: model.init(jax.random.key(0), **inputs,
-                                               masked_positions=positions))())["params"]
+                                               masked_positions=two_slots))())["params"]
   packed = packing.pack(arrays, arrays["input_mask"].shape[1])
   packed_inputs = {k: jnp.asarray(packed[k]) for k in
                    (*packing.SEQUENCE_FIELDS, "positions", "example_index", "example_starts")}
 
-  def outputs(inputs, rows):
-    out = model.apply({"params": params}, **inputs, masked_positions=np.zeros((rows, 2), np.int32),
+  @jax.jit
+  def outputs(inputs):
+    slots = jnp.zeros((inputs["input_ids"].shape[0], 2), jnp.int32)
+    out = model.apply({"params": params}, **inputs, masked_positions=slots,
                       deterministic=False, rngs={"dropout": jax.random.key(5)})
     return out["pooled_output"], out["nsp_logits"]
 
-  alone = jax.jit(outputs, static_argnums=1)(inputs, len(arrays["input_ids"]))
-  together = jax.jit(outputs, static_argnums=1)(packed_inputs, len(packed["input_ids"]))
+  alone, together = outputs(inputs), outputs(packed_inputs)
   index = np.take_along_axis(packed["example_index"], packed["example_starts"], 1)
   real = packed["example_mask"] > 0
   assert real.sum() == len(arrays["input_ids"]) and (real.sum(1) > 1).any()
